@@ -1,0 +1,1 @@
+"""The HTTPS control and retrieval API (Klein)."""

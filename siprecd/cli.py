@@ -1,0 +1,71 @@
+"""The `siprecd` console script.
+
+Subcommands: ``run`` (the daemon, through twistd with the plugin preloaded,
+so it works where the plugin cache cannot be written) and ``check-config``.
+"""
+
+import argparse
+import sys
+
+from siprecd import config as configmod
+
+__all__ = ["main"]
+
+
+def _run(args):
+    from twisted.application import app
+    from twisted.application.service import ServiceMaker
+    from twisted.scripts import twistd
+
+    maker = ServiceMaker("siprecd", "siprecd.tap", "siprecd", "siprecd")
+
+    class ServerOptions(twistd.ServerOptions):
+        @staticmethod
+        def _getPlugins(interface):
+            return [maker]
+
+    sys.argv = ["siprecd", "--nodaemon", "--pidfile=", "siprecd", "-c", args.config]
+    app.run(twistd.runApp, ServerOptions)
+    return 0
+
+
+def _check_config(args):
+    from siprecd.tap import EXIT_CONFIG, check_files
+
+    try:
+        config = configmod.load(args.config)
+        check_files(config)
+    except configmod.ConfigError as e:
+        print(f"siprecd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    listeners = []
+    for name, listener in (("SIP/UDP", config.sip.udp), ("SIP/TCP", config.sip.tcp),
+                           ("SIP/TLS", config.sip.tls), ("HTTPS API", config.api)):
+        if listener.enabled:
+            listeners.append(f"{name} {listener.host}:{listener.port}")
+    print(f"{args.config}: OK ({'; '.join(listeners) or 'no listeners'}; "
+          f"state in {config.state_dir})")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="siprecd", description="SIPREC recording server that transcribes calls."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

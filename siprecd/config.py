@@ -1,0 +1,344 @@
+"""siprecd's configuration: the YAML schema as frozen attrs classes.
+
+Every section has defaults that suit one machine, so an empty file is a valid
+config. ``load(path)`` returns a :class:`Config` or raises
+:class:`ConfigError` whose ``str()`` is one line naming the key path.
+etc/siprecd.yaml documents every key; keep the two in step.
+"""
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import attrs
+
+from siprecd.structure import (
+    ByteSize,
+    ConfigError,
+    Duration,
+    FilePath,
+    NonEmpty,
+    Pattern,
+    Range,
+    StatePath,
+    load_yaml,
+    structure,
+)
+
+__all__ = ["Config", "ConfigError", "load", "from_dict"]
+
+Port = Annotated[int, Range(1, 65535)]
+Positive = Annotated[int, Range(1, None)]
+Host = Annotated[str, NonEmpty()]
+Role = Literal["customer", "agent"]
+Codec = Literal["PCMU", "PCMA", "G729"]
+TlsVersion = Literal["1.2", "1.3"]
+
+
+def _secret():
+    """A field that never shows in repr() (and so never in logs)."""
+    return attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Listener:
+    enabled: bool = True
+    host: Host = "0.0.0.0"
+    port: Port = 5070
+
+
+@attrs.frozen
+class TlsListener:
+    enabled: bool = False
+    host: Host = "0.0.0.0"
+    port: Port = 5071
+    certificate: Optional[FilePath] = None
+    private_key: Optional[FilePath] = None
+    # CA bundle to verify client certificates with; none: clients are not asked.
+    client_ca: Optional[FilePath] = None
+    min_version: TlsVersion = "1.2"
+
+    def validate(self, path):
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ConfigError(
+                "expected certificate and private_key when TLS is enabled",
+                f"{path}.certificate" if self.certificate is None else f"{path}.private_key",
+            )
+
+
+@attrs.frozen
+class Sip:
+    udp: Listener = Listener()
+    tcp: Listener = Listener()
+    tls: TlsListener = TlsListener()
+    # Address put in Via/Contact/SDP when the host is behind NAT.
+    advertised_host: Optional[Host] = None
+    max_message_size: Annotated[ByteSize, Range(1024, 16 * 1024 * 1024)] = 65536
+    max_call_duration: Duration = 4 * 3600.0
+    session_expires: Annotated[Duration, Range(90, None)] = 1800.0
+    # Order in which call identifiers are looked for (SPEC §1).
+    guid_sources: Annotated[
+        list[
+            Literal[
+                "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
+                "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+            ]
+        ],
+        NonEmpty(),
+    ] = (
+        "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
+        "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+    )
+    max_calls: Positive = 500
+    user_agent: str = "siprecd"
+
+
+@attrs.frozen
+class Media:
+    host: Host = "0.0.0.0"
+    advertised_host: Optional[Host] = None
+    port_min: Annotated[int, Range(1024, 65534)] = 20000
+    port_max: Annotated[int, Range(1025, 65535)] = 29999
+    codecs: Annotated[list[Codec], NonEmpty()] = ("PCMU", "PCMA", "G729")
+    receive_buffer: Annotated[ByteSize, Range(65536, None)] = 1024 * 1024
+    jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
+    port_quarantine: Duration = 5.0
+    mixed_role: Role = "customer"
+    check_source: bool = False
+    # A stream with no RTP for this long (not on hold, not paused) ends.
+    rtp_timeout: Annotated[Duration, Range(1, None)] = 60.0
+
+    def validate(self, path):
+        if self.port_min % 2:
+            raise ConfigError(f"expected an even port, got {self.port_min}", f"{path}.port_min")
+        if self.port_max - self.port_min < 3:
+            raise ConfigError(
+                f"expected a port above port_min + 2 ({self.port_min + 3} or more), "
+                f"got {self.port_max}",
+                f"{path}.port_max",
+            )
+
+
+@attrs.frozen
+class RemoteAsr:
+    urls: list[Annotated[str, Pattern(r"wss?://\S+", "a ws:// or wss:// URL")]] = ()
+    connect_timeout: Duration = 5.0
+
+
+@attrs.frozen
+class Asr:
+    backend: Annotated[str, NonEmpty()] = "vosk"
+    threads: Annotated[int, Range(1, 256)] = 2
+    # Folder holding models by name; relative to this file.
+    models_dir: FilePath = Path("/usr/share/vosk")
+    # language -> model folder name (in models_dir) or path.
+    models: dict[str, Annotated[str, NonEmpty()]] = attrs.field(
+        factory=lambda: {"en-us": "vosk-model-small-en-us-0.15"}
+    )
+    # Let Vosk fetch a missing model by name (needs Internet access).
+    download: bool = False
+    endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
+    max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
+    format_numbers: bool = True
+    remote: RemoteAsr = RemoteAsr()
+
+
+@attrs.frozen
+class SqliteStorage:
+    path: StatePath = Path("siprecd.sqlite")
+
+
+@attrs.frozen
+class PostgresStorage:
+    dsn: Optional[str] = _secret()
+    pool_min: Positive = 1
+    pool_max: Positive = 10
+
+
+@attrs.frozen
+class Storage:
+    backend: Annotated[str, NonEmpty()] = "sqlite"
+    sqlite: SqliteStorage = SqliteStorage()
+    postgresql: PostgresStorage = PostgresStorage()
+
+    def validate(self, path):
+        if self.backend == "postgresql" and not self.postgresql.dsn:
+            raise ConfigError(
+                "expected a DSN when storage.backend is postgresql", f"{path}.postgresql.dsn"
+            )
+
+
+@attrs.frozen
+class RateLimit:
+    requests_per_second: Annotated[float, Range(0.1, None)] = 50.0
+    burst: Positive = 100
+
+
+@attrs.frozen
+class Api:
+    enabled: bool = True
+    host: Host = "0.0.0.0"
+    port: Port = 8443
+    # PEM files; when both are absent a self-signed certificate is made
+    # in state_dir/tls on first start (for development only).
+    certificate: Optional[FilePath] = None
+    private_key: Optional[FilePath] = None
+    min_tls_version: TlsVersion = "1.2"
+    id_header: Annotated[str, NonEmpty()] = "asapp-api-id"
+    secret_header: Annotated[str, NonEmpty()] = "asapp-api-secret"
+    max_body_size: Annotated[ByteSize, Range(1024, None)] = 64 * 1024
+    rate_limit: RateLimit = RateLimit()
+    # Base URL for links siprecd hands out (signed export URLs).
+    public_url: Optional[str] = None
+
+    def validate(self, path):
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "certificate" if self.certificate is None else "private_key"
+            raise ConfigError(
+                "expected both certificate and private_key, or neither", f"{path}.{missing}"
+            )
+
+
+@attrs.frozen
+class OAuth2:
+    token_url: Annotated[str, Pattern(r"https://\S+", "an https:// URL")]
+    client_id: Annotated[str, NonEmpty()]
+    client_secret: str = attrs.field(repr=False)
+    scope: Optional[str] = None
+    client_auth: Literal["basic", "body"] = "basic"
+
+
+@attrs.frozen
+class SecretToken:
+    value: str = attrs.field(repr=False)
+    header: Optional[Annotated[str, NonEmpty()]] = None
+    query_parameter: Optional[Annotated[str, NonEmpty()]] = None
+
+    def validate(self, path):
+        if (self.header is None) == (self.query_parameter is None):
+            raise ConfigError("expected exactly one of header or query_parameter", path)
+
+
+@attrs.frozen
+class WebhookTarget:
+    url: Annotated[str, Pattern(r"https://\S+", "an https:// URL")]
+    timeout: Annotated[Duration, Range(0.1, 300)] = 10.0
+    ca_bundle: Optional[FilePath] = None
+    client_certificate: Optional[FilePath] = None
+    client_key: Optional[FilePath] = None
+    secret: Optional[SecretToken] = None
+    oauth2: Optional[OAuth2] = None
+    # Standard Webhooks signing secret ("whsec_..."), optional.
+    signing_secret: Optional[str] = _secret()
+
+    def validate(self, path):
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ConfigError(
+                "expected both client_certificate and client_key, or neither", path
+            )
+
+
+@attrs.frozen
+class Webhooks:
+    targets: dict[str, WebhookTarget] = attrs.field(factory=dict)
+    concurrency: Annotated[int, Range(1, 1000)] = 20
+    max_attempts: Annotated[int, Range(1, 1000)] = 50
+    backoff_initial: Annotated[Duration, Range(0.01, None)] = 1.0
+    backoff_max: Annotated[Duration, Range(0.1, None)] = 300.0
+
+
+@attrs.frozen
+class Redaction:
+    card_numbers: bool = True
+    ssn: bool = True
+    nine_digit: bool = True
+    short_numerics: bool = True
+    ten_digit: bool = True
+    phone_numbers: bool = True
+    spoken_card_numbers: bool = True
+    email: bool = False
+    hold_back: Annotated[Duration, Range(0, 30)] = 3.0
+    # Log unredacted text (debugging only; never in production).
+    log_unredacted: bool = False
+
+
+@attrs.frozen
+class Export:
+    enabled: bool = True
+    # Daily build time, UTC, for the previous UTC day.
+    at: Annotated[str, Pattern(r"([01]\d|2[0-3]):[0-5]\d", "a time HH:MM (UTC)")] = "02:00"
+    directory: StatePath = Path("exports")
+    formats: Annotated[list[Literal["jsonl", "csv"]], NonEmpty()] = ("jsonl", "csv")
+    link_lifetime: Annotated[Duration, Range(1, 7 * 86400)] = 3600.0
+
+
+@attrs.frozen
+class Retention:
+    transcripts: Annotated[Duration, Range(60, None)] = 7 * 86400.0
+    purge_interval: Annotated[Duration, Range(1, None)] = 600.0
+    batch_size: Annotated[int, Range(1, 100000)] = 500
+
+
+@attrs.frozen
+class Logging:
+    level: Literal["debug", "info", "warn", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+    # "-" is standard output.
+    file: str = "-"
+
+
+@attrs.frozen
+class Node:
+    # Defaults to the host name; must be unique among nodes sharing a database.
+    id: Optional[Annotated[str, Pattern(r"[A-Za-z0-9._-]{1,64}", "1-64 letters, digits, '.', '_' or '-'")]] = None
+    # How long SIGTERM waits for in-flight work before stopping anyway.
+    shutdown_grace: Annotated[Duration, Range(0, 3600)] = 10.0
+
+    @property
+    def name(self):
+        return self.id or socket.gethostname()
+
+
+@attrs.frozen
+class Config:
+    state_dir: FilePath = Path("/var/lib/siprecd")
+    node: Node = Node()
+    sip: Sip = Sip()
+    media: Media = Media()
+    asr: Asr = Asr()
+    storage: Storage = Storage()
+    api: Api = Api()
+    webhooks: Webhooks = Webhooks()
+    redaction: Redaction = Redaction()
+    export: Export = Export()
+    retention: Retention = Retention()
+    logging: Logging = Logging()
+    # Where the file came from, for messages; not a YAML key.
+    source: Optional[str] = attrs.field(default=None, init=False, eq=False)
+
+    def in_state_dir(self, path):
+        """Resolve a path that the schema defines relative to state_dir."""
+        path = Path(path)
+        return path if path.is_absolute() else self.state_dir / path
+
+
+def from_dict(data, base_dir=".", environ=None, source=None):
+    """Structure already-parsed YAML data into a Config."""
+    context = {"base_dir": base_dir, "environ": os.environ if environ is None else environ}
+    config = structure(data, Config, "", context)
+    object.__setattr__(config, "source", source)
+    return config
+
+
+def load(path, environ=None):
+    """Read and validate the YAML file at *path*."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    data = load_yaml(text, source=str(path))
+    return from_dict(data, base_dir=path.resolve().parent, environ=environ, source=str(path))

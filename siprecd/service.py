@@ -1,0 +1,210 @@
+"""The daemon's root service: ordered start, readiness, drain on SIGTERM.
+
+Start order is the order children are added (storage, then ASR, then the
+listeners); each child's ``startService`` Deferred is awaited before the next
+starts. Sockets are bound earlier, in ``privilegedStartService``, so that a
+port conflict stops the daemon at once with one clear line instead of after
+a model has loaded; until every stage has started, the SIP and API layers
+see ``readiness.ready`` false and answer 503.
+
+Stop order is the reverse, preceded by a drain: every IDrainable child stops
+accepting new work, then in-flight work gets up to ``node.shutdown_grace``
+seconds to finish.
+"""
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from siprecd.interfaces import IDrainable, IReadiness
+
+__all__ = ["StartupError", "Readiness", "ListeningPort", "SiprecdService"]
+
+
+class StartupError(Exception):
+    """The daemon cannot start; ``str()`` is one line for the operator."""
+
+
+@implementer(IReadiness)
+class Readiness:
+    """Component name -> reason it is not ready; ready when empty."""
+
+    def __init__(self):
+        self._pending = {}
+
+    def wait_for(self, name, reason):
+        self._pending[name] = reason
+
+    def done(self, name):
+        self._pending.pop(name, None)
+
+    @property
+    def ready(self):
+        return not self._pending
+
+    def pending(self):
+        return dict(self._pending)
+
+
+class ListeningPort(service.Service):
+    """One listening socket, bound in privilegedStartService.
+
+    *listen* is a zero-argument callable returning an IListeningPort
+    (e.g. ``lambda: reactor.listenUDP(...)``); *config_key* names the
+    config section, for error messages.
+    """
+
+    log = Logger()
+
+    def __init__(self, label, host, port, listen, config_key):
+        self.name = label
+        self.label = label
+        self.host = host
+        self.requested_port = port
+        self._listen = listen
+        self.config_key = config_key
+        self.port = None
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        try:
+            self.port = self._listen()
+        except error.CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise StartupError(
+                f"{self.config_key}: cannot listen for {self.label} on "
+                f"{self.host}:{self.requested_port}: {reason}"
+            ) from None
+        address = self.port.getHost()
+        self.log.info(
+            "listening for {label} on {address}",
+            label=self.label,
+            address=f"{address.host}:{address.port}",
+        )
+
+    @property
+    def address(self):
+        return self.port.getHost() if self.port is not None else None
+
+    def stop_accepting(self):
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self.stop_accepting()
+
+
+class SiprecdService(service.MultiService):
+    """Root of the service tree; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, config, reactor, log_observer=None):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.readiness = Readiness()
+        self.readiness.wait_for("startup", "starting")
+        self.exit_code = 0
+        self.started = None
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        # twistd asks the application for an ILogObserver before it falls
+        # back to its own; this is how the YAML's logging section takes
+        # effect under plain `twistd -n siprecd`.
+        if self._log_observer is not None:
+            from twisted.logger import ILogObserver
+
+            set_component = getattr(parent, "setComponent", None)
+            if set_component is not None and parent.getComponent(ILogObserver, None) is None:
+                set_component(ILogObserver, self._log_observer)
+        return super().setServiceParent(parent)
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            self._unbind()
+            raise SystemExit(f"siprecd: {e}") from None
+
+    def _unbind(self):
+        for child in self:
+            if isinstance(child, ListeningPort):
+                child.stop_accepting()
+
+    def startService(self):
+        service.Service.startService(self)
+        self.started = defer.ensureDeferred(self._start_in_order())
+        return self.started
+
+    async def _start_in_order(self):
+        for child in list(self):
+            name = getattr(child, "name", None) or type(child).__name__
+            try:
+                await defer.maybeDeferred(child.startService)
+            except Exception as e:
+                self.fatal(f"{name} could not start: {e}")
+                return
+        self.readiness.done("startup")
+        self.log.info("siprecd is ready (node {node})", node=self.config.node.name)
+
+    def fatal(self, message):
+        """Stop the daemon with exit status 1 after a failure past start-up."""
+        self.log.critical("{message}", message=message)
+        self.exit_code = 1
+        self.reactor.addSystemEventTrigger("after", "shutdown", self._exit_now)
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+
+    def _exit_now(self):
+        # twistd has no way to return a non-zero status; flush and leave.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self.exit_code)
+
+    def stopService(self):
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        service.Service.stopService(self)
+        grace = self.config.node.shutdown_grace
+        drainables = [c for c in self if IDrainable.providedBy(c)]
+        self.log.info(
+            "stopping: refusing new work, waiting up to {grace}s for work in flight",
+            grace=grace,
+        )
+        self.readiness.wait_for("shutdown", "stopping")
+        for child in self:
+            if IDrainable.providedBy(child) or isinstance(child, ListeningPort):
+                await self._quietly(child.stop_accepting, child)
+        if drainables:
+            everything = defer.DeferredList(
+                [defer.maybeDeferred(c.drain) for c in drainables], consumeErrors=True
+            )
+            everything.addTimeout(grace, self.reactor)
+            try:
+                await everything
+            except defer.TimeoutError:
+                self.log.warn(
+                    "shutdown grace period ({grace}s) is over; stopping with work in flight",
+                    grace=grace,
+                )
+        for child in reversed(list(self)):
+            await self._quietly(child.stopService, child)
+        self.log.info("stopped")
+
+    async def _quietly(self, call, child):
+        try:
+            await defer.maybeDeferred(call)
+        except Exception:
+            self.log.failure(
+                "error while stopping {name}", name=getattr(child, "name", repr(child))
+            )

@@ -1,0 +1,164 @@
+"""twistd glue: command-line options and the service tree for one daemon."""
+
+import sys
+
+from twisted.python import usage
+from twisted.web.server import Site
+
+from siprecd import config as configmod
+from siprecd import logs, tls
+from siprecd.service import ListeningPort, SiprecdService, StartupError
+
+__all__ = ["Options", "makeService", "EXIT_CONFIG"]
+
+# Exit status for a configuration that cannot be used (as sysexits' EX_CONFIG).
+EXIT_CONFIG = 78
+
+
+def config_failure(message):
+    """Print one line to stderr and exit with EXIT_CONFIG (no traceback)."""
+    print(f"siprecd: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+class Options(usage.Options):
+    synopsis = "-c FILE"
+    longdesc = (
+        "Run the siprecd SIPREC recording and transcription server. "
+        "All settings are in the YAML file given with -c; see etc/siprecd.yaml."
+    )
+    optParameters = [
+        ["config", "c", None, "Path to the YAML configuration file (required)."],
+    ]
+
+    def postOptions(self):
+        if not self["config"]:
+            raise usage.UsageError("-c/--config FILE is required")
+        try:
+            self.config = configmod.load(self["config"])
+            check_files(self.config)
+        except configmod.ConfigError as e:
+            config_failure(str(e))
+
+
+def check_files(config):
+    """Checks beyond the schema that need the filesystem: TLS material loads."""
+    if config.api.enabled and config.api.certificate is not None:
+        tls.server_options(
+            config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"
+        )
+    if config.sip.tls.enabled:
+        tls.server_options(
+            config.sip.tls.certificate,
+            config.sip.tls.private_key,
+            config.sip.tls.min_version,
+            config.sip.tls.client_ca,
+            where="sip.tls",
+        )
+
+
+def prepare_state_dir(config):
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise configmod.ConfigError(
+            f"cannot create {config.state_dir}: {e.strerror or e}", "state_dir"
+        ) from None
+
+
+def _wants_own_observer(options):
+    """Use the YAML's logging section unless twistd was told where to log."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return True
+    if parent.get("logfile") or parent.get("logger") or parent.get("syslog"):
+        return False
+    # A daemonised twistd has no stdout; it keeps its own twistd.log then.
+    return bool(parent.get("nodaemon")) or options.config.logging.file != "-"
+
+
+class _SipNotServedYet:
+    """The SIP core the listeners feed; messages are dropped until it exists."""
+
+    def datagram_received(self, data, addr, transport):
+        pass
+
+    def stream_received(self, data, transport):
+        pass
+
+
+def _api_context(config):
+    if config.api.certificate is not None:
+        cert, key = config.api.certificate, config.api.private_key
+    else:
+        cert, key, made = tls.ensure_self_signed(config.state_dir / "tls")
+        if made:
+            SiprecdService.log.warn(
+                "made a self-signed development certificate {path} for the API; "
+                "set api.certificate and api.private_key for production",
+                path=str(cert),
+            )
+    return tls.server_options(cert, key, config.api.min_tls_version, where="api")
+
+
+def makeService(options, reactor=None):
+    """Build the root service from parsed Options (or anything with .config)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.config
+    observer = logs.make_observer(config.logging) if _wants_own_observer(options) else None
+    root = SiprecdService(config, reactor, log_observer=observer)
+    try:
+        prepare_state_dir(config)
+        _add_listeners(root, config, reactor)
+    except configmod.ConfigError as e:
+        config_failure(str(e))
+    except StartupError as e:
+        raise SystemExit(f"siprecd: {e}") from None
+    return root
+
+
+def _add_listeners(root, config, reactor):
+    from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory
+
+    core = _SipNotServedYet()
+    sip = config.sip
+    if sip.udp.enabled:
+        ListeningPort(
+            "SIP/UDP", sip.udp.host, sip.udp.port,
+            lambda: reactor.listenUDP(
+                sip.udp.port, SipDatagramProtocol(core), interface=sip.udp.host,
+                maxPacketSize=sip.max_message_size,
+            ),
+            "sip.udp",
+        ).setServiceParent(root)
+    if sip.tcp.enabled:
+        ListeningPort(
+            "SIP/TCP", sip.tcp.host, sip.tcp.port,
+            lambda: reactor.listenTCP(sip.tcp.port, SipStreamFactory(core), interface=sip.tcp.host),
+            "sip.tcp",
+        ).setServiceParent(root)
+    if sip.tls.enabled:
+        context = tls.server_options(
+            sip.tls.certificate, sip.tls.private_key, sip.tls.min_version,
+            sip.tls.client_ca, where="sip.tls",
+        )
+        ListeningPort(
+            "SIP/TLS", sip.tls.host, sip.tls.port,
+            lambda: reactor.listenSSL(
+                sip.tls.port, SipStreamFactory(core), context, interface=sip.tls.host
+            ),
+            "sip.tls",
+        ).setServiceParent(root)
+    if config.api.enabled:
+        from siprecd.api.app import ControlApi
+
+        api = ControlApi(root.readiness, config.node.name)
+        site = Site(api.resource())
+        site.noisy = False
+        context = _api_context(config)
+        ListeningPort(
+            "HTTPS API", config.api.host, config.api.port,
+            lambda: reactor.listenSSL(config.api.port, site, context, interface=config.api.host),
+            "api",
+        ).setServiceParent(root)
