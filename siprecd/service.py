@@ -13,6 +13,7 @@ seconds to finish.
 """
 
 import os
+import signal
 import sys
 
 from twisted.application import service
@@ -142,7 +143,13 @@ class SiprecdService(service.MultiService):
 
     def startService(self):
         service.Service.startService(self)
-        self.started = defer.ensureDeferred(self._start_in_order())
+        # twistd calls this before the reactor runs and installs its signal
+        # handlers; starting stages from inside the running reactor means a
+        # SIGTERM that arrives once we say "ready" is always a clean stop.
+        self.started = defer.Deferred()
+        self.reactor.callWhenRunning(
+            lambda: defer.ensureDeferred(self._start_in_order()).chainDeferred(self.started)
+        )
         return self.started
 
     async def _start_in_order(self):
@@ -200,6 +207,11 @@ class SiprecdService(service.MultiService):
         for child in reversed(list(self)):
             await self._quietly(child.stopService, child)
         self.log.info("stopped")
+        # twistd re-raises the signal that stopped the reactor once it has
+        # shut down, so the process would end "killed by SIGTERM". A drain
+        # that ran to the end is a clean, successful stop: exit status 0.
+        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self.reactor._exitSignal = None
 
     async def _quietly(self, call, child):
         try:
