@@ -7,7 +7,7 @@ against the same interfaces.
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDrainable"]
+__all__ = ["IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted"]
 
 
 class IDrainable(Interface):
@@ -35,3 +35,39 @@ class IReadiness(Interface):
 
     def pending():
         """A dict of component name -> reason it is not ready yet."""
+
+
+class PortsExhausted(Exception):
+    """No media port is free; the INVITE gets 503."""
+
+
+class IMediaPortAllocator(Interface):
+    """Hands out even RTP ports (RTCP on +1) from the configured range."""
+
+    def allocate():
+        """Return a free RTP port, or raise PortsExhausted."""
+
+    def release(port):
+        """Give a port back (it may rest a while before reuse)."""
+
+
+class ICallListener(Interface):
+    """What the layers above the SIP session learn of recording sessions.
+
+    ``session`` is a ``siprecd.siprec.session.RecordingSession``: guid and
+    every identifier seen, participants, and the recorded streams with
+    their labels, codecs, local RTP ports, remote addresses and hold state.
+    """
+
+    def call_offered(session):
+        """A new recording session is about to be answered.
+
+        May return a Deferred; the 200 OK is sent when it fires. A failure
+        refuses the call (503), so nothing is accepted that cannot be kept.
+        """
+
+    def call_updated(session):
+        """Streams, hold state or metadata changed (re-INVITE, UPDATE)."""
+
+    def call_ended(session, reason):
+        """The session is over: BYE either way, CANCEL, timeout, shutdown."""

@@ -61,8 +61,11 @@ class ListeningPort(service.Service):
 
     log = Logger()
 
-    def __init__(self, label, host, port, listen, config_key):
+    def __init__(self, label, host, port, listen, config_key, close_on_drain=True):
         self.name = label
+        # SIP sockets stay open while draining: calls in progress still
+        # need them for their BYE. Others stop taking connections at once.
+        self.close_on_drain = close_on_drain
         self.label = label
         self.host = host
         self.requested_port = port
@@ -190,7 +193,9 @@ class SiprecdService(service.MultiService):
         )
         self.readiness.wait_for("shutdown", "stopping")
         for child in self:
-            if IDrainable.providedBy(child) or isinstance(child, ListeningPort):
+            if IDrainable.providedBy(child) or (
+                isinstance(child, ListeningPort) and child.close_on_drain
+            ):
                 await self._quietly(child.stop_accepting, child)
         if drainables:
             everything = defer.DeferredList(

@@ -77,16 +77,6 @@ def _wants_own_observer(options):
     return bool(parent.get("nodaemon")) or options.config.logging.file != "-"
 
 
-class _SipNotServedYet:
-    """The SIP core the listeners feed; messages are dropped until it exists."""
-
-    def datagram_received(self, data, addr, transport):
-        pass
-
-    def stream_received(self, data, transport):
-        pass
-
-
 def _api_context(config):
     if config.api.certificate is not None:
         cert, key = config.api.certificate, config.api.private_key
@@ -119,24 +109,40 @@ def makeService(options, reactor=None):
 
 
 def _add_listeners(root, config, reactor):
-    from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory
+    from siprecd.calls import CallRegistry
+    from siprecd.media.ports import RangePortAllocator
+    from siprecd.sip.endpoint import SipEndpoint
+    from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory, Transports
+    from siprecd.siprec.server import RecordingServer, RecordingService
 
-    core = _SipNotServedYet()
     sip = config.sip
+    transports = Transports(reactor)
+    endpoint = SipEndpoint(reactor, transports, max_message_size=sip.max_message_size)
+    ports = RangePortAllocator(
+        reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine
+    )
+    root.calls = CallRegistry()
+    root.sip_server = RecordingServer(endpoint, reactor, config, root.calls, ports, root.readiness)
+
+    def stream_factory(kind):
+        factory = SipStreamFactory(endpoint, transports, kind, sip.max_message_size)
+        transports.stream_factories[kind] = factory
+        return factory
+
     if sip.udp.enabled:
         ListeningPort(
             "SIP/UDP", sip.udp.host, sip.udp.port,
             lambda: reactor.listenUDP(
-                sip.udp.port, SipDatagramProtocol(core), interface=sip.udp.host,
+                sip.udp.port, SipDatagramProtocol(endpoint, transports), interface=sip.udp.host,
                 maxPacketSize=sip.max_message_size,
             ),
-            "sip.udp",
+            "sip.udp", close_on_drain=False,
         ).setServiceParent(root)
     if sip.tcp.enabled:
         ListeningPort(
             "SIP/TCP", sip.tcp.host, sip.tcp.port,
-            lambda: reactor.listenTCP(sip.tcp.port, SipStreamFactory(core), interface=sip.tcp.host),
-            "sip.tcp",
+            lambda: reactor.listenTCP(sip.tcp.port, stream_factory("TCP"), interface=sip.tcp.host),
+            "sip.tcp", close_on_drain=False,
         ).setServiceParent(root)
     if sip.tls.enabled:
         context = tls.server_options(
@@ -146,9 +152,9 @@ def _add_listeners(root, config, reactor):
         ListeningPort(
             "SIP/TLS", sip.tls.host, sip.tls.port,
             lambda: reactor.listenSSL(
-                sip.tls.port, SipStreamFactory(core), context, interface=sip.tls.host
+                sip.tls.port, stream_factory("TLS"), context, interface=sip.tls.host
             ),
-            "sip.tls",
+            "sip.tls", close_on_drain=False,
         ).setServiceParent(root)
     if config.api.enabled:
         from siprecd.api.app import ControlApi
@@ -162,3 +168,5 @@ def _add_listeners(root, config, reactor):
             lambda: reactor.listenSSL(config.api.port, site, context, interface=config.api.host),
             "api",
         ).setServiceParent(root)
+    # Last: stopped first, so calls are hung up while the SIP sockets are open.
+    RecordingService(root.sip_server).setServiceParent(root)

@@ -1,0 +1,1 @@
+"""The media plane: RTP/RTCP sockets, jitter buffer, codecs, PCM per stream."""

@@ -1,0 +1,149 @@
+"""A recording session's state (RFC 7866): streams, participants, call
+identifiers, and how each new SDP offer changes the streams.
+
+Sans-IO: offers and metadata go in, an SDP answer and a description of
+what changed come out. Ports come from an IMediaPortAllocator. Roles are
+not decided here (the start-streaming request decides them); streams are
+described by their position among the audio m-lines and their label.
+"""
+
+import uuid
+
+import attrs
+
+from siprecd.siprec import sdp as sdpmod
+from siprecd.siprec.metadata import merge_metadata
+
+__all__ = ["RecordedStream", "RecordingSession", "NotAcceptable"]
+
+
+class NotAcceptable(Exception):
+    """No m-line of the offer can be recorded (answer 488)."""
+
+
+@attrs.define
+class RecordedStream:
+    """One recorded audio stream (an accepted audio m-line)."""
+
+    index: int                      # m-line position in the SDP
+    audio_index: int                # position among the audio m-lines
+    label: str | None
+    codec: object                   # sdp.Codec
+    telephone_event: object | None  # sdp.Codec
+    local_port: int
+    remote_host: str | None
+    remote_port: int
+    on_hold: bool = False
+    crypto: tuple = ()
+
+    @property
+    def key(self):
+        """Streams are matched across offers by label, else by position."""
+        return ("label", self.label) if self.label else ("index", self.index)
+
+
+@attrs.define
+class RecordingSession:
+    call_id: str
+    guid: object                     # guid.CallIdentifier
+    identifiers: list                # every guid.CallIdentifier seen
+    metadata: object | None          # metadata.RecordingMetadata
+    started_at: float
+    transport: str
+    remote: tuple                    # (host, port) of the SRC
+    session_id: str | None = None    # the SRC's Session-ID (RFC 7989), if sent
+    local_session_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    streams: list = attrs.field(factory=list)
+    refused: list = attrs.field(factory=list)   # m-line indexes answered with port 0
+    state: str = "offered"           # offered -> confirmed -> ended
+    ended_reason: str | None = None
+    sdp_session_id: str = attrs.field(factory=lambda: str(uuid.uuid4().int % 10**12))
+    sdp_version: int = 0
+    answer: bytes | None = None
+    dialog: object = None
+    source: object = None            # endpoint.Source the INVITE came from
+    timer: tuple | None = None       # (Session-Expires seconds, refresher) when in use
+
+    @property
+    def mixed(self):
+        """One stream carries both parties (single-stream recording)."""
+        return len(self.streams) == 1
+
+    @property
+    def on_hold(self):
+        return bool(self.streams) and all(s.on_hold for s in self.streams)
+
+    def participants(self):
+        return self.metadata.participants if self.metadata is not None else ()
+
+    def participant_for(self, stream):
+        if self.metadata is None or stream.label is None:
+            return None
+        return self.metadata.participant_for_label(stream.label)
+
+    def update_metadata(self, metadata):
+        self.metadata = merge_metadata(self.metadata, metadata)
+
+    def apply_offer(self, offer, *, codecs, ports, address, accept_srtp=False):
+        """Work out the answer to *offer*; returns (answer bytes, changed).
+
+        Streams keep their port across offers (matched by label, else by
+        m-line position); new labels get new streams and ports; m-lines
+        no longer offered, or refused, give their ports back.
+        """
+        choices = sdpmod.negotiate(offer, tuple(codecs), accept_srtp=accept_srtp)
+        if not any(choices):
+            raise NotAcceptable("no audio stream with a codec in common")
+        old = {s.key: s for s in self.streams}
+        new_streams, answer_ports, refused = [], [], []
+        allocated = []
+        audio_index = -1
+        try:
+            for media, choice in zip(offer.media, choices):
+                if media.media == "audio":
+                    audio_index += 1
+                if choice is None:
+                    answer_ports.append(None)
+                    refused.append(media.index)
+                    continue
+                key = ("label", media.label) if media.label else ("index", media.index)
+                previous = old.pop(key, None)
+                if previous is not None:
+                    port = previous.local_port
+                else:
+                    port = ports.allocate()
+                    allocated.append(port)
+                new_streams.append(RecordedStream(
+                    index=media.index, audio_index=audio_index, label=media.label,
+                    codec=choice.codec, telephone_event=choice.telephone_event,
+                    local_port=port, remote_host=media.connection, remote_port=media.port,
+                    on_hold=media.on_hold, crypto=media.crypto,
+                ))
+                answer_ports.append(port)
+        except Exception:
+            for port in allocated:
+                ports.release(port)
+            raise
+        for gone in old.values():
+            ports.release(gone.local_port)
+        changed = _describe(self.streams) != _describe(new_streams)
+        self.streams, self.refused = new_streams, refused
+        if changed or self.answer is None:
+            self.sdp_version += 1
+        self.answer = sdpmod.format_answer(
+            offer, choices, answer_ports, address=address,
+            session_id=self.sdp_session_id, session_version=self.sdp_version,
+        )
+        return self.answer, changed
+
+    def release_ports(self, ports):
+        for stream in self.streams:
+            ports.release(stream.local_port)
+        self.streams = []
+
+
+def _describe(streams):
+    return [
+        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold)
+        for s in streams
+    ]
