@@ -33,6 +33,10 @@ class Dialog:
         to = request.to.with_tag(local_tag)
         contact = request.headers.get("Contact")
         target = parse_name_addr(contact).uri if contact else request.from_.uri
+        parse_uri(target)
+        routes = list(request.headers.get_all("Record-Route"))
+        for route in routes:  # refuse now what could not be routed later
+            parse_uri(parse_name_addr(route).uri)
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,
@@ -41,7 +45,7 @@ class Dialog:
             remote=request.headers.get("From"),
             remote_seq=request.cseq[0],
             remote_target=target,
-            route_set=list(request.headers.get_all("Record-Route")),
+            route_set=routes,
             secure=parse_uri(request.uri).scheme == "sips",
         )
 

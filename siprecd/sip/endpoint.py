@@ -110,6 +110,11 @@ class SipEndpoint:
                 self._receive_request(message, source)
             else:
                 self._receive_response(message, source)
+        except SipParseError as e:
+            # A header that is only read when it is used (Contact, Route...)
+            # was malformed: the request is bad, not the server.
+            self._malformed(SipParseError(e.reason, request=getattr(message, "method", None)
+                                          and message), source)
         except Exception:
             self.counters["errors"] += 1
             self.log.failure(
@@ -129,12 +134,17 @@ class SipEndpoint:
             address=f"{source.host}:{source.port}", reason=error.reason,
         )
         request = error.request
-        if request is not None and getattr(request, "method", "ACK") != "ACK":
-            try:
-                response = make_response(request, 400, error.reason)
+        if request is None or getattr(request, "method", "ACK") == "ACK":
+            return
+        try:
+            response = make_response(request, getattr(error, "status", 400) or 400, error.reason)
+            txn = self.server_txns.get(server_key(request))
+            if txn is not None:
+                txn.respond(response)
+            else:
                 self._send_response(response, source)
-            except Exception:
-                self.log.info("could not answer the malformed message; dropped")
+        except Exception:
+            self.log.info("could not answer the malformed message; dropped")
 
     # -- requests -----------------------------------------------------------
 

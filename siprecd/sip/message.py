@@ -266,9 +266,10 @@ def _check_value(value):
 
 # -- parameters, shared by URIs, Via and name-addr ----------------------------
 
-_PARAM_VALUE_RE = re.compile(r'[^ \t;",]*')
+# One parameter, with the whitespace around it. Matched one at a time from
+# where the last ended, so a bad list fails in linear time.
 _PARAM_RE = re.compile(
-    r'[ \t]*;[ \t]*(' + _TOKEN + r')(?:[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^ \t;",]*))?[ \t]*',
+    r'[ \t]*;[ \t]*(' + _TOKEN + r')(?:[ \t]*(=)[ \t]*("(?:[^"\\]|\\.)*"|[^ \t;",]*))?[ \t]*',
     re.S,
 )
 
@@ -281,32 +282,15 @@ def _parse_params(text, what):
     first of two same-named parameters wins.
     """
     params = {}
-    if not text:
-        return params
-    if '"' not in text:
-        # The common case, without a regex per parameter.
-        first, *parts = text.split(";")
-        if first.strip(" \t"):
-            raise SipParseError(f"Bad {what} parameters")
-        for part in parts:
-            name, eq, value = part.partition("=")
-            name = name.strip(" \t")
-            if not _TOKEN_RE.fullmatch(name):
-                raise SipParseError(f"Bad {what} parameter")
-            if eq:
-                value = value.strip(" \t")
-                if not _PARAM_VALUE_RE.fullmatch(value):
-                    raise SipParseError(f"Bad {what} parameter")
-            else:
-                value = None
-            params.setdefault(name.lower(), value)
-        return params
-    pos, end = 0, len(text)
+    pos, end = 0, len(text) if text else 0
     while pos < end:
         m = _PARAM_RE.match(text, pos)
         if m is None:
+            if not text[pos:].strip(" \t"):
+                break
             raise SipParseError(f"Bad {what} parameters")
-        params.setdefault(m.group(1).lower(), m.group(2))
+        name, eq, value = m.groups()
+        params.setdefault(name.lower(), value if eq else None)
         pos = m.end()
     return params
 
@@ -698,7 +682,6 @@ class KeepAlive:
 
 # -- parsing ---------------------------------------------------------------
 
-_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
 _FOLD_RE = re.compile(r"\r?\n[ \t]+")
 _REQUEST_LINE_RE = re.compile(r"(" + _TOKEN + r") ([^ \t]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)")
 _STATUS_LINE_RE = re.compile(r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.S)
@@ -714,6 +697,27 @@ class _Head:
         self.start_line = start_line
         self.headers = headers
         self.error = error
+
+
+def _find_blank_line(data, start=0, end=None):
+    """(where the blank line ending the headers starts, where the body starts), or None.
+
+    The blank line is ``[CR] LF [CR] LF``; two ``find`` calls locate it several
+    times faster than a regex search, and this runs on every message.
+    """
+    if end is None:
+        end = len(data)
+    crlf = data.find(b"\n\r\n", start, end)
+    lf = data.find(b"\n\n", start, end if crlf == -1 else crlf + 2)
+    if lf != -1:
+        first, stop = lf, lf + 2
+    elif crlf != -1:
+        first, stop = crlf, crlf + 3
+    else:
+        return None
+    if first > 0 and data[first - 1] == 13:
+        first -= 1
+    return first, stop
 
 
 def _parse_head(raw):
@@ -818,28 +822,40 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 
 
 def _check_headers(headers):
-    """The first problem with the headers that identify a transaction, or None."""
+    """Check the headers that identify a transaction.
+
+    Returns (the first problem or None, the CSeq method or None).
+    """
     counts = {}
-    for key, _, _ in headers._items:
-        counts[key] = counts.get(key, 0) + 1
+    first = {}
+    for key, _, value in headers._items:
+        if key in counts:
+            counts[key] += 1
+        else:
+            counts[key] = 1
+            first[key] = value
     for key in _MANDATORY:
         if key not in counts:
-            return SipParseError(f"Missing {_CANONICAL[key]} header")
+            return SipParseError(f"Missing {_CANONICAL[key]} header"), None
     for key in _SINGLE_HEADERS:
         if counts.get(key, 0) > 1:
-            return SipParseError(f"Duplicate {_CANONICAL[key]} header")
+            return SipParseError(f"Duplicate {_CANONICAL[key]} header"), None
     try:
-        parse_cseq(headers.get("CSeq"))
+        _, method = parse_cseq(first["cseq"])
     except SipParseError as e:
-        return e
-    for name, parse in (("Via", parse_via), ("From", parse_name_addr), ("To", parse_name_addr)):
+        return e, None
+    for name, parse, value in (
+        ("Via", parse_via, headers.get("Via")),
+        ("From", parse_name_addr, first["from"]),
+        ("To", parse_name_addr, first["to"]),
+    ):
         try:
-            parse(headers.get(name))
+            parse(value)
         except SipParseError:
-            return SipParseError(f"Bad {name} header")
-    if not headers.get("Call-ID"):
-        return SipParseError("Empty Call-ID header")
-    return None
+            return SipParseError(f"Bad {name} header"), None
+    if not first["call-id"]:
+        return SipParseError("Empty Call-ID header"), None
+    return None, method
 
 
 def _build(head, body):
@@ -853,7 +869,7 @@ def _build(head, body):
             raise SipParseError("Bad status code")
         if m.group(1).upper() != "SIP/2.0":
             raise SipParseError("Version Not Supported", status=505)
-        error = head.error or _check_headers(head.headers)
+        error = head.error or _check_headers(head.headers)[0]
         if error is not None:
             raise error
         return Response(status, m.group(3) or "", head.headers, body)
@@ -866,9 +882,9 @@ def _build(head, body):
     if error is None and not _URI_SHAPE_RE.fullmatch(request.uri):
         error = SipParseError("Bad Request-URI")
     if error is None:
-        error = _check_headers(request.headers)
-    if error is None and request.cseq[1] != request.method:
-        error = SipParseError("CSeq method does not match request method")
+        error, method = _check_headers(request.headers)
+        if error is None and method != request.method:
+            error = SipParseError("CSeq method does not match request method")
     if error is None:
         forwards = request.headers.get("Max-Forwards")
         if forwards is not None and not (_DIGITS_RE.fullmatch(forwards) and int(forwards) <= 255):
@@ -902,18 +918,18 @@ def _parse_whole(data, max_size):
     if not data:
         raise SipParseError("Empty message")
     too_large = len(data) > max_size
-    m = _BLANK_LINE_RE.search(data, 0, max_size)
-    if m is None:
+    blank = _find_blank_line(data, 0, max_size)
+    if blank is None:
         error = (SipParseError("Message Too Large", status=513) if too_large
                  else SipParseError("Incomplete header block"))
         raise _failure(_parse_head(data[:max_size]), error)
-    head = _parse_head(data[:m.start()])
+    head = _parse_head(data[:blank[0]])
     if too_large:
         raise _failure(head, SipParseError("Message Too Large", status=513))
     length, error = _content_length(head.headers)
     if error is not None:
         raise _failure(head, error)
-    body = data[m.end():]
+    body = data[blank[1]:]
     if length is not None:
         if length > len(body):
             raise _failure(head, SipParseError("Content-Length larger than message"))
@@ -984,8 +1000,8 @@ class StreamParser:
                         continue
                     if len(buf) == 1:
                         return  # a CR whose LF has not arrived yet
-                m = _BLANK_LINE_RE.search(buf, self._scan_from)
-                if m is None:
+                blank = _find_blank_line(buf, self._scan_from)
+                if blank is None:
                     if len(buf) > self.max_size:
                         head = _parse_head(bytes(buf[:self.max_size]))
                         self._break(out, _failure(head, SipParseError("Message Too Large", status=513)))
@@ -993,16 +1009,17 @@ class StreamParser:
                     self._scan_from = max(0, len(buf) - 3)
                     return
                 self._scan_from = 0
-                head = _parse_head(bytes(buf[:m.start()]))
+                head_end, body_start = blank
+                head = _parse_head(bytes(buf[:head_end]))
                 length, error = _content_length(head.headers)
                 if error is None and length is None:
                     error = SipParseError("Missing Content-Length header")
-                if error is None and m.end() + length > self.max_size:
+                if error is None and body_start + length > self.max_size:
                     error = SipParseError("Message Too Large", status=513)
                 if error is not None:
                     self._break(out, _failure(head, error))
                     return
-                self._pending = (head, m.end(), m.end() + length)
+                self._pending = (head, body_start, body_start + length)
             head, body_start, end = self._pending
             if len(buf) < end:
                 return

@@ -64,17 +64,20 @@ class RecordingServer:
     # -- addresses ------------------------------------------------------------
 
     def _advertised(self, source):
-        host = self.config.sip.advertised_host or source.local_host
-        if not host or host in ("0.0.0.0", "::"):
-            host = local_address_towards(source.host)
-        return host
+        for host in (self.config.sip.advertised_host, source.local_host):
+            if host and host not in ("0.0.0.0", "::"):
+                return host
+        return local_address_towards(source.host)
 
     def _media_address(self, source):
+        """Where the SBC should send RTP: configured, else the address it
+        reached us on, else our address on the route towards it."""
         media = self.config.media
-        host = media.advertised_host or media.host
-        if host in ("0.0.0.0", "::"):
-            host = self.config.sip.advertised_host or local_address_towards(source.host)
-        return host
+        for host in (media.advertised_host, media.host, self.config.sip.advertised_host,
+                     source.local_host):
+            if host and host not in ("0.0.0.0", "::"):
+                return host
+        return local_address_towards(source.host)
 
     def _contact(self, source):
         host = self._advertised(source)
@@ -142,6 +145,7 @@ class RecordingServer:
         except _BadBody as e:
             txn.respond(make_response(request, e.status, e.reason))
             return
+        dialog = Dialog.from_invite(request, new_tag())  # SipParseError -> 400
         identifiers = guidmod.find_identifiers(request.headers, metadata, request.call_id)
         chosen = guidmod.choose_guid(identifiers, tuple(self.config.sip.guid_sources))
         session_id = request.headers.get("Session-ID")
@@ -163,7 +167,7 @@ class RecordingServer:
             self.log.warn("no free RTP port; refusing call {call_id}", call_id=request.call_id)
             txn.respond(self._unavailable(request, "Media Ports Exhausted"))
             return
-        session.dialog = Dialog.from_invite(request, new_tag())
+        session.dialog = dialog
         session.dialog.secure = session.dialog.secure or source.transport == "TLS"
         session.timer = timer
         session.source = source
@@ -380,7 +384,13 @@ class RecordingServer:
         old = timers.pop(name, None)
         if old is not None and old.active():
             old.cancel()
-        timers[name] = self.clock.callLater(delay, fn)
+        timers[name] = self.clock.callLater(delay, self._guarded, fn, session)
+
+    def _guarded(self, fn, session):
+        try:
+            fn()
+        except Exception:
+            self.log.failure("timer failed for call {call_id}", call_id=session.call_id)
 
     def _cancel_timers(self, session):
         for call in self._timers.pop(session.dialog.id, {}).values():
