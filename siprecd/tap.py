@@ -1,5 +1,6 @@
 """twistd glue: command-line options and the service tree for one daemon."""
 
+import socket
 import sys
 
 from twisted.python import usage
@@ -129,13 +130,18 @@ def _add_listeners(root, config, reactor):
         transports.stream_factories[kind] = factory
         return factory
 
+    def listen_udp():
+        port = reactor.listenUDP(
+            sip.udp.port, SipDatagramProtocol(endpoint, transports), interface=sip.udp.host,
+            maxPacketSize=sip.max_message_size,
+        )
+        # Bursts of INVITEs (an SBC failing over to us) must not be dropped.
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.media.receive_buffer)
+        return port
+
     if sip.udp.enabled:
         ListeningPort(
-            "SIP/UDP", sip.udp.host, sip.udp.port,
-            lambda: reactor.listenUDP(
-                sip.udp.port, SipDatagramProtocol(endpoint, transports), interface=sip.udp.host,
-                maxPacketSize=sip.max_message_size,
-            ),
+            "SIP/UDP", sip.udp.host, sip.udp.port, listen_udp,
             "sip.udp", close_on_drain=False,
         ).setServiceParent(root)
     if sip.tcp.enabled:

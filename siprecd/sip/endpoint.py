@@ -137,12 +137,14 @@ class SipEndpoint:
         if request is None or getattr(request, "method", "ACK") == "ACK":
             return
         try:
+            self._mark_via(request, source)  # answer to where it came from, no DNS
             response = make_response(request, getattr(error, "status", 400) or 400, error.reason)
             txn = self.server_txns.get(server_key(request))
-            if txn is not None:
-                txn.respond(response)
-            else:
+            if txn is None:
                 self._send_response(response, source)
+            elif txn.state in ("trying", "proceeding"):
+                txn.respond(response)
+            # else: a mangled retransmission of an answered request; absorbed.
         except Exception:
             self.log.info("could not answer the malformed message; dropped")
 

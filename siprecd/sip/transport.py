@@ -118,7 +118,11 @@ class Transports:
             if self.udp is None:
                 self.log.warn("no UDP listener to send from; dropped")
                 return
-            self._resolve(host).addCallback(lambda ip: self.udp.send(data, (ip, port)))
+            self._resolve(host).addCallbacks(
+                lambda ip: self.udp.send(data, (ip, port)),
+                lambda f: self.log.info("cannot resolve {host}: {e}", host=host,
+                                        e=f.getErrorMessage()),
+            )
             return
         if connection is not None and getattr(connection, "connected", False):
             connection.send(data)
@@ -134,10 +138,7 @@ class Transports:
             ipaddress.ip_address(host.strip("[]"))
             return defer.succeed(host.strip("[]"))
         except ValueError:
-            d = self.reactor.resolve(host)
-            d.addErrback(lambda f: self.log.info("cannot resolve {host}: {e}", host=host,
-                                                 e=f.getErrorMessage()))
-            return d
+            return self.reactor.resolve(host)
 
     def _connect(self, transport, host, port):
         factory = self.stream_factories.get(transport)
