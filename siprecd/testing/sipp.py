@@ -30,13 +30,13 @@ class SippResult:
 
 
 def run_sipp(scenario, host, port, *, transport="udp", workdir, calls=1, rate=None,
-             concurrency=None, timeout=60, extra=()):
+             concurrency=None, timeout=60, extra=(), prefix=()):
     workdir = Path(workdir)
     name = Path(scenario).stem
     local_port = free_port(socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
     media_port = free_port(socket.SOCK_DGRAM)
     args = [
-        "sipp", f"{host}:{port}", "-sf", str(scenario), "-t", _TRANSPORTS[transport],
+        *prefix, "sipp", f"{host}:{port}", "-sf", str(scenario), "-t", _TRANSPORTS[transport],
         "-i", "127.0.0.1", "-p", str(local_port), "-mi", "127.0.0.1", "-mp", str(media_port),
         "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-timeout_error",
         "-trace_stat", "-stf", str(workdir / f"{name}.stat.csv"),
