@@ -151,14 +151,14 @@ def _add_listeners(root, config, reactor):
             "sip.tcp", close_on_drain=False,
         ).setServiceParent(root)
     if sip.tls.enabled:
-        context = tls.server_options(
+        sip_context = tls.server_options(
             sip.tls.certificate, sip.tls.private_key, sip.tls.min_version,
             sip.tls.client_ca, where="sip.tls",
         )
         ListeningPort(
             "SIP/TLS", sip.tls.host, sip.tls.port,
             lambda: reactor.listenSSL(
-                sip.tls.port, stream_factory("TLS"), context, interface=sip.tls.host
+                sip.tls.port, stream_factory("TLS"), sip_context, interface=sip.tls.host
             ),
             "sip.tls", close_on_drain=False,
         ).setServiceParent(root)
@@ -168,10 +168,12 @@ def _add_listeners(root, config, reactor):
         api = ControlApi(root.readiness, config.node.name)
         site = Site(api.resource())
         site.noisy = False
-        context = _api_context(config)
+        api_context = _api_context(config)
         ListeningPort(
             "HTTPS API", config.api.host, config.api.port,
-            lambda: reactor.listenSSL(config.api.port, site, context, interface=config.api.host),
+            lambda: reactor.listenSSL(
+                config.api.port, site, api_context, interface=config.api.host
+            ),
             "api",
         ).setServiceParent(root)
     # Last: stopped first, so calls are hung up while the SIP sockets are open.

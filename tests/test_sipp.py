@@ -4,6 +4,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from siprecd.testing.daemon import Daemon, write_config
 from siprecd.testing.sipp import run_sipp
@@ -72,3 +73,94 @@ def test_garbage_datagrams_and_stream_bytes_then_options(daemon, tmp_path):
                       transport="udp", workdir=tmp_path)
     assert result.returncode == 0, result.report
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_cancel_before_answer_over_real_sockets(tmp_path):
+    """sipp CANCELs an INVITE that the daemon holds unanswered.
+
+    The daemon runs in this process on real loopback sockets, with a test
+    double for the layer above SIP (HeldCallListener) standing in for the
+    real registry, which answers at once and so leaves no window to CANCEL.
+    """
+    from twisted.internet import reactor, threads
+
+    from siprecd import config as configmod
+    from siprecd.tap import makeService
+    from siprecd.testing.doubles import HeldCallListener
+
+    path, cfg = write_config(tmp_path)
+
+    class Options:
+        config = configmod.load(path)
+
+    root = makeService(Options(), reactor)
+    held = HeldCallListener()
+    root.sip_server.listener = held
+    root.privilegedStartService()
+    root.startService()
+    yield root.started
+    try:
+        result = yield threads.deferToThread(
+            run_sipp, SCENARIOS / "cancel.xml", "127.0.0.1", cfg["sip"]["udp"]["port"],
+            transport="udp", workdir=tmp_path,
+        )
+        assert result.returncode == 0, result.report
+        assert len(held.held) == 1 and root.sip_server.pending == {}
+        assert root.sip_server.calls == {} and held.ended == 1
+    finally:
+        yield root.stopService()
+
+
+def test_sigterm_hangs_up_running_calls_with_bye(tmp_path):
+    """Drain: calls still up when the grace period ends get a BYE from us."""
+    import concurrent.futures
+
+    path, cfg = write_config(tmp_path, node={"shutdown_grace": "1s"})
+    with Daemon(path) as daemon:
+        daemon.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(run_sipp, SCENARIOS / "bye_from_srs.xml", "127.0.0.1",
+                                 cfg["sip"]["udp"]["port"], transport="udp", workdir=tmp_path)
+            daemon.wait_for(r"recording session offered")
+            code, seconds = daemon.terminate()
+            result = future.result(timeout=60)
+    assert result.returncode == 0, result.report
+    assert code == 0 and seconds < 5
+    assert any("hanging up" in line and "shutdown" in line for line in daemon.lines)
+
+
+def test_options_over_tls(tmp_path):
+    import ssl
+
+    from siprecd.sip.message import parse_message
+    from siprecd.testing.daemon import free_port
+    from siprecd.tls import make_self_signed
+
+    cert, key = make_self_signed("siprecd.test", ("127.0.0.1",))
+    (tmp_path / "sip.crt").write_bytes(cert)
+    (tmp_path / "sip.key").write_bytes(key)
+    port = free_port()
+    path, _ = write_config(tmp_path, sip={"tls": {
+        "enabled": True, "host": "127.0.0.1", "port": port,
+        "certificate": str(tmp_path / "sip.crt"), "private_key": str(tmp_path / "sip.key")}})
+    with Daemon(path) as daemon:
+        daemon.wait_for(rf"listening for SIP/TLS on 127\.0\.0\.1:{port}$")
+        daemon.wait_ready()
+        context = ssl.create_default_context(cafile=str(tmp_path / "sip.crt"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            tls.sendall(
+                b"OPTIONS sip:srs@127.0.0.1 SIP/2.0\r\n"
+                b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1;rport\r\n"
+                b"From: <sips:probe@127.0.0.1>;tag=t1\r\nTo: <sips:srs@127.0.0.1>\r\n"
+                b"Call-ID: tls1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += tls.recv(4096)
+        response = parse_message(data)
+        assert response.status == 200 and "siprec" in response.headers.get_all("Supported")
+        assert daemon.terminate()[0] == 0

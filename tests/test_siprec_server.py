@@ -3,53 +3,23 @@
 import itertools
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from siprecd import config
 from siprecd.calls import CallRegistry
-from siprecd.interfaces import ICallListener
+from siprecd.interfaces import ICallListener, IMediaPortAllocator
 from siprecd.media.ports import RangePortAllocator
 from siprecd.service import Readiness
 from siprecd.sip.endpoint import SipEndpoint, Source
 from siprecd.sip.message import parse_message
 from siprecd.siprec.sdp import parse_sdp
 from siprecd.siprec.server import RecordingServer
+from siprecd.testing.doubles import HeldCallListener, SentMessages
 from siprecd.testing.siprec_samples import FLAVOURS, sample_invite, sample_sdp
 
 SRC = Source("UDP", "192.0.2.10", 5060, None, "192.0.2.1", 5070)
 _branches = itertools.count(1)
-
-
-class SentMessages:
-    """Test double for sip.transport.Transports: keeps what would be sent."""
-
-    def __init__(self):
-        self.sent = []
-
-    def send(self, transport, host, port, data, connection=None):
-        self.sent.append(((transport, host, port), parse_message(data)))
-
-    def pop(self):
-        out, self.sent = [m for _, m in self.sent], []
-        return out
-
-
-@implementer(ICallListener)
-class HeldListener(CallRegistry):
-    """Test double: a call registry whose call_offered waits until released."""
-
-    def __init__(self):
-        super().__init__()
-        self.held = []
-
-    def call_offered(self, session):
-        super().call_offered(session)
-        d = defer.Deferred()
-        self.held.append(d)
-        return d
 
 
 class Harness:
@@ -105,6 +75,8 @@ class Harness:
 
 def test_listener_and_allocator_are_what_the_interfaces_say():
     verifyObject(ICallListener, CallRegistry())
+    verifyObject(ICallListener, HeldCallListener())
+    verifyObject(IMediaPortAllocator, RangePortAllocator(Clock(), 20000, 20100))
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -242,7 +214,7 @@ def test_bye_from_src_ends_the_call_and_frees_ports():
 
 
 def test_cancel_before_answer_gets_487():
-    listener = HeldListener()
+    listener = HeldCallListener()
     h = Harness(listener=listener)
     sample = sample_invite()
     branch = "z9hG4bKcancelme"
@@ -261,7 +233,7 @@ def test_cancel_for_unknown_invite_gets_481():
 
 
 def test_a_failing_listener_refuses_the_call_with_503():
-    listener = HeldListener()
+    listener = HeldCallListener()
     h = Harness(listener=listener)
     h.invite()
     listener.held[0].errback(RuntimeError("database unavailable"))

@@ -850,8 +850,12 @@ def _check_headers(headers):
         ("To", parse_name_addr, first["to"]),
     ):
         try:
-            parse(value)
+            parsed = parse(value)
         except SipParseError:
+            return SipParseError(f"Bad {name} header"), None
+        # A tag, when present, is a token (RFC 3261 §19.3); an empty one
+        # would make dialogs match on nothing.
+        if name != "Via" and "tag" in parsed.params and not parsed.tag:
             return SipParseError(f"Bad {name} header"), None
     if not first["call-id"]:
         return SipParseError("Empty Call-ID header"), None
@@ -1139,10 +1143,13 @@ def make_response(request, status, reason=None, *, to_tag=None, headers=(), body
         value = source.get(key)
         if value is None:
             continue
-        if key == "to" and to_tag is not None and parse_name_addr(value).tag is None:
-            # Appending keeps the value as the peer wrote it, which is right
-            # for both the <uri> and the bare addr-spec forms.
-            value = f"{value};tag={to_tag}"
+        if key == "to" and to_tag is not None:
+            addr = parse_name_addr(value)
+            if not addr.tag:
+                # Appending keeps the value as the peer wrote it, which is right
+                # for both the <uri> and the bare addr-spec forms; a valueless
+                # ";tag" has to be replaced instead.
+                value = str(addr.with_tag(to_tag)) if "tag" in addr.params else f"{value};tag={to_tag}"
         items.append((key, _CANONICAL[key], value))
     if status == 100 and "Timestamp" in source:
         items.append(("timestamp", "Timestamp", source.get("Timestamp")))
