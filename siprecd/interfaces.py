@@ -7,7 +7,10 @@ against the same interfaces.
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted"]
+__all__ = [
+    "IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted",
+    "IStreamConsumer",
+]
 
 
 class IDrainable(Interface):
@@ -71,3 +74,20 @@ class ICallListener(Interface):
 
     def call_ended(session, reason):
         """The session is over: BYE either way, CANCEL, timeout, shutdown."""
+
+
+class IStreamConsumer(Interface):
+    """What the media plane hands upward for each recorded stream.
+
+    Positions are in samples at 8 kHz from the start of that stream's
+    timeline (the first RTP packet of the stream is position 0; holds,
+    pauses and losses keep their length), so ``position / 8`` is ms.
+    Calls come in stream order from the reactor thread.
+    """
+
+    def pcm(stream, position, samples):
+        """*samples*: int16 numpy array that starts at *position*."""
+
+    def event(stream, kind, position, detail):
+        """kind: "dtmf" (detail: digit and duration in samples), "hold",
+        "resume", "ssrc" (a new SSRC took over), or "end"."""
