@@ -204,9 +204,11 @@ class ServerNonInviteTransaction(_Base):
         self._after("J", 0 if self.reliable else self.timers.timeout, self._terminate)
 
 
-class ClientNonInviteTransaction(_Base):
-    """RFC 3261 §17.1.2. *on_response(response)* gets every response;
-    *on_timeout()* is told when no final response came (Timer F)."""
+class _ClientTransaction(_Base):
+    """What both client transactions share: send, retransmit over UDP on
+    one timer, give up on another."""
+
+    retransmit_timer = timeout_timer = initial_state = None
 
     def __init__(self, request, send, clock, *, reliable, on_response, on_timeout,
                  timers=Timers(), on_terminated=None):
@@ -216,22 +218,29 @@ class ClientNonInviteTransaction(_Base):
         self._send = send
         self._on_response = on_response
         self._on_timeout = on_timeout
-        self.state = "trying"
+        self.state = self.initial_state
 
     def start(self):
         self._send(self.request)
         if not self.reliable:
-            self._after("E", self.timers.t1, self._retransmit, self.timers.t1)
-        self._after("F", self.timers.timeout, self._timeout)
+            self._after(self.retransmit_timer, self.timers.t1, self._retransmit, self.timers.t1)
+        self._after(self.timeout_timer, self.timers.timeout, self._timeout)
+
+    def _timeout(self):
+        self._on_timeout()
+        self._terminate()
+
+
+class ClientNonInviteTransaction(_ClientTransaction):
+    """RFC 3261 §17.1.2. *on_response(response)* gets every response;
+    *on_timeout()* is told when no final response came (Timer F)."""
+
+    retransmit_timer, timeout_timer, initial_state = "E", "F", "trying"
 
     def _retransmit(self, interval):
         self._send(self.request)
         nxt = self.timers.t2 if self.state == "proceeding" else min(2 * interval, self.timers.t2)
         self._after("E", nxt, self._retransmit, nxt)
-
-    def _timeout(self):
-        self._on_timeout()
-        self._terminate()
 
     def receive_response(self, response):
         if self.state in ("completed", "terminated"):
@@ -247,37 +256,22 @@ class ClientNonInviteTransaction(_Base):
         self._after("K", 0 if self.reliable else self.timers.t4, self._terminate)
 
 
-class ClientInviteTransaction(_Base):
-    """RFC 3261 §17.1.1 with RFC 6026. *send_ack(response)* is asked to ACK
-    a non-2xx final response (same branch); ACK for 2xx is the user's."""
+class ClientInviteTransaction(_ClientTransaction):
+    """RFC 3261 §17.1.1 with RFC 6026. *make_ack(response)* builds the ACK
+    for a non-2xx final response (same branch); ACK for 2xx is the user's."""
 
-    def __init__(self, request, send, clock, *, reliable, on_response, on_timeout, make_ack,
-                 timers=Timers(), on_terminated=None):
-        super().__init__(clock, reliable, timers, on_terminated)
-        self.request = request
-        self.key = client_key(request.top_via.branch, request.method)
-        self._send = send
-        self._on_response = on_response
-        self._on_timeout = on_timeout
+    retransmit_timer, timeout_timer, initial_state = "A", "B", "calling"
+
+    def __init__(self, request, send, clock, *, make_ack, **kwargs):
+        super().__init__(request, send, clock, **kwargs)
         self._make_ack = make_ack
         self._ack = None
-        self.state = "calling"
-
-    def start(self):
-        self._send(self.request)
-        if not self.reliable:
-            self._after("A", self.timers.t1, self._retransmit, self.timers.t1)
-        self._after("B", self.timers.timeout, self._timeout)
 
     def _retransmit(self, interval):
         if self.state != "calling":
             return
         self._send(self.request)
         self._after("A", 2 * interval, self._retransmit, 2 * interval)
-
-    def _timeout(self):
-        self._on_timeout()
-        self._terminate()
 
     def receive_response(self, response):
         if self.state == "terminated":
