@@ -28,7 +28,6 @@ used.
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable
 
 import attrs
 
