@@ -341,3 +341,22 @@ def test_a_bad_header_found_late_gets_400_not_500():
                   headers=[("Record-Route", "<sip:unterminated")])[-1]
     assert r.status == 400
     assert h.endpoint.counters["errors"] == 0
+
+
+def test_session_timer_is_shortened_to_ours_but_not_below_min_se():
+    h = Harness()
+    _, ok = h.established(call_key="long", headers=[("Session-Expires", "7200;refresher=uas")])
+    assert ok.headers.get("Session-Expires") == "1800;refresher=uas"
+    h = Harness(sip={"session_expires": "100s"})
+    _, ok = h.established(call_key="minse", headers=[("Session-Expires", "600"), ("Min-SE", "300")])
+    assert ok.headers.get("Session-Expires") == "300;refresher=uac"
+
+
+def test_uas_refresher_sends_update_at_half_time():
+    h = Harness()
+    h.established(headers=[("Session-Expires", "600;refresher=uas")])
+    h.clock.advance(299)
+    assert h.wire.pop() == []
+    h.clock.advance(1)
+    (update,) = h.wire.pop()
+    assert update.method == "UPDATE" and update.headers.get("Session-Expires") == "600;refresher=uas"

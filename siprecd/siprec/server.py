@@ -243,23 +243,28 @@ class RecordingServer:
 
     def _session_timer(self, request):
         """(expires, refresher) when the SBC asked for a session timer;
-        an int (our Min-SE) when its interval is too small; None otherwise."""
+        an int (our Min-SE) when its interval is too small; None otherwise.
+
+        We may shorten the interval to ``sip.session_expires`` but never
+        below the request's Min-SE (RFC 4028 §9)."""
         value = request.headers.get("Session-Expires")
         if not value:
             return None
-        parts = [p.strip() for p in value.split(";")]
+        expires, *params = [p.strip() for p in value.split(";")]
         try:
-            expires = int(parts[0])
+            expires = int(expires)
+            min_se = int((request.headers.get("Min-SE") or str(MIN_SE)).split(";")[0])
         except ValueError:
             return None
         if expires < MIN_SE:
             return MIN_SE
-        expires = min(expires, int(self.config.sip.session_expires)) if expires > self.config.sip.session_expires else expires
+        expires = max(min(expires, int(self.config.sip.session_expires)), min_se, MIN_SE)
         refresher = "uac"
-        for p in parts[1:]:
-            if p.lower().startswith("refresher="):
-                refresher = p.split("=", 1)[1].strip().lower() or "uac"
-        return (expires, refresher if refresher in ("uac", "uas") else "uac")
+        for p in params:
+            name, _, val = p.partition("=")
+            if name.strip().lower() == "refresher" and val.strip().lower() in ("uac", "uas"):
+                refresher = val.strip().lower()
+        return (expires, refresher)
 
     def handle_cancel(self, invite_txn):
         session = self.pending.pop(invite_txn.key, None)
@@ -274,11 +279,13 @@ class RecordingServer:
         pass  # the INVITE transaction stops retransmitting its 2xx
 
     def handle_ack_timeout(self, request):
+        """No ACK came for our 2xx to an INVITE: the SRC is gone."""
         for session in list(self.calls.values()):
-            if session.call_id == request.call_id and session.dialog.remote_seq == request.cseq[0] \
-                    and session.state == "confirmed" and request.method == "INVITE" \
-                    and session.dialog.remote_tag == request.from_.tag:
-                self.log.warn("no ACK for our 200 OK; ending call {call_id}", call_id=request.call_id)
+            dialog = session.dialog
+            if (dialog.call_id, dialog.remote_tag) == (request.call_id, request.from_.tag) \
+                    and session.state == "confirmed":
+                self.log.warn("no ACK for our 200 OK; ending call {call_id}",
+                              call_id=request.call_id)
                 self._hang_up(session, "no ACK")
 
     # -- in-dialog requests ---------------------------------------------------
