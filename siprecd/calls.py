@@ -41,3 +41,40 @@ class CallRegistry:
 
     def __len__(self):
         return len(self.by_guid)
+
+
+@implementer(ICallListener)
+class CallListeners:
+    """Several ICallListeners as one, told in order.
+
+    ``call_offered`` waits for every listener's Deferred (the 200 OK goes
+    out only when all of them are ready to keep the call); the others are
+    notifications, and one listener's error does not stop the next.
+    """
+
+    log = Logger()
+
+    def __init__(self, *listeners):
+        self.listeners = list(listeners)
+
+    def call_offered(self, session):
+        from twisted.internet import defer
+
+        return defer.gatherResults(
+            [defer.maybeDeferred(lst.call_offered, session) for lst in self.listeners],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+
+    def call_updated(self, session):
+        self._tell("call_updated", session)
+
+    def call_ended(self, session, reason):
+        self._tell("call_ended", session, reason)
+
+    def _tell(self, name, *args):
+        for listener in self.listeners:
+            try:
+                getattr(listener, name)(*args)
+            except Exception:
+                self.log.failure("{listener} failed in {name}", listener=type(listener).__name__,
+                                 name=name)

@@ -211,10 +211,11 @@ class RecordingServer:
 
     def _refuse(self, request, txn, session, failure):
         self.pending.pop(txn.key, None)
-        session.release_ports(self.ports)
         self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
         if txn.state == "proceeding":
             txn.respond(self._unavailable(request, "Cannot Record"))
+        # Listeners that did take the call get to forget it again.
+        self._ended(session, "refused", notify=True)
 
     def _read_body(self, request):
         if not request.body:
