@@ -32,8 +32,14 @@ check-config: install
 deps:
 	bash scripts/test-deps
 
+# The PostgreSQL cases of the storage tests need a real server: unless
+# SIPRECD_TEST_POSTGRES_DSN names one, a throwaway server is started on
+# 127.0.0.1 (scripts/test-postgres; data under /tmp, reused across runs).
 test: deps install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@dsn="$${SIPRECD_TEST_POSTGRES_DSN:-}"; \
+	if [ -z "$$dsn" ]; then dsn="$$(bash scripts/test-postgres)" || exit 1; fi; \
+	echo "PostgreSQL for the tests: $$dsn"; \
+	SIPRECD_TEST_POSTGRES_DSN="$$dsn" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	@for b in bench/*_bench; do [ -e "$$b" ] && $(PY) "$$b" || true; done

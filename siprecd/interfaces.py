@@ -91,3 +91,182 @@ class IStreamConsumer(Interface):
     def event(stream, kind, position, detail):
         """kind: "dtmf" (detail: digit and duration in samples), "hold",
         "resume", "ssrc" (a new SSRC took over), or "end"."""
+
+
+class StorageError(Exception):
+    """A storage operation failed; ``str()`` is one line for the operator.
+
+    Raised for writes the database refused (disk full, read-only file,
+    constraint violated): nothing of that operation was committed, and
+    nothing committed before it is lost.
+    """
+
+
+class StorageUnavailable(StorageError):
+    """The database could not be reached (after the backend's own retries)."""
+
+
+class RecordNotFound(StorageError):
+    """An operation named a call, leg, stream or app that is not stored."""
+
+
+class IStorage(Interface):
+    """Everything siprecd keeps: apps, calls, legs, streams, messages, the
+    webhook outbox, audit log, nodes, leases and export runs.
+
+    Every method returns a Deferred; blocking drivers run on the backend's
+    own threads, never on the reactor thread. Records are the attrs classes
+    of ``siprecd.storage.records``. **All times are integers: milliseconds
+    since the UNIX epoch, UTC** (``start_ms``/``end_ms`` of a message are
+    milliseconds on the stream's timeline instead). Arguments named ``now``
+    default to the backend's injected clock. Failures are ``StorageError``
+    (or a subclass).
+
+    Backends are found by name (``storage.backend``) through the entry
+    point group ``siprecd.storage``; see ``siprecd.storage.backends``.
+    """
+
+    name = Attribute("Backend name, as configured (e.g. 'sqlite').")
+    location = Attribute("Where the data lives, for logs (never a password).")
+
+    # Life cycle -----------------------------------------------------------
+
+    def open():
+        """Connect and apply pending schema migrations. Fires with the
+        schema version; fails with StorageError in one clear line."""
+
+    def drain():
+        """Fires when the operations in flight when called have finished."""
+
+    def close():
+        """Wait for operations in flight, then release connections."""
+
+    # API credentials ------------------------------------------------------
+
+    def create_app(webhook_target, label=None, now=None):
+        """Fires with ``(App, secret)``; the secret is never stored or shown again."""
+
+    def get_app(api_id):
+        """Fires with the App (revoked ones too), or None."""
+
+    def list_apps(include_revoked=False):
+        """Fires with a list of App, oldest first."""
+
+    def revoke_app(api_id, now=None):
+        """Fires with True if an active app was revoked."""
+
+    def rotate_app_secret(api_id, now=None):
+        """Fires with the new secret; RecordNotFound for an unknown or
+        revoked app."""
+
+    def verify_app_secret(api_id, secret):
+        """Fires with the App when *secret* is right for an active app,
+        else None (unknown, revoked and wrong are not told apart)."""
+
+    # Calls, legs, streams ---------------------------------------------------
+
+    def upsert_call(call, now=None):
+        """Store a Call by guid, merging identifiers seen before; an ended
+        call seen again becomes active. Fires with the stored Call."""
+
+    def end_call(guid, reason, now=None):
+        """Mark an active call ended. Fires with True if it was active."""
+
+    def end_calls_of_node(node, reason, now=None):
+        """End every active call a (dead) node owns; fires with their guids."""
+
+    def get_call_by_guid(guid):
+        """Fires with the Call, or None."""
+
+    def get_call(conversation_id):
+        """Fires with the Call, or None."""
+
+    def start_leg(guid, customer_id, agent_id, params=None, now=None):
+        """Start the next leg of a call; fires with the new Leg."""
+
+    def legs_for_guid(guid):
+        """Fires with the call's legs in order."""
+
+    def upsert_stream(stream, now=None):
+        """Store a Stream by id (its leg must exist)."""
+
+    def update_stream_stats(stream_id, stats, now=None):
+        """Replace a stream's stats dict; fires with True if it exists."""
+
+    def streams_for_guid(guid):
+        """Fires with the call's streams, by leg then creation."""
+
+    # Messages and the webhook outbox --------------------------------------
+
+    def add_message(message, outbox_targets=()):
+        """Store a Message and one outbox row per target name in ONE
+        transaction. Fires with the message's sequence in its stream
+        (1, 2, ...). Adding a message id that is already stored adds
+        nothing and fires with the stored sequence, so a retry is safe."""
+
+    def messages_for_guid(guid, limit=1000):
+        """Fires with the call's messages, all legs, in the order stored."""
+
+    def messages_for_day(day, after=None, limit=5000):
+        """One page of the messages created on UTC date *day*, in order;
+        pass the last Message of a page as *after* for the next page."""
+
+    def claim_due(node, limit, now=None, lease=60000):
+        """Claim up to *limit* due outbox rows, at most one per (stream,
+        target): the oldest undelivered one, so delivery stays ordered.
+        Claimed rows are in flight for *lease* ms, then claimable again.
+        Fires with a list of OutboxItem (with their Message)."""
+
+    def mark_delivered(outbox_id, now=None):
+        """Fires with True if the row exists."""
+
+    def mark_failed(outbox_id, next_attempt, error, dead=False):
+        """Back to pending until *next_attempt* (ms), or dead-lettered."""
+
+    def release_claims(node, now=None):
+        """Make a node's in-flight rows due again (after its restart)."""
+
+    def dead_letters(target=None, limit=100):
+        """Fires with dead-lettered OutboxItems, oldest first."""
+
+    def replay(ids=None, target=None, now=None):
+        """Make dead rows (all, by id, or by target) pending again; fires
+        with how many."""
+
+    # Retention, audit, nodes, export --------------------------------------
+
+    def purge_expired(now, retention, batch_size):
+        """Delete ONE batch of what calls ended more than *retention* ms
+        before *now* left behind: at most *batch_size* messages (their
+        outbox rows with them), then calls with no messages left. Active
+        calls are never touched. Fires with a PurgeResult; call again
+        until it is empty."""
+
+    def record_audit(action, app_id=None, guid=None, detail=None, now=None):
+        """Append to the audit log."""
+
+    def audit_log(guid=None, app_id=None, limit=100):
+        """Fires with AuditEntry list, newest first."""
+
+    def heartbeat_node(node, address=None, now=None):
+        """Record that *node* is alive (and where its internal API is)."""
+
+    def live_nodes(max_age, now=None):
+        """Fires with the NodeInfo of nodes seen in the last *max_age* ms."""
+
+    def try_lease(name, node, ttl, now=None):
+        """Take or renew the named lease for *ttl* ms (one node at a time
+        runs retention or export). Fires with True if *node* holds it."""
+
+    def start_export_run(feed, day, node, now=None, stale_after=3600000):
+        """Fires with a run id, or None if a run for (feed, day) is
+        already going (runs older than *stale_after* ms are abandoned)."""
+
+    def finish_export_run(run_id, rows, detail=None, error=None, now=None):
+        """Mark a run done (or failed when *error* is given)."""
+
+    def export_runs(feed=None, day=None, limit=50):
+        """Fires with ExportRun list, newest first."""
+
+
+__all__ += ["StorageError", "StorageUnavailable", "RecordNotFound", "IStorage"]

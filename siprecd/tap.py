@@ -101,6 +101,13 @@ def makeService(options, reactor=None):
     root = SiprecdService(config, reactor, log_observer=observer)
     try:
         prepare_state_dir(config)
+        # Storage is the first child: opened and migrated before anything
+        # listens. An unknown storage.backend is a ConfigError here.
+        from siprecd.storage import StorageService
+
+        storage_service = StorageService.from_config(config, reactor)
+        storage_service.setServiceParent(root)
+        root.storage = storage_service.storage
         _add_listeners(root, config, reactor)
     except configmod.ConfigError as e:
         config_failure(str(e))
