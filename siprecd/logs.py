@@ -8,6 +8,7 @@ reason.
 """
 
 import json
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -16,6 +17,7 @@ from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
 )
@@ -82,5 +84,19 @@ def make_observer(logging_config, stream=None):
     formatter = event_as_json_line if logging_config.format == "json" else _text_line
     observer = FileLogObserver(stream, formatter)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[logging_config.level])
-    return FilteringLogObserver(observer, [predicate])
+    return FilteringLogObserver(observer, [_drop_socket_chatter, predicate])
+
+
+# Twisted announces every socket it opens and closes; with two per recorded
+# stream that would be most of the log. siprecd logs what matters (each
+# listener's address, each stream's port) itself.
+_SOCKET_CHATTER = re.compile(r"\((?:UDP|TCP|TLS) Port \d+ Closed\)|\S+(?: \(TLS\))? starting on \d+")
+
+
+def _drop_socket_chatter(event):
+    message = event.get("message")
+    if message and len(message) == 1 and isinstance(message[0], str) \
+            and _SOCKET_CHATTER.fullmatch(message[0]):
+        return PredicateResult.no
+    return PredicateResult.maybe
 

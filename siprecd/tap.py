@@ -117,7 +117,9 @@ def makeService(options, reactor=None):
 
 
 def _add_listeners(root, config, reactor):
-    from siprecd.calls import CallRegistry
+    from siprecd.calls import CallListeners, CallRegistry
+    from siprecd.media.manager import CountingConsumer, MediaManager, SocketAwarePorts
+    from siprecd.media.transport import MediaTransport
     from siprecd.media.ports import RangePortAllocator
     from siprecd.sip.endpoint import SipEndpoint
     from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory, Transports
@@ -127,10 +129,19 @@ def _add_listeners(root, config, reactor):
     transports = Transports(reactor)
     endpoint = SipEndpoint(reactor, transports, max_message_size=sip.max_message_size)
     ports = RangePortAllocator(
-        reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine
+        reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine,
+        probe_host=config.media.host,
     )
     root.calls = CallRegistry()
-    root.sip_server = RecordingServer(endpoint, reactor, config, root.calls, ports, root.readiness)
+    # RTP: one socket pair per stream, bound before the 200 OK goes out.
+    root.media_transport = MediaTransport(reactor, config.media)
+    root.media_transport.setServiceParent(root)
+    ports = SocketAwarePorts(ports)
+    root.media = MediaManager(root.media_transport, CountingConsumer(), ports)
+    root.sip_server = RecordingServer(
+        endpoint, reactor, config, CallListeners(root.calls, root.media), ports, root.readiness
+    )
+    root.media.hang_up = root.sip_server.hang_up
 
     def stream_factory(kind):
         factory = SipStreamFactory(endpoint, transports, kind, sip.max_message_size)

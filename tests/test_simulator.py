@@ -89,23 +89,25 @@ def capture_srs(tmp_path_factory):
     path, cfg = write_config(
         tmp,
         sip={"max_calls": 1, "max_call_duration": "1s", "guid_sources": ["call-id"]},
-        media={"advertised_host": "127.0.0.2", "port_min": base, "port_max": base + 3,
+        # Four RTP/RTCP pairs: a call's two pairs may still be closing when
+        # the next INVITE comes (sockets close on the next reactor turn).
+        media={"advertised_host": "127.0.0.2", "port_min": base, "port_max": base + 7,
                "port_quarantine": 0, "codecs": ["PCMU"]},
     )
     daemon = Daemon(path).start()
     daemon.port = cfg["sip"]["udp"]["port"]
-    daemon.media_ports = (base, base + 2)
+    daemon.media_ports = (base, base + 2, base + 4, base + 6)
     yield from _running(daemon)
 
 
 def _free_media_block():
-    """An even port P with P..P+3 free for UDP (two RTP/RTCP pairs)."""
+    """An even port P with P..P+7 free for UDP (four RTP/RTCP pairs)."""
     for _ in range(100):
         base = random.randrange(30000, 39000, 2)
         sockets = []
         try:
             for host in ("127.0.0.1", "127.0.0.2"):
-                for port in range(base, base + 4):
+                for port in range(base, base + 8):
                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     sockets.append(s)
                     s.bind((host, port))

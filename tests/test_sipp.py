@@ -84,23 +84,14 @@ def test_cancel_before_answer_over_real_sockets(tmp_path):
     double for the layer above SIP (HeldCallListener) standing in for the
     real registry, which answers at once and so leaves no window to CANCEL.
     """
-    from twisted.internet import reactor, threads
+    from twisted.internet import defer, reactor, threads
 
-    from siprecd import config as configmod
-    from siprecd.tap import makeService
     from siprecd.testing.doubles import HeldCallListener
+    from siprecd.testing.inprocess import start_service_tree
 
-    path, cfg = write_config(tmp_path)
-
-    class Options:
-        config = configmod.load(path)
-
-    root = makeService(Options(), reactor)
+    root, cfg = yield defer.ensureDeferred(start_service_tree(tmp_path, reactor))
     held = HeldCallListener()
     root.sip_server.listener = held
-    root.privilegedStartService()
-    root.startService()
-    yield root.started
     try:
         result = yield threads.deferToThread(
             run_sipp, SCENARIOS / "cancel.xml", "127.0.0.1", cfg["sip"]["udp"]["port"],

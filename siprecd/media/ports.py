@@ -6,6 +6,7 @@ again, so late packets of an ended call never land in a new one.
 """
 
 import collections
+import socket
 
 from zope.interface import implementer
 
@@ -16,10 +17,14 @@ __all__ = ["RangePortAllocator"]
 
 @implementer(IMediaPortAllocator)
 class RangePortAllocator:
-    def __init__(self, clock, port_min, port_max, quarantine=5.0):
+    def __init__(self, clock, port_min, port_max, quarantine=5.0, probe_host=None, attempts=16):
         first = port_min + (port_min % 2)
         self.clock = clock
         self.quarantine = quarantine
+        # With probe_host, a port pair another program holds is skipped at
+        # allocation time, so the SDP answer never names it.
+        self.probe_host = probe_host
+        self.attempts = attempts
         # RTP needs port and port + 1 inside the range.
         self._free = collections.deque(range(first, port_max, 2))
         self._resting = collections.deque()  # (free again at, port)
@@ -32,12 +37,17 @@ class RangePortAllocator:
             self._free.append(self._resting.popleft()[1])
 
     def allocate(self):
-        self._wake()
-        if not self._free:
-            raise PortsExhausted(f"all {self.capacity} RTP ports are in use or resting")
-        port = self._free.popleft()
-        self._in_use.add(port)
-        return port
+        for _ in range(self.attempts):
+            self._wake()
+            if not self._free:
+                break
+            port = self._free.popleft()
+            if self.probe_host is None or _bindable(self.probe_host, port):
+                self._in_use.add(port)
+                return port
+            # Taken by someone else: try it again after a quarantine.
+            self._resting.append((self.clock.seconds() + self.quarantine, port))
+        raise PortsExhausted(f"no free RTP port pair among {self.capacity} in the range")
 
     def release(self, port):
         if port in self._in_use:
@@ -47,3 +57,20 @@ class RangePortAllocator:
     @property
     def in_use(self):
         return len(self._in_use)
+
+
+def _bindable(host, port):
+    """Whether UDP *port* and *port* + 1 can be bound on *host* right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = []
+    try:
+        for p in (port, port + 1):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(s)
+            s.bind((host, p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in sockets:
+            s.close()

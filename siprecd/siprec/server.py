@@ -444,6 +444,10 @@ class RecordingServer:
         self._send_in_dialog(session, "UPDATE", done,
                              extra=[("Session-Expires", f"{expires};refresher=uas")])
 
+    def hang_up(self, session, reason):
+        """End a call from our side (RTP timeout, operator action)."""
+        return self._hang_up(session, reason)
+
     def _hang_up(self, session, reason):
         """Send BYE ourselves; the call ends when it is answered or times out."""
         if session.state != "confirmed":
@@ -469,11 +473,11 @@ class RecordingServer:
         if session.dialog is not None:
             self.calls.pop(session.dialog.id, None)
             self._cancel_timers(session)
-        session.release_ports(self.ports)
         self.log.info("recording session ended: guid {guid} ({reason})", guid=session.guid.value,
                       call_id=session.call_id, reason=reason)
         if notify:
             self.listener.call_ended(session, reason)
+        session.release_ports(self.ports)
         if not self.calls and not self.pending:
             drained, self._drained = self._drained, []
             for d in drained:

@@ -1,0 +1,296 @@
+"""The Twisted side of RTP reception: a socket pair per recorded stream.
+
+Each stream gets its own RTP socket (an even port) and RTCP socket (the
+next port), bound on ``media.host`` with a receive buffer of
+``media.receive_buffer`` bytes, so the kernel sorts packets into streams
+and no Python code has to. The RTP socket's protocol hands datagrams
+straight to the stream's :class:`~siprecd.media.receiver.StreamReceiver`:
+its ``datagram_received`` is installed as the protocol's
+``datagramReceived``, so the reactor calls the receiver's fast path with
+no call in between. One :class:`~twisted.internet.task.LoopingCall` per
+process (``tick`` seconds) decodes all batched audio, releases gaps whose
+wait is over and ends streams idle for ``media.rtp_timeout`` while not on
+hold.
+
+With ``media.check_source``, datagrams whose source host is not the one the
+SDP announced are dropped and counted (the port is not checked: SBCs and
+NATs often send from another port than the one they advertise).
+"""
+
+import ipaddress
+import socket
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, error, task
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from siprecd.media.receiver import ReceiverGroup, StreamReceiver
+
+__all__ = ["MediaTransport", "MediaStream", "RtpProtocol", "RtcpProtocol", "set_receive_buffer"]
+
+# Linux: set the buffer beyond net.core.rmem_max (needs CAP_NET_ADMIN).
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+DEFAULT_TICK = 0.1
+BIND_ATTEMPTS = 8
+
+log = Logger()
+
+
+def set_receive_buffer(sock, size):
+    """Ask for *size* bytes of receive buffer; return what the kernel gave.
+
+    Linux reports twice the size asked for (it counts its own bookkeeping),
+    so the value returned is halved there to compare with *size*.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return got // 2 if sys.platform.startswith("linux") else got
+
+
+def _normal_host(host):
+    """*host* as the socket layer spells it, or None for "anyone"."""
+    if host is None:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name in c=: compared as written
+    if address.is_unspecified:
+        return None
+    return str(address)
+
+
+class _SourceCheck:
+    """The expected source host of a stream's packets (None: anyone)."""
+
+    def __init__(self, host=None):
+        self.host = host
+        self.rejected = 0
+
+
+class RtpProtocol(DatagramProtocol):
+    """A stream's RTP socket; datagrams go to the receiver's fast path."""
+
+    noisy = False
+
+    def __init__(self, receiver, source=None):
+        self.receiver = receiver
+        self.source = source
+        self.update_source()
+
+    def update_source(self):
+        """Pick the datagram handler for the current source check."""
+        if self.source is None or self.source.host is None:
+            # No indirection: the reactor calls the receiver itself.
+            self.datagramReceived = self.receiver.datagram_received
+        else:
+            self.datagramReceived = self._checked
+
+    def _checked(self, data, addr):
+        if addr[0] != self.source.host:
+            self.source.rejected += 1
+            return
+        self.receiver.datagram_received(data, addr)
+
+
+class RtcpProtocol(DatagramProtocol):
+    """A stream's RTCP socket: reports go into the receiver's stats."""
+
+    noisy = False
+
+    def __init__(self, receiver, source=None):
+        self.receiver = receiver
+        self.source = source
+
+    def datagramReceived(self, data, addr):
+        source = self.source
+        if source is not None and source.host is not None and addr[0] != source.host:
+            source.rejected += 1
+            return
+        self.receiver.receive_rtcp(data, addr)
+
+
+class MediaStream:
+    """One recorded stream: its two sockets and its receiver.
+
+    ``port`` is the RTP port to put in the SDP answer (RTCP is ``port + 1``);
+    ``rtp_listener`` and ``rtcp_listener`` are the listening ports.
+    """
+
+    def __init__(self, transport, receiver, port, rtp_port, rtcp_port, source, allocated):
+        self.transport = transport
+        self.receiver = receiver
+        self.port = port
+        self.rtp_listener = rtp_port
+        self.rtcp_listener = rtcp_port
+        self._source = source
+        self._allocated = allocated
+        self._closed = None
+        self.remote = (None, None)
+        receiver.on_end = self._receiver_ended
+
+    @property
+    def stream(self):
+        return self.receiver.stream
+
+    def hold(self):
+        """The session put this stream on hold (SIP re-INVITE or UPDATE)."""
+        self.receiver.hold()
+
+    def resume(self):
+        """The session took this stream off hold."""
+        self.receiver.resume()
+
+    def set_remote(self, host, port=None):
+        """Where the SDP says the stream comes from (again on every
+        re-INVITE); with ``media.check_source`` only that host is accepted
+        from then on. *port* is kept for the record only. A host of None or
+        an unspecified address (hold by ``c=0.0.0.0``) accepts anyone."""
+        self.remote = (host, port)
+        if self._source is not None:
+            self._source.host = _normal_host(host)
+            self.rtp_listener.protocol.update_source()
+
+    def renegotiate(self, codec=None, payload_type=None, dtmf_payload_type=None):
+        """A re-INVITE changed the stream's codec or payload types."""
+        self.receiver.renegotiate(codec, payload_type, dtmf_payload_type)
+
+    def stats(self):
+        out = self.receiver.stats()
+        out["source_rejected"] = self._source.rejected if self._source is not None else 0
+        out["port"] = self.port
+        return out
+
+    def close(self, reason="ended"):
+        """End the stream (an "end" event if it had not ended yet) and free
+        its sockets and port; the Deferred fires when both are closed."""
+        if self._closed is None:
+            self.receiver.end(reason)  # calls _receiver_ended...
+            if self._closed is None:
+                # ...unless it had ended already and we are inside that call.
+                self._receiver_ended(self.receiver)
+        d = defer.Deferred()
+        self._closed.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
+
+    def _receiver_ended(self, receiver):
+        if self._closed is not None:
+            return
+        self.transport._forget(self)
+        self._closed = defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in (self.rtp_listener, self.rtcp_listener)],
+            consumeErrors=True,
+        )
+        if self._allocated and self.transport.allocator is not None:
+            allocator = self.transport.allocator
+            self._closed.addBoth(lambda result: (allocator.release(self.port), result)[1])
+
+
+class MediaTransport(service.Service):
+    """Opens and serves the RTP streams of one process.
+
+    *media* is the ``media`` config section (``siprecd.config.Media``):
+    host, receive_buffer, jitter_window, check_source and rtp_timeout are
+    used here. *allocator* (an IMediaPortAllocator) hands out ports when
+    :meth:`open_stream` is not given one. *tick* is the period of the shared
+    timer: PCM comes out at least that often, and the longer it is, the
+    larger the batches and the cheaper each packet.
+    """
+
+    def __init__(self, reactor, media, allocator=None, tick=DEFAULT_TICK):
+        self.reactor = reactor
+        self.media = media
+        self.allocator = allocator
+        self.tick = tick
+        self.group = ReceiverGroup(reactor, rtp_timeout=media.rtp_timeout)
+        self.streams = {}  # MediaStream -> None, in opening order
+        self._loop = None
+        self._warned_buffer = False
+
+    # -- service -----------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self.group.tick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.tick, now=False).addErrback(
+            lambda f: log.failure("media tick stopped", f)
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return defer.gatherResults(
+            [s.close("shutdown") for s in list(self.streams)], consumeErrors=True
+        )
+
+    # -- streams ---------------------------------------------------------
+
+    def open_stream(self, stream, consumer, codec, payload_type=None, dtmf_payload_type=None,
+                    remote_host=None, port=None):
+        """Bind a stream's RTP and RTCP sockets and start receiving.
+
+        *stream* is handed to *consumer* (an IStreamConsumer) with every
+        call. Without *port*, one comes from the allocator (raising
+        PortsExhausted when the range is used up; a port that cannot be
+        bound is skipped). Returns a :class:`MediaStream`.
+        """
+        receiver = StreamReceiver(
+            stream, consumer, self.reactor, codec=codec, payload_type=payload_type,
+            dtmf_payload_type=dtmf_payload_type, jitter_window=self.media.jitter_window,
+        )
+        source = _SourceCheck() if self.media.check_source else None
+        if port is not None:
+            rtp_port, rtcp_port = self._bind_pair(port, receiver, source)
+            allocated = False
+        else:
+            if self.allocator is None:
+                raise ValueError("open_stream needs a port when there is no allocator")
+            for attempt in range(BIND_ATTEMPTS):
+                port = self.allocator.allocate()
+                try:
+                    rtp_port, rtcp_port = self._bind_pair(port, receiver, source)
+                except error.CannotListenError as e:
+                    log.warn("cannot bind media port {port}: {error}", port=port, error=str(e))
+                    self.allocator.release(port)
+                    if attempt == BIND_ATTEMPTS - 1:
+                        raise
+                else:
+                    break
+            allocated = True
+        media_stream = MediaStream(self, receiver, port, rtp_port, rtcp_port, source, allocated)
+        if remote_host is not None:
+            media_stream.set_remote(remote_host)
+        self.streams[media_stream] = None
+        self.group.add(receiver)
+        return media_stream
+
+    def _bind_pair(self, port, receiver, source):
+        host = self.media.host
+        rtp = self.reactor.listenUDP(port, RtpProtocol(receiver, source), interface=host)
+        try:
+            rtcp = self.reactor.listenUDP(port + 1, RtcpProtocol(receiver, source), interface=host)
+        except error.CannotListenError:
+            rtp.stopListening()
+            raise
+        size = self.media.receive_buffer
+        for p in (rtp, rtcp):
+            got = set_receive_buffer(p.socket, size)
+            if got < size and not self._warned_buffer:
+                self._warned_buffer = True
+                log.warn(
+                    "media sockets get {got} bytes of receive buffer, not the {size} configured:"
+                    " raise net.core.rmem_max", got=got, size=size,
+                )
+        return rtp, rtcp
+
+    def _forget(self, media_stream):
+        self.streams.pop(media_stream, None)
+        self.group.discard(media_stream.receiver)

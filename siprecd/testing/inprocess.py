@@ -1,0 +1,32 @@
+"""A real siprecd service tree in the test's own process and reactor.
+
+For tests that must reach inside the daemon (swap the layer above the
+media plane for a recording double, hold a call unanswered); sockets,
+threads and storage are all real. Everything else runs the daemon as a
+subprocess (siprecd.testing.daemon).
+"""
+
+import attrs
+
+from siprecd import config as configmod
+from siprecd.testing.daemon import write_config
+
+__all__ = ["start_service_tree"]
+
+
+@attrs.frozen
+class _Options:
+    config: object
+
+
+async def start_service_tree(directory, reactor, **sections):
+    """Start the daemon's service tree on loopback ports; returns (root,
+    dict of the config written). Stop it with ``await root.stopService()``."""
+    from siprecd.tap import makeService
+
+    path, written = write_config(directory, **sections)
+    root = makeService(_Options(configmod.load(path)), reactor)
+    root.privilegedStartService()
+    root.startService()
+    await root.started
+    return root, written
