@@ -116,6 +116,19 @@ def makeService(options, reactor=None):
     return root
 
 
+def usable_codecs(wanted, g729_available=None):
+    """media.codecs less G729 when libbcg729 cannot be loaded (with a warning)."""
+    from siprecd.media import codecs
+
+    available = codecs.g729_available() if g729_available is None else g729_available
+    if "G729" in wanted and not available:
+        SiprecdService.log.warn(
+            "G.729 is not offered: {reason}", reason=codecs.G729_UNAVAILABLE_REASON
+        )
+        wanted = tuple(c for c in wanted if c != "G729")
+    return tuple(wanted)
+
+
 def _add_listeners(root, config, reactor):
     from siprecd.calls import CallListeners, CallRegistry
     from siprecd.media.manager import CountingConsumer, MediaManager, SocketAwarePorts
@@ -139,7 +152,8 @@ def _add_listeners(root, config, reactor):
     ports = SocketAwarePorts(ports)
     root.media = MediaManager(root.media_transport, CountingConsumer(), ports)
     root.sip_server = RecordingServer(
-        endpoint, reactor, config, CallListeners(root.calls, root.media), ports, root.readiness
+        endpoint, reactor, config, CallListeners(root.calls, root.media), ports, root.readiness,
+        codecs=usable_codecs(config.media.codecs),
     )
     root.media.hang_up = root.sip_server.hang_up
 

@@ -360,3 +360,16 @@ def test_uas_refresher_sends_update_at_half_time():
     h.clock.advance(1)
     (update,) = h.wire.pop()
     assert update.method == "UPDATE" and update.headers.get("Session-Expires") == "600;refresher=uas"
+
+
+def test_g729_is_not_offered_without_libbcg729():
+    from siprecd.tap import usable_codecs
+
+    assert usable_codecs(("G729", "PCMU"), g729_available=False) == ("PCMU",)
+    assert usable_codecs(("G729", "PCMU"), g729_available=True) == ("G729", "PCMU")
+    h = Harness(media={"codecs": ["G729", "PCMA"], "port_min": 30000, "port_max": 30011})
+    h.server.codecs = usable_codecs(h.config.media.codecs, g729_available=False)
+    sdp = sample_sdp(("1",), codecs=("G729", "PCMA"))
+    ok = h.request("INVITE", body=sdp, content_type="application/sdp")[-1]
+    assert ok.status == 200
+    assert [c.name for c in parse_sdp(ok.body).media[0].codecs] == ["PCMA", "TELEPHONE-EVENT"]

@@ -47,10 +47,13 @@ def local_address_towards(host):
 class RecordingServer:
     log = Logger()
 
-    def __init__(self, endpoint, clock, config, listener, ports, readiness):
+    def __init__(self, endpoint, clock, config, listener, ports, readiness, codecs=None):
         self.endpoint = endpoint
         self.clock = clock
         self.config = config
+        # The codecs we answer with, in preference order: media.codecs less
+        # any this machine cannot decode (G.729 without libbcg729).
+        self.codecs = tuple(codecs if codecs is not None else config.media.codecs)
         self.listener = listener
         self.ports = ports
         self.readiness = readiness
@@ -157,7 +160,7 @@ class RecordingServer:
         )
         try:
             answer, _ = session.apply_offer(
-                offer, codecs=self.config.media.codecs, ports=self.ports,
+                offer, codecs=self.codecs, ports=self.ports,
                 address=self._media_address(source),
             )
         except NotAcceptable as e:
@@ -337,7 +340,7 @@ class RecordingServer:
                 try:
                     offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
                     body, streams_changed = session.apply_offer(
-                        offer, codecs=self.config.media.codecs, ports=self.ports,
+                        offer, codecs=self.codecs, ports=self.ports,
                         address=self._media_address(source),
                     )
                     changed = changed or streams_changed
