@@ -258,7 +258,24 @@ load_g729_library()
 # --- decoders ---------------------------------------------------------------
 
 
-class Decoder:
+class _Codec:
+    """What decoders and encoders share: a name, a payload type, and
+    state to free (also as a context manager)."""
+
+    def close(self):
+        """Free the codec state; safe to call more than once."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} PT {self.payload_type}>"
+
+
+class Decoder(_Codec):
     """One stream's decoder: RTP payloads in, 8 kHz int16 PCM out.
 
     Payloads are bytes-like (bytes, bytearray, memoryview). Arrays returned
@@ -284,17 +301,6 @@ class Decoder:
         """*samples* samples of audio to stand in for lost packets."""
         return np.zeros(_sample_count(samples), dtype=np.int16)
 
-    def close(self):
-        """Free the codec state; safe to call more than once."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self.name} PT {self.payload_type}>"
 
 
 def _sample_count(samples):
@@ -413,7 +419,7 @@ class G729Decoder(Decoder):
 # --- encoders (for the call simulator) --------------------------------------
 
 
-class Encoder:
+class Encoder(_Codec):
     """int16 PCM in, RTP payload bytes out."""
 
     name = ""
@@ -422,17 +428,6 @@ class Encoder:
     def encode(self, pcm):
         raise NotImplementedError
 
-    def close(self):
-        """Free the codec state; safe to call more than once."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self.name} PT {self.payload_type}>"
 
 
 class G711Encoder(Encoder):

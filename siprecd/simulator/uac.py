@@ -51,6 +51,7 @@ from siprecd.sip.transaction import (
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     Timers,
+    ack_for_error,
     client_key,
     server_key,
 )
@@ -301,7 +302,7 @@ class SipClient:
                       timers=self.timers, on_terminated=self._forget_client)
         if request.method == "INVITE":
             txn = ClientInviteTransaction(request, send, self.reactor,
-                                          make_ack=lambda r: _ack_for_failure(request, r), **common)
+                                          make_ack=lambda r: ack_for_error(request, r), **common)
         else:
             txn = ClientNonInviteTransaction(request, send, self.reactor, **common)
         self.client_txns[txn.key] = txn
@@ -376,22 +377,6 @@ def _certificates(pem):
     if not blocks:
         raise ValueError("no PEM certificate in it")
     return blocks
-
-
-def _ack_for_failure(invite, response):
-    """ACK for a non-2xx final answer: part of the INVITE transaction, so
-    the same branch (RFC 3261 §17.1.1.3)."""
-    headers = Headers([
-        ("Via", invite.headers.get_all("Via")[0]),
-        ("Max-Forwards", "70"),
-        ("From", invite.headers.get("From")),
-        ("To", response.headers.get("To")),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq[0]} ACK"),
-    ])
-    for route in invite.headers.get_all("Route"):
-        headers.add("Route", route)
-    return Request("ACK", invite.uri, headers)
 
 
 # -- one call ----------------------------------------------------------------------
@@ -661,7 +646,7 @@ class SiprecCall:
         number = response.cseq[0]
         if response.status >= 300:
             if number == 1:
-                self.client.send(_ack_for_failure(self.invite, response))
+                self.client.send(ack_for_error(self.invite, response))
             return
         if number in self._acks:
             self._resend_ack(response)

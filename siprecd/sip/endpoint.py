@@ -32,6 +32,7 @@ from siprecd.sip.transaction import (
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     Timers,
+    ack_for_error,
     client_key,
     server_key,
 )
@@ -291,30 +292,13 @@ class SipEndpoint:
         )
         if request.method == "INVITE":
             txn = ClientInviteTransaction(
-                request, data_send, self.clock, make_ack=lambda r: _ack_for(request, r), **common
+                request, data_send, self.clock, make_ack=lambda r: ack_for_error(request, r), **common
             )
         else:
             txn = ClientNonInviteTransaction(request, data_send, self.clock, **common)
         self.client_txns[txn.key] = txn
         txn.start()
         return txn
-
-
-def _ack_for(invite, response):
-    """ACK for a non-2xx final response: same branch, To from the response."""
-    from siprecd.sip.message import Headers, Request
-
-    headers = Headers([
-        ("Via", invite.headers.get_all("Via")[0]),
-        ("Max-Forwards", "70"),
-        ("From", invite.headers.get("From")),
-        ("To", response.headers.get("To")),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq[0]} ACK"),
-    ])
-    for route in invite.headers.get_all("Route"):
-        headers.add("Route", route)
-    return Request(method="ACK", uri=invite.uri, headers=headers)
 
 
 def _host_for_header(host):

@@ -15,6 +15,7 @@ import attrs
 from twisted.logger import Logger
 
 __all__ = [
+    "ack_for_error",
     "Timers",
     "ServerInviteTransaction",
     "ServerNonInviteTransaction",
@@ -58,6 +59,25 @@ def server_key(request):
 
 def client_key(branch, method):
     return (branch, "ACK" if method == "ACK" else method)
+
+
+def ack_for_error(invite, response):
+    """The ACK for a non-2xx final response to *invite*: part of the INVITE
+    client transaction, so the same branch; To from the response
+    (RFC 3261 §17.1.1.3)."""
+    from siprecd.sip.message import Headers, Request
+
+    headers = Headers([
+        ("Via", invite.headers.get_all("Via")[0]),
+        ("Max-Forwards", "70"),
+        ("From", invite.headers.get("From")),
+        ("To", response.headers.get("To")),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq[0]} ACK"),
+    ])
+    for route in invite.headers.get_all("Route"):
+        headers.add("Route", route)
+    return Request(method="ACK", uri=invite.uri, headers=headers)
 
 
 class _Base:
