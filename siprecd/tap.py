@@ -43,7 +43,11 @@ class Options(usage.Options):
 
 
 def check_files(config):
-    """Checks beyond the schema that need the filesystem: TLS material loads."""
+    """Checks beyond the schema that need the installation or the
+    filesystem: plug-in names exist, TLS material loads."""
+    from siprecd.storage.backends import check_name
+
+    check_name(config)
     if config.api.enabled and config.api.certificate is not None:
         tls.server_options(
             config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"

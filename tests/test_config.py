@@ -78,6 +78,8 @@ BAD_CONFIGS = [
      "{path}: line 3, column 1: expected ',' or '}', but got '<stream end>'"),
     ("duplicate key", "sip:\n  tcp: {port: 5070}\n  tcp: {port: 5071}\n",
      "{path}: line 3, column 3: duplicate key 'tcp'"),
+    ("unknown storage backend", "storage:\n  backend: mongo\n",
+     "storage.backend: unknown storage backend 'mongo'; available: postgresql, sqlite"),
     ("certificate file missing", "api:\n  certificate: missing.pem\n  private_key: missing.key\n",
      "api.certificate: cannot read {dir}/missing.pem: No such file or directory"),
     ("certificate file not PEM", "api:\n  certificate: notpem.txt\n  private_key: notpem.txt\n",

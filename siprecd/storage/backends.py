@@ -42,17 +42,24 @@ def available():
     return sorted(_entry_points())
 
 
+def check_name(config):
+    """ConfigError (key ``storage.backend``) unless the name is installed."""
+    name = config.storage.backend
+    names = available()
+    if name not in names:
+        listed = ", ".join(names) or "none (is siprecd installed?)"
+        raise ConfigError(f"unknown storage backend {name!r}; available: {listed}", _KEY)
+
+
 def create_storage(config, reactor):
     """The IStorage that ``config.storage.backend`` names, not yet opened.
 
     Raises ConfigError (key ``storage.backend``) for an unknown name, a
     backend that cannot be loaded, or one that does not implement IStorage.
     """
+    check_name(config)
     name = config.storage.backend
     entry_points = _entry_points()
-    if name not in entry_points:
-        names = ", ".join(sorted(entry_points)) or "none (is siprecd installed?)"
-        raise ConfigError(f"unknown storage backend {name!r}; available: {names}", _KEY)
     try:
         factory = entry_points[name].load()
     except Exception as e:
