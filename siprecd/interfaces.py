@@ -9,7 +9,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted",
-    "IStreamConsumer",
+    "IStreamConsumer", "IASRBackend", "IRecognizer",
 ]
 
 
@@ -270,3 +270,45 @@ class IStorage(Interface):
 
 
 __all__ += ["StorageError", "StorageUnavailable", "RecordNotFound", "IStorage"]
+
+
+class IASRBackend(Interface):
+    """A speech recogniser backend, found by name (entry-point group
+    ``siprecd.asr``) and chosen with ``asr.backend``."""
+
+    name = Attribute("The backend's name in the configuration.")
+    ready = Attribute("True once start() has fired and recognisers can be made.")
+
+    def start():
+        """Load models or connect; a Deferred that fires when ready, or
+        fails with an exception whose str() is one actionable line."""
+
+    def languages():
+        """The language tags (lower case, e.g. "en-us") it can recognise."""
+
+    def new_recognizer(language, sample_rate=8000):
+        """An IRecognizer for one stream; raises ValueError for a language
+        it does not have."""
+
+    def stop():
+        """Release models, threads and connections (may return a Deferred)."""
+
+
+class IRecognizer(Interface):
+    """Streaming recognition of one stream's audio.
+
+    Times in results are seconds from the first sample this recogniser was
+    given, continuous across utterances. One call in flight at a time: the
+    caller waits for each Deferred before the next call (order holds).
+    """
+
+    def accept(pcm):
+        """Feed 16-bit little-endian mono PCM (bytes); a Deferred firing
+        with a list of finished siprecd.asr.results.AsrResult (often empty)."""
+
+    def finish():
+        """End the current utterance now; a Deferred firing with a list of
+        the AsrResults that gives (empty when nothing was said)."""
+
+    def close():
+        """Free the recogniser."""
