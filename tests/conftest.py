@@ -1,9 +1,16 @@
-"""Fixtures shared by test modules: the test PostgreSQL server."""
+"""Fixtures shared by test modules: the test PostgreSQL server; and the
+hypothesis profile (CI runs the property tests derandomised, so a red CI
+is always reproducible; a developer's runs explore new examples)."""
 
 import os
 import uuid
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 POSTGRES_ENV = "SIPRECD_TEST_POSTGRES_DSN"
 POSTGRES_HOWTO = (

@@ -826,3 +826,15 @@ def test_vias_round_trip(via):
 @given(sips.name_addrs())
 def test_name_addrs_round_trip(addr):
     assert parse_name_addr(str(addr)) == addr
+
+
+def test_an_empty_from_tag_is_not_answered_with_an_invalid_400():
+    """Found by the mutation property test: a request whose From has an
+    empty tag cannot be answered (the answer would copy the bad From)."""
+    raw = (b"INVITE sip:srs@127.0.0.1 SIP/2.0\r\n"
+           b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+           b"To: <sip:srs@127.0.0.1>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n"
+           b"From: <sip:a@b>;tag=\r\n0\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(SipParseError) as e:
+        parse_message(raw)
+    assert e.value.request is None

@@ -797,11 +797,19 @@ def _answerable(request):
             return False
         parse_cseq(h.get("CSeq"))
         parse_via(h.get("Via"))
-        parse_name_addr(h.get("From"))
+        # An answer copies From as it is: an empty tag there would make
+        # the answer itself malformed. (make_response mends an empty To tag.)
+        if _empty_tag(parse_name_addr(h.get("From"))):
+            return False
         parse_name_addr(h.get("To"))
     except SipParseError:
         return False
     return True
+
+
+def _empty_tag(name_addr):
+    """A tag parameter without a value (RFC 3261 §19.3 wants a token)."""
+    return "tag" in name_addr.params and not name_addr.tag
 
 
 def _with_request(error, request):
@@ -854,7 +862,7 @@ def _check_headers(headers):
             return SipParseError(f"Bad {name} header"), None
         # A tag, when present, is a token (RFC 3261 §19.3); an empty one
         # would make dialogs match on nothing.
-        if name != "Via" and "tag" in parsed.params and not parsed.tag:
+        if name != "Via" and _empty_tag(parsed):
             return SipParseError(f"Bad {name} header"), None
     if not first["call-id"]:
         return SipParseError("Empty Call-ID header"), None
