@@ -36,12 +36,19 @@ class Readiness:
 
     def __init__(self):
         self._pending = {}
+        self._watchers = []
 
     def wait_for(self, name, reason):
         self._pending[name] = reason
 
     def done(self, name):
-        self._pending.pop(name, None)
+        if self._pending.pop(name, None) is not None and not self._pending:
+            for watcher in list(self._watchers):
+                watcher()
+
+    def when_ready(self, callback):
+        """Call *callback* each time the last pending item is done."""
+        self._watchers.append(callback)
 
     @property
     def ready(self):
@@ -163,7 +170,15 @@ class SiprecdService(service.MultiService):
             except Exception as e:
                 self.fatal(f"{name} could not start: {e}")
                 return
+        self.readiness.when_ready(self._ready)
         self.readiness.done("startup")
+        if not self.readiness.ready:
+            self.log.info("started; waiting for: {pending}",
+                          pending="; ".join(self.readiness.pending().values()))
+
+    def _ready(self):
+        # Logged when the node can take calls: every stage has started and
+        # nothing (an ASR model still loading) holds it back.
         self.log.info("siprecd is ready (node {node})", node=self.config.node.name)
 
     def fatal(self, message):
