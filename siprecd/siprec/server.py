@@ -273,9 +273,8 @@ class RecordingServer:
     def handle_cancel(self, invite_txn):
         session = self.pending.pop(invite_txn.key, None)
         if session is not None:
-            session.release_ports(self.ports)
             invite_txn.respond(make_response(invite_txn.request, 487, to_tag=session.dialog.local_tag))
-            self._ended(session, "cancelled", notify=True)
+            self._ended(session, "cancelled", notify=True)  # frees its ports
         elif invite_txn.state == "proceeding":
             invite_txn.respond(make_response(invite_txn.request, 487))
 
