@@ -45,9 +45,11 @@ class Options(usage.Options):
 def check_files(config):
     """Checks beyond the schema that need the installation or the
     filesystem: plug-in names exist, TLS material loads."""
-    from siprecd.storage.backends import check_name
+    from siprecd.asr.backends import check_name as check_asr
+    from siprecd.storage.backends import check_name as check_storage
 
-    check_name(config)
+    check_storage(config)
+    check_asr(config)
     if config.api.enabled and config.api.certificate is not None:
         tls.server_options(
             config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"
@@ -112,6 +114,19 @@ def makeService(options, reactor=None):
         storage_service = StorageService.from_config(config, reactor)
         storage_service.setServiceParent(root)
         root.storage = storage_service.storage
+        # Speech recognition loads in the background: the node stays
+        # not-ready (SIP 503, /v1/health says why) until its model is in.
+        from siprecd.asr import AsrService
+
+        asr_service = AsrService.from_config(config, reactor, root.readiness)
+        asr_service.setServiceParent(root)
+        root.asr = asr_service.backend
+        from siprecd.transcribe import TranscriptionService
+
+        root.transcription = TranscriptionService.from_config(
+            config, root.storage, root.asr, reactor
+        )
+        root.transcription.setServiceParent(root)
         _add_listeners(root, config, reactor)
     except configmod.ConfigError as e:
         config_failure(str(e))
@@ -135,7 +150,7 @@ def usable_codecs(wanted, g729_available=None):
 
 def _add_listeners(root, config, reactor):
     from siprecd.calls import CallListeners, CallRegistry
-    from siprecd.media.manager import CountingConsumer, MediaManager, SocketAwarePorts
+    from siprecd.media.manager import MediaManager, SocketAwarePorts
     from siprecd.media.transport import MediaTransport
     from siprecd.media.ports import RangePortAllocator
     from siprecd.sip.endpoint import SipEndpoint
@@ -154,9 +169,10 @@ def _add_listeners(root, config, reactor):
     root.media_transport = MediaTransport(reactor, config.media)
     root.media_transport.setServiceParent(root)
     ports = SocketAwarePorts(ports)
-    root.media = MediaManager(root.media_transport, CountingConsumer(), ports)
+    root.media = MediaManager(root.media_transport, root.transcription, ports)
+    listeners = CallListeners(root.calls, root.media, root.transcription)
     root.sip_server = RecordingServer(
-        endpoint, reactor, config, CallListeners(root.calls, root.media), ports, root.readiness,
+        endpoint, reactor, config, listeners, ports, root.readiness,
         codecs=usable_codecs(config.media.codecs),
     )
     root.media.hang_up = root.sip_server.hang_up

@@ -25,6 +25,15 @@ def https_get(port, path, cafile):
         return r.status, json.loads(r.read())
 
 
+def https_status(port, path, cafile):
+    import urllib.error
+
+    try:
+        return https_get(port, path, cafile)[0]
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_starts_logs_listeners_serves_https_and_stops_on_sigterm(tmp_path):
     path, cfg = write_config(tmp_path)
     with Daemon(path) as daemon:
@@ -129,9 +138,14 @@ def test_the_shipped_config_runs_as_the_readme_says(tmp_path):
                 pytest.fail(f"port {port} is taken on this machine; the default config needs it")
     args = [str(BIN / "twistd"), "-n", "siprecd", "-c", "etc/siprecd.yaml"]
     with Daemon(tmp_path / "etc" / "siprecd.yaml", args=args, cwd=tmp_path) as daemon:
-        daemon.wait_ready()
         for label, port in (("SIP/UDP", 5070), ("SIP/TCP", 5070), ("HTTPS API", 8443)):
             daemon.wait_for(rf"listening for {label} on 0\.0\.0\.0:{port}$")
         assert (tmp_path / "var" / "tls" / "api-selfsigned.crt").exists()
+        # No English model can be had on a test machine: the daemon runs,
+        # says exactly what is missing and how to fix it, and stays not-ready.
+        line = daemon.wait_for(r"asr: the vosk backend could not start")
+        assert "vosk-model-small-en-us-0.15" in line and "asr.download" in line
+        status = https_status(8443, "/v1/health", tmp_path / "var" / "tls" / "api-selfsigned.crt")
+        assert status == 503
         code, seconds = daemon.terminate()
     assert code == 0 and seconds < 5

