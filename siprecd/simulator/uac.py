@@ -53,6 +53,7 @@ from siprecd.sip.transaction import (
     Timers,
     ack_for_error,
     client_key,
+    request_in_invite_transaction,
     server_key,
 )
 from siprecd.siprec.multipart import BodyError, find_siprec_parts, split_body
@@ -566,15 +567,7 @@ class SiprecCall:
 
     def _cancel_invite(self):
         invite = self.invite
-        headers = Headers([
-            ("Via", invite.headers.get_all("Via")[0]),
-            ("Max-Forwards", "70"),
-            ("From", invite.headers.get("From")),
-            ("To", invite.headers.get("To")),
-            ("Call-ID", invite.call_id),
-            ("CSeq", f"{invite.cseq[0]} CANCEL"),
-        ])
-        cancel = Request("CANCEL", invite.uri, headers)
+        cancel = request_in_invite_transaction(invite, "CANCEL", invite.headers.get("To"))
         self.client.send_request(cancel, on_response=lambda r: None, on_timeout=lambda: None)
 
     def _answered(self, response):

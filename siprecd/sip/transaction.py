@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 __all__ = [
     "ack_for_error",
+    "request_in_invite_transaction",
     "Timers",
     "ServerInviteTransaction",
     "ServerNonInviteTransaction",
@@ -61,23 +62,28 @@ def client_key(branch, method):
     return (branch, "ACK" if method == "ACK" else method)
 
 
-def ack_for_error(invite, response):
-    """The ACK for a non-2xx final response to *invite*: part of the INVITE
-    client transaction, so the same branch; To from the response
-    (RFC 3261 §17.1.1.3)."""
+def request_in_invite_transaction(invite, method, to):
+    """A request that belongs to *invite*'s client transaction (ACK for a
+    non-2xx answer, RFC 3261 §17.1.1.3; CANCEL, §9.1): same Request-URI,
+    top Via (so the same branch), From, Call-ID, CSeq number and Route."""
     from siprecd.sip.message import Headers, Request
 
     headers = Headers([
         ("Via", invite.headers.get_all("Via")[0]),
         ("Max-Forwards", "70"),
         ("From", invite.headers.get("From")),
-        ("To", response.headers.get("To")),
+        ("To", to),
         ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq[0]} ACK"),
+        ("CSeq", f"{invite.cseq[0]} {method}"),
     ])
     for route in invite.headers.get_all("Route"):
         headers.add("Route", route)
-    return Request(method="ACK", uri=invite.uri, headers=headers)
+    return Request(method=method, uri=invite.uri, headers=headers)
+
+
+def ack_for_error(invite, response):
+    """The ACK for a non-2xx final response to *invite* (To from the response)."""
+    return request_in_invite_transaction(invite, "ACK", response.headers.get("To"))
 
 
 class _Base:
