@@ -115,6 +115,8 @@ class Message:
     leg_id: str | None = None
     role: str | None = None
     external_id: str | None = None
+    # The stream's start-streaming settings (redactionOutput, detailedToken...).
+    stream_params: dict | None = None
 
 
 @attrs.frozen

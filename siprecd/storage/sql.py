@@ -41,7 +41,7 @@ _VERIFIED_TTL = 30.0
 _MESSAGE_COLUMNS = (
     "m.pk, m.id, m.stream_id, m.call_guid, m.leg_id, m.sequence, m.text, m.unredacted_text,"
     " m.tokens, m.start_ms, m.end_ms, m.created_ms, m.client_ms, m.language,"
-    " s.role, s.external_id"
+    " s.role, s.external_id, s.params AS stream_params"
 )
 _OUTBOX_COLUMNS = (
     "o.id AS o_id, o.target AS o_target, o.state AS o_state, o.attempts AS o_attempts,"
@@ -469,7 +469,7 @@ class SqlStorage:
             unredacted_text=row["unredacted_text"], tokens=self.dialect.unjson(row["tokens"]),
             language=row["language"], sequence=row["sequence"], row_id=row["pk"],
             guid=row["call_guid"], leg_id=row["leg_id"], role=row["role"],
-            external_id=row["external_id"],
+            external_id=row["external_id"], stream_params=self.dialect.unjson(row["stream_params"]),
         )
 
     def add_message(self, message, outbox_targets=()):

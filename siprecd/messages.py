@@ -1,0 +1,89 @@
+"""How a stored utterance is shown outside siprecd.
+
+One place decides what a client sees of a :class:`~siprecd.storage.records.Message`
+(the webhook body, GET messages, the export feed), from the settings its
+stream was started with (``stream_params``: ``redactionOutput``,
+``detailedToken``):
+
+- ``redacted`` (the default): ``text`` is the redacted text;
+- ``unredacted``: ``text`` is the text as recognised;
+- ``redacted_and_unredacted``: ``text`` redacted, plus ``unredactedText``;
+- ``tokens`` only when ``detailedToken`` was on (already redacted as the
+  output asks when they were stored).
+
+A message stored without its unredacted text (the call asked for
+``redacted`` when it was spoken) is always shown redacted, whatever a later
+start-streaming asked for: nothing unredacted is made up after the fact.
+"""
+
+import datetime
+
+__all__ = ["utterance_item", "webhook_payload", "api_message", "iso_ms"]
+
+
+def iso_ms(epoch_ms):
+    """Epoch milliseconds as an RFC 3339 UTC timestamp with milliseconds."""
+    if epoch_ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch_ms) % 1000:03d}Z"
+
+
+def _output(message):
+    return (message.stream_params or {}).get("redactionOutput", "redacted")
+
+
+def utterance_item(message):
+    """``{"text", "unredactedText"?, "tokens"?}`` for *message*."""
+    output = _output(message)
+    if output == "unredacted" and message.unredacted_text is not None:
+        item = {"text": message.unredacted_text}
+    else:
+        item = {"text": message.text}
+        if output == "redacted_and_unredacted" and message.unredacted_text is not None:
+            item["unredactedText"] = message.unredacted_text
+    if message.tokens is not None:
+        item["tokens"] = list(message.tokens)
+    return item
+
+
+def webhook_payload(message):
+    """The body of the real-time webhook (SPEC §3) for one stored message
+    (read back from storage, so guid, role, externalId and sequence are set)."""
+    return {
+        "type": "transcript",
+        "externalConversationId": message.guid,
+        "streamId": message.stream_id,
+        "sender": {"externalId": message.external_id, "role": message.role},
+        "autotranscribeResponse": {
+            "message": "transcript",
+            "start": message.start_ms,
+            "end": message.end_ms,
+            "utterance": [utterance_item(message)],
+        },
+        "messageId": message.id,
+        "legId": message.leg_id,
+        "sequence": message.sequence,
+    }
+
+
+def api_message(message):
+    """One item of GET .../messages."""
+    item = utterance_item(message)
+    out = {
+        "text": item.pop("text"),
+        "sender": {"role": message.role, "externalId": message.external_id},
+        "messageId": message.id,
+        "createdTimestamp": iso_ms(message.created_ms),
+        "clientTimestamp": iso_ms(message.client_ms if message.client_ms is not None
+                                  else message.created_ms),
+        "streamId": message.stream_id,
+        "legId": message.leg_id,
+        "start": message.start_ms,
+        "end": message.end_ms,
+        "sequence": message.sequence,
+    }
+    if message.language:
+        out["language"] = message.language
+    out.update(item)
+    return out
