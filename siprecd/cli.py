@@ -1,15 +1,23 @@
 """The `siprecd` console script.
 
 Subcommands: ``run`` (the daemon, through twistd with the plugin preloaded,
-so it works where the plugin cache cannot be written) and ``check-config``.
+so it works where the plugin cache cannot be written) and ``check-config``
+here; the others come from the modules in :data:`COMMAND_MODULES`, each of
+which has ``register(subparsers)`` adding its own.
 """
 
 import argparse
+import importlib
 import sys
 
 from siprecd import config as configmod
 
-__all__ = ["main"]
+__all__ = ["main", "COMMAND_MODULES"]
+
+# Modules adding subcommands, one line each.
+COMMAND_MODULES = (
+    "siprecd.api.cli",
+)
 
 
 def _run(args):
@@ -59,6 +67,8 @@ def build_parser():
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("-c", "--config", required=True, help="YAML configuration file")
     check.set_defaults(func=_check_config)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

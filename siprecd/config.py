@@ -189,6 +189,8 @@ class Api:
     secret_header: Annotated[str, NonEmpty()] = "asapp-api-secret"
     max_body_size: Annotated[ByteSize, Range(1024, None)] = 64 * 1024
     rate_limit: RateLimit = RateLimit()
+    # Apps see and control only the conversations they started.
+    app_isolation: bool = True
     # Base URL for links siprecd hands out (signed export URLs).
     public_url: Optional[str] = None
 
@@ -237,6 +239,21 @@ class WebhookTarget:
             raise ConfigError(
                 "expected both client_certificate and client_key, or neither", path
             )
+        if self.signing_secret is not None:
+            import base64
+            import binascii
+
+            raw = self.signing_secret.removeprefix("whsec_")
+            try:
+                key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if len(key) < 16:
+                # The value itself is never shown: it is a secret.
+                raise ConfigError(
+                    "expected a Standard Webhooks secret: 'whsec_' and at least 16 bytes "
+                    "in base64", f"{path}.signing_secret",
+                )
 
 
 @attrs.frozen
@@ -246,6 +263,19 @@ class Webhooks:
     max_attempts: Annotated[int, Range(1, 1000)] = 50
     backoff_initial: Annotated[Duration, Range(0.01, None)] = 1.0
     backoff_max: Annotated[Duration, Range(0.1, None)] = 300.0
+    # How often the outbox is looked at for due rows (retries, rows of
+    # other nodes, anything notify() missed); new utterances go at once.
+    poll_interval: Annotated[Duration, Range(0.05, 3600)] = 2.0
+    # A target disabled by 410 Gone parks its rows; a parked row is looked
+    # at again after this long in case the state file was lost.
+    disabled_recheck: Annotated[Duration, Range(1, None)] = 3600.0
+
+    def validate(self, path):
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError(
+                f"expected backoff_max of at least backoff_initial ({self.backoff_initial:g}s)",
+                f"{path}.backoff_max",
+            )
 
 
 @attrs.frozen

@@ -4,7 +4,6 @@ import socket
 import sys
 
 from twisted.python import usage
-from twisted.web.server import Site
 
 from siprecd import config as configmod
 from siprecd import logs, tls
@@ -216,10 +215,14 @@ def _add_listeners(root, config, reactor):
         ).setServiceParent(root)
     if config.api.enabled:
         from siprecd.api.app import ControlApi
+        from siprecd.api.control import LocalCalls
+        from siprecd.api.http import make_site
 
-        api = ControlApi(root.readiness, config.node.name)
-        site = Site(api.resource())
-        site.noisy = False
+        root.calls_controller = LocalCalls(
+            root.transcription, root.storage, config.webhooks.targets, config.api.app_isolation)
+        root.api = ControlApi.from_config(
+            config, root.storage, root.calls_controller, root.readiness, reactor)
+        site = make_site(root.api.resource(), config.api.max_body_size)
         api_context = _api_context(config)
         ListeningPort(
             "HTTPS API", config.api.host, config.api.port,

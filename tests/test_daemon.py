@@ -3,35 +3,18 @@
 import json
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from siprecd.tap import EXIT_CONFIG
+from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.daemon import Daemon, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def https_get(port, path, cafile):
-    context = ssl.create_default_context(cafile=str(cafile))
-    context.check_hostname = False  # the development certificate names the host, not 127.0.0.1's alias
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=10) as r:
-        return r.status, json.loads(r.read())
-
-
-def https_status(port, path, cafile):
-    import urllib.error
-
-    try:
-        return https_get(port, path, cafile)[0]
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def test_starts_logs_listeners_serves_https_and_stops_on_sigterm(tmp_path):
@@ -48,9 +31,10 @@ def test_starts_logs_listeners_serves_https_and_stops_on_sigterm(tmp_path):
         key = tmp_path / "state" / "tls" / "api-selfsigned.key"
         assert oct(key.stat().st_mode & 0o777) == "0o600"
         assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
-        status, body = https_get(api_port, "/v1/health", cert)
-        assert status == 200
-        assert body["healthCheck"] == "SUCCESS" and body["ready"] is True
+        api = ApiClient(api_port, cert, *create_app(path))
+        answer = api.get("/v1/health")
+        assert answer.status == 200
+        assert answer.body["healthCheck"] == "SUCCESS" and answer.body["ready"] is True
 
         # Plain HTTP is not served: the socket speaks TLS only.
         with socket.create_connection(("127.0.0.1", api_port), timeout=10) as s:
@@ -145,7 +129,11 @@ def test_the_shipped_config_runs_as_the_readme_says(tmp_path):
         # says exactly what is missing and how to fix it, and stays not-ready.
         line = daemon.wait_for(r"asr: the vosk backend could not start")
         assert "vosk-model-small-en-us-0.15" in line and "asr.download" in line
-        status = https_status(8443, "/v1/health", tmp_path / "var" / "tls" / "api-selfsigned.crt")
-        assert status == 503
+        config = tmp_path / "etc" / "siprecd.yaml"
+        api = ApiClient(8443, tmp_path / "var" / "tls" / "api-selfsigned.crt",
+                        *create_app(config))
+        answer = api.get("/v1/health")
+        assert answer.status == 503 and answer.code == "503-01"
+        assert answer.body["healthCheck"] == "FAILURE"
         code, seconds = daemon.terminate()
     assert code == 0 and seconds < 5

@@ -1,34 +1,344 @@
-"""The Klein resource tree of the HTTPS API."""
+"""The Klein resource tree of the HTTPS API (SPEC §3).
 
+Every request goes through :meth:`ControlApi._serve`: body size (413-01),
+then authentication with the app id and secret headers (401-01; secrets
+are checked by storage against salted hashes, in constant time), then the
+app's rate limit (429-01 with Retry-After), then the route. Anything a
+route raises becomes the error envelope with a fresh requestId; an
+unexpected exception is logged with its traceback and answered 500-01
+without details. Start and stop are written to the audit log.
+"""
+
+import functools
 import json
+import re
+from importlib import resources
 
 from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
-__all__ = ["ControlApi"]
+from siprecd.api import errors
+from siprecd.api.control import StartRequest, check_owner, stop_guid
+from siprecd.api.http import write_json
+from siprecd.api.ratelimit import RateLimiter
+from siprecd.interfaces import StorageError
+from siprecd.messages import api_message, iso_ms
+from siprecd.transcribe.errors import BadParameter, TranscriptionError
+
+__all__ = ["ControlApi", "conversation_view"]
+
+MAX_MESSAGES = 1000
+MAX_EXTERNAL_ID = 256
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Failed authentications a client address may make (per second, burst)
+# before it is refused without even hashing: checking a secret is slow on
+# purpose, and must not become a way to load the node.
+AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
+
+
+def conversation_view(call, legs):
+    """A Conversation object of the API."""
+    agents = list(dict.fromkeys(leg.agent_id for leg in legs if leg.agent_id))
+    customer = next((leg.customer_id for leg in reversed(legs) if leg.customer_id), None)
+    return {
+        "id": call.conversation_id,
+        "externalId": call.guid,
+        "timestamp": iso_ms(call.started_ms),
+        "endTimestamp": iso_ms(call.ended_ms),
+        "status": call.state,
+        "customer": {"externalId": customer} if customer else None,
+        "agents": [{"externalId": a} for a in agents],
+        "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
+                  "agentId": leg.agent_id, "startTimestamp": iso_ms(leg.started_ms),
+                  "endTimestamp": iso_ms(leg.ended_ms)} for leg in legs],
+    }
+
+
+_app = Klein()
+
+
+def route(path, methods, authenticate=True):
+    """A Klein route whose handler runs inside :meth:`ControlApi._serve`."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def serve(self, request, **kwargs):
+            return self._serve(request, handler, kwargs, authenticate)
+
+        return _app.route(path, methods=methods, branch=False)(serve)
+
+    return decorate
 
 
 class ControlApi:
-    """Routes of the API; one instance per daemon."""
+    """Routes of the API; one instance per daemon.
 
-    app = Klein()
+    *storage* is the IStorage (apps, conversations, messages, audit);
+    *calls* the call controller (``siprecd.api.control``); *readiness* the
+    root service's Readiness; *clock* an IReactorTime for rate limits.
+    """
 
-    def __init__(self, readiness, node_name):
+    app = _app
+    log = Logger()
+
+    def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
+                 secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True):
+        self.storage = storage
+        self.calls = calls
         self.readiness = readiness
         self.node_name = node_name
+        self.id_header = id_header.lower().encode("latin-1")
+        self.secret_header = secret_header.lower().encode("latin-1")
+        self.app_isolation = app_isolation
+        self.limits = RateLimiter(clock, rate, burst)
+        self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
+
+    @classmethod
+    def from_config(cls, config, storage, calls, readiness, clock):
+        a = config.api
+        return cls(storage, calls, readiness, clock, config.node.name, id_header=a.id_header,
+                   secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
+                   burst=a.rate_limit.burst, app_isolation=a.app_isolation)
 
     def resource(self):
         return self.app.resource()
 
-    @app.route("/v1/health", methods=["GET"])
-    def health(self, request):
+    # -- the pipeline every request goes through ------------------------------------------
+
+    def _serve(self, request, handler, kwargs, authenticate):
+        d = defer.ensureDeferred(self._answer(request, handler, kwargs, authenticate))
+        return d
+
+    async def _answer(self, request, handler, kwargs, authenticate):
+        try:
+            if getattr(request, "body_too_large", False):
+                request.setHeader(b"connection", b"close")
+                raise errors.PayloadTooLarge(
+                    f"the request body is larger than {request.max_body_size} bytes")
+            app = await self._authenticate(request) if authenticate else None
+            body = await handler(self, request, app, **kwargs)
+            if isinstance(body, _RawBody):
+                request.setResponseCode(200)
+                return bytes(body)
+            status, headers = 200, {}
+        except (errors.ApiError, TranscriptionError) as e:
+            status, headers, body = errors.envelope(e)
+            if status >= 500:
+                self.log.warn("{method} {path}: {code} {message}", method=_method(request),
+                              path=_path(request), code=e.code, message=e.message)
+        except Exception:
+            self.log.failure("{method} {path} failed", method=_method(request),
+                             path=_path(request))
+            status, headers, body = errors.envelope(errors.InternalError("internal error"))
+        return write_json(request, status, body, headers)
+
+    async def _authenticate(self, request):
+        peer = _peer(request)
+        wait = self.auth_failures.peek(peer)
+        if wait:
+            raise errors.TooManyRequests(
+                "too many failed authentications from this address",
+                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        api_id = _header(request, self.id_header)
+        secret = _header(request, self.secret_header)
+        if not api_id or not secret:
+            self.auth_failures.take(peer)
+            raise errors.Unauthorized(
+                f"the {self.id_header.decode()} and {self.secret_header.decode()} headers "
+                "are required")
+        try:
+            app = await self.storage.verify_app_secret(api_id, secret)
+        except StorageError as e:
+            raise errors.ServiceUnavailable(f"cannot check credentials now: {e}",
+                                            headers={"Retry-After": 5}) from None
+        if app is None:
+            self.auth_failures.take(peer)
+            self.log.info("refused credentials for app id {api_id} from {peer}",
+                          api_id=api_id[:64], peer=peer)
+            raise errors.Unauthorized("unknown app id or wrong secret")
+        wait = self.limits.take(app.api_id)
+        if wait:
+            raise errors.TooManyRequests(
+                "rate limit exceeded for this app",
+                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        return app
+
+    # -- start / stop ------------------------------------------------------------------
+
+    @route("/mg-autotranscribe/v1/start-streaming", ["POST"])
+    async def start_streaming(self, request, app):
+        start = StartRequest.from_json(_json_body(request))
+        result = await self.calls.start(app, start)
+        await self._audit("transcription.started", app, start.guid, {
+            "customerId": start.customer_id, "agentId": start.agent_id,
+            "streams": {role: v["streamId"] for role, v in result.items()}})
+        return {"isOk": True, "autotranscribeResponse": result}
+
+    @route("/mg-autotranscribe/v1/stop-streaming", ["POST"])
+    async def stop_streaming(self, request, app):
+        guid = stop_guid(_json_body(request))
+        result = await self.calls.stop(app, guid)
+        await self._audit("transcription.stopped", app, guid, {
+            "streams": {role: v["streamId"] for role, v in result.items()}})
+        return {"isOk": True, "autotranscribeResponse": result}
+
+    async def _audit(self, action, app, guid, detail):
+        self.log.info("audit: {action} guid={guid} by app {app_id}", action=action, guid=guid,
+                      app_id=app.api_id, audit=action)
+        try:
+            await self.storage.record_audit(action, app_id=app.api_id, guid=guid,
+                                            detail=detail)
+        except StorageError as e:
+            # The action happened; losing its audit row must not undo it.
+            self.log.error("cannot write the audit entry {action} for {guid}: {error}",
+                           action=action, guid=guid, error=str(e))
+
+    # -- conversations and messages -------------------------------------------------
+
+    @route("/conversation/v1/conversation/messages", ["GET"])
+    async def messages_by_external_id(self, request, app):
+        guid = _external_id(request)
+        call, legs = await self._conversation(app, guid=guid)
+        return {"items": await self._messages(call)}
+
+    @route("/conversation/v1/conversations", ["GET"])
+    async def conversations_by_external_id(self, request, app):
+        guid = _external_id(request)
+        try:
+            call, legs = await self._conversation(app, guid=guid)
+        except errors.NotFound:
+            return {"conversations": []}
+        return {"conversations": [conversation_view(call, legs)]}
+
+    @route("/conversation/v1/conversations/<conversation_id>", ["GET"])
+    async def conversation(self, request, app, conversation_id):
+        call, legs = await self._conversation(app, conversation_id=conversation_id)
+        return conversation_view(call, legs)
+
+    @route("/conversation/v1/conversations/<conversation_id>/messages", ["GET"])
+    async def conversation_messages(self, request, app, conversation_id):
+        call, legs = await self._conversation(app, conversation_id=conversation_id)
+        return {"items": await self._messages(call)}
+
+    async def _conversation(self, app, guid=None, conversation_id=None):
+        try:
+            if conversation_id is not None:
+                if not _UUID.fullmatch(conversation_id):
+                    raise errors.Unprocessable("a conversation id is a UUID")
+                call = await self.storage.get_call(conversation_id.lower())
+                what = f"id {conversation_id}"
+            else:
+                call = await self.storage.get_call_by_guid(guid)
+                what = f"externalId {guid}"
+            if call is None:
+                raise errors.NotFound(f"no conversation with {what}")
+            legs = await self.storage.legs_for_guid(call.guid)
+        except StorageError as e:
+            raise _unavailable(e) from None
+        check_owner(app, legs, call.guid, self.app_isolation)
+        return call, legs
+
+    async def _messages(self, call):
+        try:
+            messages = await self.storage.messages_for_guid(call.guid, limit=MAX_MESSAGES)
+        except StorageError as e:
+            raise _unavailable(e) from None
+        return [api_message(m) for m in messages]
+
+    # -- health and the API description -------------------------------------------------
+
+    @route("/v1/health", ["GET"])
+    async def health(self, request, app):
         pending = self.readiness.pending()
-        ready = not pending
-        request.setResponseCode(200 if ready else 503)
-        request.setHeader(b"content-type", b"application/json")
-        body = {
-            "healthCheck": "SUCCESS" if ready else "FAILURE",
-            "ready": ready,
-            "node": self.node_name,
-            "pending": pending,
-        }
-        return json.dumps(body).encode()
+        details = {"ready": not pending, "node": self.node_name, "pending": pending}
+        if pending:
+            why = "; ".join(pending)
+            raise errors.ServiceUnavailable(f"not ready: {why}",
+                                            extra={"healthCheck": "FAILURE", **details})
+        return {"healthCheck": "SUCCESS", **details}
+
+    @route("/openapi.yaml", ["GET"])
+    async def openapi(self, request, app):
+        request.setHeader(b"content-type", b"application/yaml")
+        return _RawBody(openapi_document())
+
+    # -- errors outside any route -----------------------------------------------------
+
+    @app.handle_errors(_WerkzeugNotFound)
+    def not_found(self, request, failure):
+        status, headers, body = errors.envelope(errors.NotFound(f"no such path {_path(request)}"))
+        return write_json(request, status, body, headers)
+
+    @app.handle_errors(_WerkzeugMethodNotAllowed)
+    def method_not_allowed(self, request, failure):
+        allowed = ", ".join(getattr(failure.value, "valid_methods", None) or ())
+        error = errors.MethodNotAllowed(
+            f"{_method(request)} is not allowed on {_path(request)}",
+            headers={"Allow": allowed} if allowed else None)
+        status, headers, body = errors.envelope(error)
+        return write_json(request, status, body, headers)
+
+
+class _RawBody(bytes):
+    """A route's answer that is sent as it is (not JSON)."""
+
+
+@functools.cache
+def openapi_document():
+    return resources.files("siprecd.api").joinpath("openapi.yaml").read_bytes()
+
+
+def _unavailable(error):
+    return errors.ServiceUnavailable(f"storage is unavailable: {error}",
+                                     headers={"Retry-After": 5})
+
+
+def _json_body(request):
+    raw = request.content.read() if request.content is not None else b""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadParameter("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadParameter("the request body must be a JSON object")
+    return body
+
+
+def _external_id(request):
+    values = request.args.get(b"externalId")
+    if not values:
+        raise errors.BadRequest("the externalId query parameter is required")
+    try:
+        value = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.Unprocessable("externalId is not UTF-8") from None
+    if not value or len(value) > MAX_EXTERNAL_ID or not value.isprintable():
+        raise errors.Unprocessable(
+            f"externalId must be 1-{MAX_EXTERNAL_ID} printable characters")
+    return value
+
+
+def _header(request, name):
+    value = request.getHeader(name)
+    if not value:
+        return None
+    try:
+        return value.decode("utf-8").strip()[:1024] or None
+    except UnicodeDecodeError:
+        return None
+
+
+def _peer(request):
+    address = request.getClientAddress()
+    return getattr(address, "host", str(address))
+
+
+def _method(request):
+    return request.method.decode("latin-1", "replace")
+
+
+def _path(request):
+    return request.path.decode("latin-1", "replace")[:200]

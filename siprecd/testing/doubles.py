@@ -8,7 +8,7 @@ from siprecd.calls import CallRegistry
 from siprecd.interfaces import ICallListener
 from siprecd.sip.message import parse_message
 
-__all__ = ["HeldCallListener", "SentMessages"]
+__all__ = ["HeldCallListener", "SentMessages", "GatedStorage"]
 
 
 @implementer(ICallListener)
@@ -40,3 +40,44 @@ class SentMessages:
     def pop(self):
         out, self.sent = [m for _, m in self.sent], []
         return out
+
+
+class GatedStorage:
+    """Test double around a real IStorage: every method is the real one,
+    except those named in :meth:`hold`, whose calls wait until the test
+    releases them. The only deterministic way to keep an API request "in
+    progress" (409-202) or a BYE "being processed" (409-203) while a second
+    request arrives."""
+
+    def __init__(self, storage):
+        self._storage = storage
+        self._held = {}
+        self.waiting = {}
+
+    def hold(self, name):
+        """From now on calls of *name* wait; returns a Deferred that fires
+        (with the number of held calls) when the first one arrives."""
+        self._held[name] = []
+        arrived = defer.Deferred()
+        self.waiting[name] = arrived
+        return arrived
+
+    def release(self, name):
+        """Let the held calls of *name* through, and stop holding."""
+        for go in self._held.pop(name, []):
+            go.callback(None)
+
+    def __getattr__(self, name):
+        real = getattr(self._storage, name)
+        if name not in self._held or not callable(real):
+            return real
+
+        def held(*args, **kwargs):
+            go = defer.Deferred()
+            self._held[name].append(go)
+            arrived = self.waiting.get(name)
+            if arrived is not None and not arrived.called:
+                arrived.callback(len(self._held[name]))
+            return go.addCallback(lambda _: real(*args, **kwargs))
+
+        return held

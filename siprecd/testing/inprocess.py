@@ -11,7 +11,7 @@ import attrs
 from siprecd import config as configmod
 from siprecd.testing.daemon import write_config
 
-__all__ = ["start_service_tree"]
+__all__ = ["start_service_tree", "CallWatcher"]
 
 
 @attrs.frozen
@@ -37,3 +37,29 @@ async def start_service_tree(directory, reactor, **sections):
         ready.addTimeout(60, reactor)
         await ready
     return root, written
+
+
+class CallWatcher:
+    """Tells a test when calls are offered to and ended at a service tree:
+    ``offered`` and ``ended`` are DeferredQueues of sessions. It observes
+    the tree's call registry (its methods run first, then the registry's)."""
+
+    def __init__(self, root):
+        from twisted.internet import defer
+
+        self.offered = defer.DeferredQueue()
+        self.ended = defer.DeferredQueue()
+        calls = root.calls
+        offered, ended = calls.call_offered, calls.call_ended
+
+        def call_offered(session):
+            result = offered(session)
+            self.offered.put(session)
+            return result
+
+        def call_ended(session, reason):
+            result = ended(session, reason)
+            self.ended.put(session)
+            return result
+
+        calls.call_offered, calls.call_ended = call_offered, call_ended

@@ -6,7 +6,7 @@ and its HTTP status; ``str()`` is the message for the error body.
 
 __all__ = [
     "TranscriptionError", "BadParameter", "NotAllowed", "NoSuchCall", "AlreadyInState",
-    "RequestInProgress", "CallEnding", "AsrUnavailable",
+    "RequestInProgress", "CallEnding", "AsrUnavailable", "Conflict",
 ]
 
 
@@ -40,6 +40,15 @@ class NoSuchCall(TranscriptionError):
     """No active SIPREC call has that guid."""
 
     code = "400-203"
+
+
+class Conflict(TranscriptionError):
+    """The request contradicts the state of the call in a way the client
+    must resolve: a mediaLineOrder other than the current leg's (the
+    customer's streamId would carry the agent's audio). A new agentId,
+    i.e. a new leg, may change it."""
+
+    code = "409-01"
 
 
 class AlreadyInState(TranscriptionError):

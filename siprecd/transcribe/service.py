@@ -48,8 +48,8 @@ from siprecd.interfaces import (
 )
 from siprecd.storage.records import Call, Message, Stream
 from siprecd.transcribe.errors import (
-    AlreadyInState, AsrUnavailable, BadParameter, CallEnding, NoSuchCall, NotAllowed,
-    RequestInProgress,
+    AlreadyInState, AsrUnavailable, BadParameter, CallEnding, Conflict, NoSuchCall,
+    NotAllowed, RequestInProgress,
 )
 from siprecd.transcribe.numbers import format_numbers as format_spoken_numbers
 from siprecd.transcribe.pipeline import StreamPipeline
@@ -87,10 +87,11 @@ class StartParams:
     redaction_output: str = "redacted"
     media_line_order: str = "CUSTOMER_FIRST"
     webhook_target: str | None = None
+    app_id: str | None = None
 
     @classmethod
     def check(cls, customer_id, agent_id, language, detailed_token, audio_recording_allowed,
-              redaction_output, media_line_order, webhook_target, languages):
+              redaction_output, media_line_order, webhook_target, languages, app_id=None):
         for name, value in (("customerId", customer_id), ("agentId", agent_id)):
             if not isinstance(value, str) or not value.strip():
                 raise BadParameter(f"{name} is required (a non-empty string)")
@@ -110,14 +111,14 @@ class StartParams:
             have = ", ".join(sorted(languages)) or "none"
             raise NotAllowed(f"language {language!r} is not available here (available: {have})")
         return cls(customer_id, agent_id, tag, detailed_token, audio_recording_allowed,
-                   redaction_output, order, webhook_target or None)
+                   redaction_output, order, webhook_target or None, app_id)
 
     def as_dict(self):
         """As stored with the leg and the streams (the API's names)."""
         return {"language": self.language, "detailedToken": self.detailed_token,
                 "audioRecordingAllowed": self.audio_recording_allowed,
                 "redactionOutput": self.redaction_output,
-                "mediaLineOrder": self.media_line_order}
+                "mediaLineOrder": self.media_line_order, "appId": self.app_id}
 
     @property
     def keeps_unredacted(self):
@@ -275,17 +276,24 @@ class TranscriptionService(service.Service):
 
     def start(self, guid, customer_id, agent_id, language="en-US", detailed_token=False,
               audio_recording_allowed=False, redaction_output="redacted",
-              media_line_order="CUSTOMER_FIRST", webhook_target=None):
+              media_line_order="CUSTOMER_FIRST", webhook_target=None, app_id=None):
         """start-streaming: a Deferred firing with ``{role: {"streamId",
-        "status"}}``, or failing with a TranscriptionError."""
+        "status"}}``, or failing with a TranscriptionError. *app_id* (the
+        API app asking) is kept with the leg's settings."""
         try:
             params = StartParams.check(
                 customer_id, agent_id, language, detailed_token, audio_recording_allowed,
                 redaction_output, media_line_order, webhook_target,
-                {_language_tag(t) for t in self.backend.languages()})
+                {_language_tag(t) for t in self.backend.languages()}, app_id)
             call = self._request(guid)
             if call.streaming:
                 raise AlreadyInState(f"transcription of {guid} is already started")
+            last = call.params
+            if (last is not None and last.agent_id == params.agent_id
+                    and last.media_line_order != params.media_line_order):
+                raise Conflict(
+                    f"mediaLineOrder is {last.media_line_order} for this leg; it can change "
+                    "only with a new agentId (a new leg)")
             if not self.accepting:
                 raise AsrUnavailable("this node is shutting down")
         except Exception:
@@ -304,6 +312,16 @@ class TranscriptionService(service.Service):
         # The gate closes now: audio after this request is not transcribed.
         call.streaming = False
         return self._track(self._serialised(call, self._stop(call)))
+
+    def current_app(self, guid):
+        """The app id of the last accepted start of an active call, or None."""
+        call = self._by_guid.get(guid)
+        return None if call is None or call.params is None else call.params.app_id
+
+    def is_active(self, guid):
+        """True while *guid* is an active call on this node."""
+        call = self._by_guid.get(guid)
+        return call is not None and call.phase != "ended"
 
     def is_streaming(self, guid):
         call = self._by_guid.get(guid)
