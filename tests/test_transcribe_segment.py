@@ -181,10 +181,21 @@ def test_skipping_changes_nothing_after_a_reset(noise):
 
 
 def test_leading_silence_is_skipped_too():
+    # A window starts as in a long silence: all but the preroll of the
+    # silence before the first speech is skipped, and a recogniser that
+    # was given nothing is not reset.
     s = Segmenter(skip_after=1.0, preroll=0.5)
     actions = push_all(s, np.concatenate([quiet(5.0), loud(1.0)]))
-    assert finishes(actions) == [("reset", 8000 * 4.5)]
-    assert s.stats["skipped"] == 8000 * 3.5
+    assert finishes(actions) == []
+    assert feeds(actions)[0].position == 8000 * 4.5
+    assert s.stats["skipped"] == 8000 * 4.5
+
+
+def test_a_window_that_hears_no_speech_feeds_nothing():
+    s = Segmenter(skip_after=1.0, preroll=0.5)
+    actions = push_all(s, quiet(10.0)) + s.close()
+    assert actions == []
+    assert s.stats["fed"] == 0
 
 
 def test_close_feeds_the_rest_but_not_a_silent_preroll():
@@ -198,10 +209,11 @@ def test_close_feeds_the_rest_but_not_a_silent_preroll():
     assert s.close() == []
 
 
-def test_a_gap_ends_the_utterance_and_resets_before_the_next_speech():
+def test_a_gap_ends_the_utterance_and_the_next_speech_starts_afresh():
     s = Segmenter()
     actions = s.push(0, loud(0.5)) + s.push(40000, loud(0.5)) + s.close()
-    assert finishes(actions) == [("gap", 4000), ("reset", 40000)]
+    # The gap's Finish already left the recogniser fresh: no second reset.
+    assert finishes(actions) == [("gap", 4000)]
     fed = feeds(actions)
     assert [f.position for f in fed] == [0, 1600, 3200, 40000, 41600, 43200]
 

@@ -204,7 +204,7 @@ def _cache_key(source):
 
 def place_calls(reactor, target, calls, *, concurrency=None, rate=None, speed=1.0, seed=None,
                 local_host=None, media_host=None, answer_timeout=32.0, guid_order=None,
-                rtp_ports=(40000, 49999), on_call_done=None):
+                rtp_ports=(40000, 49999), on_call_done=None, on_call_answered=None):
     """Place *calls* (CallSpecs) to *target*; a Deferred firing with a :class:`Summary`.
 
     At most *concurrency* calls at a time (default: all), started at most
@@ -212,7 +212,8 @@ def place_calls(reactor, target, calls, *, concurrency=None, rate=None, speed=1.
     time; impairments drawn from *seed* (random when None, and reported).
     *guid_order* is the SRS's ``sip.guid_sources`` (default siprecd's), used
     to say which guid the SRS should pick. *on_call_done(CallResult)* is
-    told as each call ends. Bad arguments or unusable audio fail the
+    told as each call ends; *on_call_answered(CallResult)* when its media starts
+    (``result.guid`` is then the guid the SRS uses). Bad arguments or unusable audio fail the
     Deferred with ValueError; anything that happens on the network ends up
     in the summary instead.
     """
@@ -220,11 +221,13 @@ def place_calls(reactor, target, calls, *, concurrency=None, rate=None, speed=1.
         reactor, target, list(calls), concurrency=concurrency, rate=rate, speed=speed, seed=seed,
         local_host=local_host, media_host=media_host, answer_timeout=answer_timeout,
         guid_order=guid_order, rtp_ports=rtp_ports, on_call_done=on_call_done,
+        on_call_answered=on_call_answered,
     ))
 
 
 async def _place_calls(reactor, target, calls, *, concurrency, rate, speed, seed, local_host,
-                       media_host, answer_timeout, guid_order, rtp_ports, on_call_done):
+                       media_host, answer_timeout, guid_order, rtp_ports, on_call_done,
+                       on_call_answered):
     if not calls:
         raise ValueError("no calls to place")
     if concurrency is not None and concurrency < 1:
@@ -260,7 +263,8 @@ async def _place_calls(reactor, target, calls, *, concurrency, rate, speed, seed
     try:
         summary.calls = await _run_all(reactor, client, calls, prepared, concurrency, rate,
                                        speed=speed, seed=seed, order=order, media_host=media_host,
-                                       rtp_ports=rtp_ports, on_call_done=on_call_done)
+                                       rtp_ports=rtp_ports, on_call_done=on_call_done,
+                                       on_call_answered=on_call_answered)
     finally:
         closing = client.close()
         closing.addTimeout(2.0, reactor)
@@ -281,7 +285,7 @@ def _unplaced(number, spec, problem):
 
 
 def _run_all(reactor, client, calls, prepared, concurrency, rate, *, speed, seed, order,
-             media_host, rtp_ports, on_call_done):
+             media_host, rtp_ports, on_call_done, on_call_answered=None):
     """Start calls as concurrency and rate allow; fires with the results in order."""
     results = [None] * len(calls)
     all_done = defer.Deferred()
@@ -319,7 +323,7 @@ def _run_all(reactor, client, calls, prepared, concurrency, rate, *, speed, seed
             state["last_start"] = now
             call = SiprecCall(client, index + 1, calls[index], prepared[index], speed=speed,
                               seed=seed, guid_order=order, media_host=media_host,
-                              rtp_ports=rtp_ports)
+                              rtp_ports=rtp_ports, on_answered=on_call_answered)
             call.run().addCallback(ended, index)
 
     start_more()

@@ -412,7 +412,7 @@ class SiprecCall:
     log = Logger()
 
     def __init__(self, client, number, spec, prepared, *, speed, seed, guid_order,
-                 media_host=None, rtp_ports=(40000, 49999)):
+                 media_host=None, rtp_ports=(40000, 49999), on_answered=None):
         self.client = client
         self.reactor = client.reactor
         self.number = number
@@ -423,6 +423,7 @@ class SiprecCall:
         self.guid_order = guid_order
         self.media_host = media_host or client.local_host
         self.rtp_ports = rtp_ports
+        self.on_answered = on_answered
         self.result = CallResult(number=number, flavour=spec.flavour, guid_style=spec.guid_style,
                                  codec=spec.codec.upper())
         self.streams = [_CallStream(i, label, role, spec.codec.upper())
@@ -586,7 +587,15 @@ class SiprecCall:
         d = self._find_next_hop()
         d.addCallback(lambda _: self._ack(response))
         d.addCallback(lambda _: self._start_media(response))
+        d.addCallback(lambda _: self._tell_answered())
         d.addErrback(self._crashed)
+
+    def _tell_answered(self):
+        if self.on_answered is not None:
+            try:
+                self.on_answered(self.result)
+            except Exception:
+                self.log.failure("on_call_answered failed")
 
     def _find_next_hop(self):
         if not self.client.reliable:

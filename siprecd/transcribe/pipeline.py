@@ -57,6 +57,10 @@ class StreamPipeline:
         self._backlog = 0          # samples queued for the recogniser
         self._busy = False
         self._pumping = False
+        # Audio given to the recogniser since the last Finish: without it a
+        # Finish has nothing to finish and costs a recogniser call (and,
+        # for a stream that was silent all along, making a recogniser).
+        self._unfinished = False
         self._closing = False
         self.closed = False
         self._close_waiters = []
@@ -126,13 +130,18 @@ class StreamPipeline:
         try:
             while not self._busy and self._ops:
                 op = self._ops.popleft()
-                self._busy = True
                 if isinstance(op, Feed):
+                    self._busy = True
+                    self._unfinished = True
                     self._backlog -= len(op)
                     self.timeline.fed_at(op.position, len(op))
                     d = defer.maybeDeferred(self.recognizer.accept, op.samples.tobytes())
-                else:
+                elif self._unfinished:
+                    self._busy = True
+                    self._unfinished = False
                     d = defer.maybeDeferred(self.recognizer.finish)
+                else:
+                    continue
                 d.addBoth(self._done, op)
         finally:
             self._pumping = False

@@ -25,7 +25,7 @@ Fixed chunks
 
 Long silence, and not spending ASR on it
     After ``skip_after`` of non-speech with no utterance open, the stream is
-    in a long silence. When speech comes back, the recogniser is reset
+    in a long silence; so is a new segmenter, before any speech. When speech comes back, the recogniser is reset
     (Finish "reset") and given the last ``preroll`` of the silence before
     the speech frame, then the speech. Because that reset happens whether or
     not anything is skipped, what the recogniser sees after it does not
@@ -104,8 +104,12 @@ class Segmenter:
         self._frame_start = None
         self._open = False           # an utterance is open (speech since last Finish)
         self._utterance_start = None
-        self._silence = 0            # non-speech samples since the last speech frame
-        self._long_silence = False
+        # A window starts as in a long silence (as after a gap): silence
+        # before the first speech costs no recognition beyond the preroll,
+        # and a window that never hears speech never uses a recogniser.
+        self._silence = self.skip_after  # non-speech samples since the last speech frame
+        self._long_silence = True
+        self._fed = False            # audio fed since the last Finish
         # Audio waiting to be fed as one fixed-size chunk.
         self._pending = []
         self._pending_len = 0
@@ -182,12 +186,14 @@ class Segmenter:
         parts = self._pending
         samples = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out.append(Feed(self._pending_position, samples))
+        self._fed = True
         self.stats["fed"] += len(samples)
         self._pending, self._pending_len = [], 0
 
     def _finish(self, out, reason, position):
         self._flush(out)
         out.append(Finish(position, reason))
+        self._fed = False
 
     def _frame_done(self, speech, out):
         end = self._frame_start + FRAME
@@ -239,7 +245,10 @@ class Segmenter:
         self._long_silence = False
         held, self._held, self._held_len = self._held, deque(), 0
         start = held[0][0] if held else self._frame_start
-        self._finish(out, "reset", start)
+        self._flush(out)
+        if self._fed:
+            # A recogniser that was given nothing has nothing to reset.
+            self._finish(out, "reset", start)
         for position, piece in held:
             self._add(position, piece, out)
 
@@ -255,5 +264,6 @@ class Segmenter:
         if self._open:
             self._open = False
             out.append(Finish(self._expected, "gap"))
+            self._fed = False
         self._long_silence = True
         self._silence = self.skip_after
