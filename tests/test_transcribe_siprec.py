@@ -80,16 +80,32 @@ class StartStopAt:
             while self.schedule and position >= self.schedule[0][0]:
                 _, what = self.schedule.pop(0)
                 self.made.append((position, what))
-                if what == "start":
-                    d = self.service.start(stream.guid, "cust-1", "agent-1",
-                                           language=KO_LANGUAGE, detailed_token=True)
-                else:
-                    d = self.service.stop(stream.guid)
-                self.requests.append(d)
+                # As a client does, the next request waits for the answer to
+                # the last one (a stop waits for the recogniser to finish,
+                # which takes longer on a loaded machine).
+                previous = self.requests[-1] if self.requests else defer.succeed(None)
+                self.requests.append(self._after(previous, what, stream.guid))
         self.service.pcm(stream, position, samples)
 
     def event(self, stream, kind, position, detail):
         self.service.event(stream, kind, position, detail)
+
+    def _after(self, previous, what, guid):
+        done = defer.Deferred()
+
+        def send(_):
+            if what == "start":
+                d = self.service.start(guid, "cust-1", "agent-1", language=KO_LANGUAGE,
+                                       detailed_token=True)
+            else:
+                d = self.service.stop(guid)
+            d.chainDeferred(done)
+
+        # A second Deferred, so the result stays with the previous request.
+        waiter = defer.Deferred()
+        previous.addBoth(lambda r: (waiter.callback(None), r)[1])
+        waiter.addCallback(send)
+        return done
 
 
 async def run_call(tmp_path, backend, spec, wire):
