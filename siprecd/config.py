@@ -280,6 +280,9 @@ class Webhooks:
 
 @attrs.frozen
 class Redaction:
+    """What siprecd.redact redacts (see siprecd/redact/policy.py for each kind)."""
+
+    # Always on: may be written, but only as true (validate refuses false).
     card_numbers: bool = True
     ssn: bool = True
     nine_digit: bool = True
@@ -288,9 +291,25 @@ class Redaction:
     phone_numbers: bool = True
     spoken_card_numbers: bool = True
     email: bool = False
+    # Longest wait of an utterance ending in a number for the rest of it.
     hold_back: Annotated[Duration, Range(0, 30)] = 3.0
+    # Numbers split by at most this pause are read as one number.
+    lookback: Annotated[Duration, Range(0, 60)] = 5.0
+    # Context words ("card number", "CVV") count this long, and for this
+    # many utterances of the call.
+    context_window: Annotated[Duration, Range(0, 600)] = 30.0
+    context_utterances: Annotated[int, Range(0, 100)] = 4
     # Log unredacted text (debugging only; never in production).
     log_unredacted: bool = False
+
+    def validate(self, path):
+        for name in ("card_numbers", "ssn", "nine_digit"):
+            if not getattr(self, name):
+                raise ConfigError(
+                    "expected true: this kind is always redacted and cannot be turned off "
+                    "(remove the key or set it to true)",
+                    f"{path}.{name}" if path else name,
+                )
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from siprecd.siprec.session import RecordedStream, RecordingSession
 from siprecd.storage.sqlite import SqliteStorage
 from siprecd.testing.asr import FakeAsrBackend
 from siprecd.testing.siprec_samples import sample_metadata
+from siprecd.transcribe.service import no_redaction
 from siprecd.transcribe import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, NoSuchCall, NotAllowed,
     RequestInProgress, TranscriptionService,
@@ -507,8 +508,9 @@ PIN_WORDS = ["my", "pin", "is", "one", "two", "three", "four"]
 ])
 @pytest_twisted.ensureDeferred
 async def test_number_formatting(storage, language, format_numbers, text):
+    # Formatting on its own: the redaction policy would mask the PIN.
     service = make_service(storage, fake_backend(words=PIN_WORDS),
-                           format_numbers=format_numbers)
+                           format_numbers=format_numbers, redact=no_redaction)
     session = await offered(service)
     await start(service, language=language, detailed_token=True)
     Line(service, session, 0).play(pin_audio())
@@ -704,3 +706,62 @@ async def test_shutdown_finishes_calls_in_progress(storage):
     await service.stopService()
     assert spans(await messages(storage)) == [(0, 400)]
     assert (await storage.get_call_by_guid(GUID)).state == "ended"
+
+
+# -- the redaction policy (siprecd.redact) in the pipeline ------------------------------
+
+
+def bursts(count):
+    burst = np.concatenate([tone(0.2), silence(0.2)])
+    return np.tile(burst, count)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_policy_masks_a_pin_and_keeps_nothing_unredacted(storage):
+    service = make_service(storage, fake_backend(words=PIN_WORDS))
+    session = await offered(service)
+    await start(service, detailed_token=True)
+    Line(service, session, 0).play(pin_audio())
+    await service.stop(GUID)
+    (m,) = await messages(storage)
+    assert m.text == "my pin is ####"
+    assert m.unredacted_text is None
+    assert [t["content"] for t in m.tokens] == ["my", "pin", "is", "####"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_card_number_split_over_two_utterances_is_masked_in_both(storage):
+    # "my card number is 4111 1111" -- a pause that ends the utterance --
+    # "1111 1111": the first utterance ends in a number, so it is held back
+    # until the next one of the stream shows the whole card number.
+    words = ["my", "card", "number", "is", "4111", "1111", "1111", "1111"]
+    service = make_service(storage, fake_backend(words=words))
+    session = await offered(service)
+    await start(service, redaction_output="redacted_and_unredacted")
+    line = Line(service, session, 0)
+    line.play(np.concatenate([bursts(6), silence(1.5)]))
+    line.play(np.concatenate([bursts(2), silence(1.5)]))
+    await service.stop(GUID)
+    first, second = await messages(storage)
+    assert first.text == "my card number is #### ####"
+    assert second.text == "#### ####"
+    assert first.unredacted_text == "my card number is 4111 1111"
+    assert first.sequence == 1 and second.sequence == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_utterance_is_released_when_its_hold_back_runs_out(storage):
+    clock = task.Clock()
+    stored = defer.Deferred()
+    words = ["my", "zip", "is", "1234"]
+    service = make_service(storage, fake_backend(words=words), clock=clock,
+                           on_utterance=stored.callback)
+    session = await offered(service)
+    await start(service)
+    Line(service, session, 0).play(np.concatenate([bursts(4), silence(1.5)]))
+    # It ends in a number that might go on: held, not stored yet.
+    assert not stored.called
+    clock.advance(service.redaction.hold_back)
+    message = await stored.addTimeout(10, reactor)
+    assert message.text.startswith("my zip is")
+    await service.stop(GUID)

@@ -218,6 +218,7 @@ class _Call:
     roles: dict = attrs.field(factory=dict)      # role -> _LegStream (current leg)
     windows: dict = attrs.field(factory=dict)    # stream key -> _Window
     origins: dict = attrs.field(factory=dict)    # stream key -> UNIX ms of position 0
+    redaction: object = None     # ReleaseTimer over the call's CallRedactor
 
 
 def _key(label, audio_index):
@@ -241,6 +242,7 @@ class TranscriptionService(service.Service):
 
     def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.5,
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
+                 redaction=None,
                  on_utterance=None, skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0):
         if mixed_role not in ROLES:
@@ -251,7 +253,14 @@ class TranscriptionService(service.Service):
         self.node = node
         self.format_numbers = format_numbers
         self.mixed_role = mixed_role
-        self.redact = redact or no_redaction
+        # Either a stateless hook, or a policy applied per call with
+        # hold-back, look-back and the other party's context (the default).
+        self.redact = redact
+        if redact is None and redaction is None:
+            from siprecd.redact import Policy
+
+            redaction = Policy()
+        self.redaction = redaction
         self.on_utterance = on_utterance
         self.segmenter_options = dict(
             endpoint=endpoint_silence, max_utterance=max_utterance, threshold=vad_threshold,
@@ -266,6 +275,10 @@ class TranscriptionService(service.Service):
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
         """With the ``asr`` and ``media`` settings of *config*."""
+        if "redact" not in options:
+            from siprecd.redact import Policy
+
+            options.setdefault("redaction", Policy.from_config(config.redaction))
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
@@ -394,7 +407,7 @@ class TranscriptionService(service.Service):
         for leg_stream in call.roles.values():
             self._close_time(leg_stream, now)
         windows, call.windows = list(call.windows.values()), {}
-        await self._close_windows(windows)
+        await self._close_windows(windows, call)
         await self._save_stats(call, call.roles.values())
         self.log.info("transcription stopped for guid {guid}", guid=call.guid,
                       call_id=call.call_id)
@@ -467,8 +480,13 @@ class TranscriptionService(service.Service):
             leg_stream.streaming_seconds += max(0.0, now - leg_stream.opened_at)
             leg_stream.opened_at = None
 
-    async def _close_windows(self, windows):
+    async def _close_windows(self, windows, call=None):
         await defer.gatherResults([w.pipeline.close() for w in windows])
+        if call is not None and call.redaction is not None:
+            # Utterances held back for a number that might continue are
+            # released now: nothing more of these windows is coming.
+            for w in windows:
+                call.redaction.flush(w.key)
         for window in windows:
             ls, pipeline = window.leg_stream, window.pipeline
             ls.fed += pipeline.segmenter.stats["fed"]
@@ -488,12 +506,39 @@ class TranscriptionService(service.Service):
     # -- utterances ------------------------------------------------------------------
 
     def _utterance(self, call, window, raw):
-        params, leg_stream = window.params, window.leg_stream
         tokens = list(raw.tokens)
         if self.format_numbers:
-            tokens = format_spoken_numbers(tokens, params.language)
-        text = " ".join(t.content for t in tokens)
-        redacted_text, redacted_tokens = self.redact(text, list(tokens))
+            tokens = format_spoken_numbers(tokens, window.params.language)
+        if self.redact is not None:
+            text = " ".join(t.content for t in tokens)
+            redacted_text, redacted_tokens = self.redact(text, list(tokens))
+            self._store_utterance(call, window, raw, tokens, text, redacted_text,
+                                  redacted_tokens)
+            return
+        self._redaction(call, window.params.language).feed(
+            window.key, window.leg_stream.role, tokens, ref=(window, raw))
+
+    def _redaction(self, call, language):
+        from siprecd.redact import CallRedactor, ReleaseTimer
+
+        timer = call.redaction
+        if timer is not None and timer.redactor.language != language:
+            timer.stop()
+            timer = None
+        if timer is None:
+            redactor = CallRedactor(self.redaction, language,
+                                    log_context={"guid": call.guid, "call_id": call.call_id})
+            timer = call.redaction = ReleaseTimer(
+                redactor, self.clock, lambda released: self._released(call, released))
+        return timer
+
+    def _released(self, call, released):
+        window, raw = released.ref
+        self._store_utterance(call, window, raw, list(released.tokens), released.text,
+                              released.redacted_text, list(released.redacted_tokens))
+
+    def _store_utterance(self, call, window, raw, tokens, text, redacted_text, redacted_tokens):
+        params, leg_stream = window.params, window.leg_stream
         shown = tokens if params.redaction_output == "unredacted" else redacted_tokens
         origin = call.origins.get(window.key)
         message = Message(
@@ -566,7 +611,7 @@ class TranscriptionService(service.Service):
             return
         window = call.windows.pop(_key(stream.label, stream.audio_index), None)
         if window is not None:
-            self._track(defer.ensureDeferred(self._close_windows([window])))
+            self._track(defer.ensureDeferred(self._close_windows([window], call)))
 
     def _late_window(self, call, stream, key):
         """A stream that appeared after the start (a re-INVITE added it)."""
@@ -620,7 +665,7 @@ class TranscriptionService(service.Service):
             for window in gone:
                 del call.windows[window.key]
             if gone:
-                self._track(defer.ensureDeferred(self._close_windows(gone)))
+                self._track(defer.ensureDeferred(self._close_windows(gone, call)))
 
     def call_ended(self, session, reason):
         call = self._by_call_id.get(session.call_id)
@@ -643,7 +688,9 @@ class TranscriptionService(service.Service):
             for leg_stream in call.roles.values():
                 self._close_time(leg_stream, now)
             windows, call.windows = list(call.windows.values()), {}
-            await self._close_windows(windows)
+            await self._close_windows(windows, call)
+            if call.redaction is not None:
+                call.redaction.stop()
             # Writes of windows closed earlier (stop, stream end) finish too.
             await defer.gatherResults([ls.writes.idle() for ls in call.roles.values()])
             await self._save_stats(call, call.roles.values())
@@ -660,6 +707,9 @@ class TranscriptionService(service.Service):
             self._forget(call)
 
     def _forget(self, call):
+        if call.redaction is not None:
+            call.redaction.stop()
+            call.redaction = None
         if self._by_call_id.get(call.call_id) is call:
             del self._by_call_id[call.call_id]
         if self._by_guid.get(call.guid) is call:

@@ -1,0 +1,367 @@
+"""Find what to redact in a sequence of tokens, and mask it.
+
+:func:`analyse` is the whole decision, sans-IO and stateless: it takes
+*slots* (tokens of one or more consecutive utterances of a stream, each
+with the context it was spoken in) and returns which slots are masked and
+why. :mod:`siprecd.redact.call` feeds it a stream's held utterances plus
+the tail of the last released one; :func:`redact_tokens` feeds it one
+utterance.
+
+How a number is found
+    Tokens that are numbers (digits, number words, "oh" next to a number,
+    "double five", a month next to a number in card context) form a *run*
+    with the fillers between them ("uh", "dash"); a run ends at any other
+    word, and at the start of an utterance that came after a long pause.
+    A run's digits (:func:`siprecd.redact.tokens.spell`) are then judged
+    as a whole, in this order: card number anywhere in it; 9 digits (SSN
+    when said so or grouped 3-2-4, else nine-digit); identity numbers in
+    SSN context; phone numbers; 10 digits; short codes and card parts in
+    card/secret context. A sensitive run is masked whole: a card read with
+    its CVV or a stray digit goes entirely.
+"""
+
+import re
+
+import attrs
+
+from siprecd.redact import detect
+from siprecd.redact import lexicon as lx
+from siprecd.redact import tokens as tk
+from siprecd.redact.policy import (
+    CARD_NUMBER,
+    EMAIL,
+    NINE_DIGIT,
+    PHONE_NUMBER,
+    SHORT_NUMERIC,
+    SPOKEN_CARD_NUMBER,
+    SSN,
+    TEN_DIGIT,
+)
+
+__all__ = ["MASK", "Analysis", "Run", "Slot", "analyse", "classify", "mask_content", "should_mask"]
+
+MASK = "####"
+_DIGIT = re.compile(r"\d", re.ASCII)
+# Kinds of token that stand for digits and are masked when their run is.
+_DIGIT_KINDS = {tk.LIT, tk.NUM, tk.OH, tk.REPEAT, tk.HOMOPHONE, tk.MONTH}
+_WORD_NUMBERS = {tk.NUM, tk.OH, tk.REPEAT, tk.HOMOPHONE}
+
+
+@attrs.define(slots=True)
+class Slot:
+    """One token in a sequence being analysed."""
+
+    content: str
+    ctx: frozenset = frozenset()
+    # Which utterance of the sequence it belongs to (the caller's number).
+    utt: int = 0
+    # Released already (look-back): used as evidence, never changed.
+    readonly: bool = False
+    # For a read-only slot: the kind it was masked as, if any.
+    prior: str = None
+
+
+@attrs.define(slots=True, eq=False)
+class Run:
+    """Consecutive slots that spell one number (or one e-mail address)."""
+
+    members: list            # slot indices, fillers inside included
+    digits: str = ""
+    kind: str = None
+    qty: bool = False        # an amount, time or ordinal
+    open: bool = False       # reaches the end of the sequence: may go on
+    chars: tuple = None      # (start, end) in the one MIXED token it lives in
+    plus: bool = False
+    month: bool = False
+    ctx: frozenset = frozenset()
+    excluded: bool = False   # an id, amount, address or count by the words around it
+    not_code: bool = False   # a place, year or amount by the word before ("at", "since")
+    grouping: tuple = ()
+    inherit: str = None
+    # Offsets in digits where a piece of the number starts.
+    starts: tuple = (0,)
+
+    @property
+    def first(self):
+        return self.members[0]
+
+    @property
+    def last(self):
+        return self.members[-1]
+
+
+@attrs.define(slots=True)
+class Analysis:
+    runs: list
+    # slot index -> (kind, run)
+    masked: dict
+    open_run: Run = None
+
+
+def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), final=True,
+            cut_utts=frozenset()):
+    """What to mask in *slots* (a list of :class:`Slot`).
+
+    *breaks*: slot indices a number cannot continue into from the slot
+    before. *final*: nothing more will follow (else a run reaching the end
+    is ``open``). *cut_utts*: utterances being released before a number
+    running through them is complete (their open number is then judged
+    as a card being read in groups, see :data:`SPOKEN_CARD_NUMBER`).
+    """
+    shapes = [tk.shape(s.content, spanish) for s in slots]
+    numeric = _numeric(slots, shapes, breaks)
+    runs = _runs(slots, shapes, numeric, breaks)
+    n = len(slots)
+    last_meaningful = n - 1
+    while last_meaningful >= 0 and shapes[last_meaningful].kind == tk.FILLER:
+        last_meaningful -= 1
+    open_run = None
+    for run in runs:
+        _describe(run, slots, shapes, breaks)
+        if not final and run.chars is None and not run.qty and run.last >= last_meaningful:
+            run.open = True
+            open_run = run
+        cut = bool(cut_utts) and any(slots[i].utt in cut_utts for i in run.members) and (
+            run.open or any(slots[i].utt not in cut_utts and not slots[i].readonly
+                            for i in run.members))
+        run.kind = classify(run, policy, region, cut=cut)
+    masked = {}
+    for run in runs:
+        if run.kind is None:
+            continue
+        for i in run.members:
+            if not slots[i].readonly:
+                masked[i] = (run.kind, run)
+    if policy.email:
+        contents = [s.content for s in slots]
+        words = [sh.word for sh in shapes]
+        for first, last in detect.find_emails(contents, words, breaks):
+            run = Run(list(range(first, last + 1)), kind=EMAIL)
+            runs.append(run)
+            for i in run.members:
+                if not slots[i].readonly and i not in masked:
+                    masked[i] = (EMAIL, run)
+    return Analysis(runs, masked, open_run)
+
+
+def classify(run, policy, region, cut=False):
+    """The entity kind of a described *run*, or None."""
+    d = run.digits
+    n = len(d)
+    ctx = run.ctx
+    if n >= 13 and detect.find_card(d, run.starts) is not None:
+        return CARD_NUMBER
+    if run.qty:
+        return None
+    card_ctx = lx.CARD in ctx
+    secret_ctx = lx.SECRET in ctx
+    ok = not run.excluded
+    if run.month and n <= 8 and (card_ctx or secret_ctx) and policy.short_numerics:
+        return SHORT_NUMERIC
+    if n == 9:
+        return SSN if (lx.SSN in ctx or run.grouping == (3, 2, 4)) else NINE_DIGIT
+    if lx.SSN in ctx and 4 <= n <= 8 and ok:
+        return SSN
+    if policy.phone_numbers and 7 <= n <= 15 and ok and detect.is_phone(
+            d, run.plus, region, lx.PHONE in ctx):
+        return PHONE_NUMBER
+    if n == 10 and policy.ten_digit:
+        return TEN_DIGIT
+    code = ok and not run.not_code
+    if code and policy.short_numerics:
+        if (card_ctx or secret_ctx) and 3 <= n <= 4:
+            return SHORT_NUMERIC
+        if secret_ctx and 5 <= n <= 8:
+            return SHORT_NUMERIC
+    if policy.spoken_card_numbers:
+        if card_ctx and n >= 5 and code:
+            return SPOKEN_CARD_NUMBER
+        if cut and ok and n >= 8 and detect.card_prefix(d):
+            return SPOKEN_CARD_NUMBER
+    return run.inherit
+
+
+def _numeric(slots, shapes, breaks):
+    """Which slots stand for digits, resolving the words that do so only
+    next to numbers ("oh", "double", "for", month names)."""
+    n = len(slots)
+    numeric = [sh.kind in (tk.LIT, tk.NUM) for sh in shapes]
+    conditional = [i for i, sh in enumerate(shapes)
+                   if sh.kind in (tk.OH, tk.REPEAT, tk.HOMOPHONE, tk.MONTH)]
+    if not conditional:
+        return numeric
+
+    def neighbour(i, step):
+        j = i + step
+        if j < 0 or j >= n or (step == 1 and j in breaks) or (step == -1 and i in breaks):
+            return None
+        return j
+
+    def solid(j):
+        return j is not None and shapes[j].kind in (tk.LIT, tk.NUM)
+
+    def solid_beyond(i, step):
+        # The nearest token that is not itself a maybe-digit ("oh for 6").
+        j = neighbour(i, step)
+        while j is not None and shapes[j].kind in (tk.OH, tk.HOMOPHONE, tk.REPEAT):
+            j = neighbour(j, step)
+        return solid(j)
+
+    def resolve(i):
+        kind = shapes[i].kind
+        before, after = neighbour(i, -1), neighbour(i, 1)
+        if kind == tk.OH:
+            return ((before is not None and numeric[before])
+                    or (after is not None and numeric[after]))
+        if kind == tk.REPEAT:
+            return after is not None and (numeric[after] or shapes[after].kind == tk.OH)
+        if kind == tk.HOMOPHONE:
+            return solid_beyond(i, -1) and solid_beyond(i, 1)
+        # A month is part of a number only in card context (an expiry).
+        ctx = slots[i].ctx
+        return (lx.CARD in ctx or lx.SECRET in ctx) and (solid(before) or solid(after))
+
+    for order in (reversed(conditional), conditional, reversed(conditional)):
+        for i in order:
+            if not numeric[i] and resolve(i):
+                numeric[i] = True
+    return numeric
+
+
+def _runs(slots, shapes, numeric, breaks):
+    runs = []
+    n = len(slots)
+    i = 0
+    while i < n:
+        sh = shapes[i]
+        if sh.kind == tk.MIXED:
+            for start, end, digits in sh.groups:
+                runs.append(Run([i], digits=digits, chars=(start, end)))
+            i += 1
+            continue
+        if sh.kind == tk.QTY:
+            runs.append(Run([i], qty=True))
+            i += 1
+            continue
+        if not numeric[i]:
+            i += 1
+            continue
+        members = [i]
+        # An international number's "plus" belongs to it.
+        if i > 0 and i not in breaks and shapes[i - 1].kind == tk.PLUS:
+            members.insert(0, i - 1)
+        pending = []
+        k = i + 1
+        while k < n and k not in breaks:
+            kind = shapes[k].kind
+            if numeric[k] and kind not in (tk.QTY, tk.MIXED):
+                members.extend(pending)
+                pending.clear()
+                members.append(k)
+            elif kind == tk.FILLER or (kind == tk.AND and shapes[members[-1]].kind == tk.NUM
+                                       and k + 1 < n and shapes[k + 1].kind == tk.NUM):
+                pending.append(k)
+            else:
+                break
+            k += 1
+        runs.append(Run(members))
+        i = members[-1] + 1
+    return runs
+
+
+def _describe(run, slots, shapes, breaks):
+    """Fill in a run's digits, context and the clues around it."""
+    members = run.members
+    if run.chars is None:
+        atoms = []
+        grouping = []
+        for i in members:
+            sh = shapes[i]
+            if sh.kind == tk.PLUS:
+                run.plus = True
+                continue
+            if sh.kind == tk.LIT and sh.plus:
+                run.plus = True
+            if sh.kind == tk.MONTH:
+                run.month = True
+            if sh.atoms:
+                atoms.extend(sh.atoms)
+            if sh.kind == tk.LIT:
+                grouping.append(len(sh.atoms[0][1]))
+            elif sh.kind in _WORD_NUMBERS:
+                grouping.append(0)
+        groups = tk.spell_groups(atoms)
+        run.digits = "".join(groups)
+        run.starts = tuple(tk.boundaries(groups))
+        if all(g for g in grouping):
+            run.grouping = tuple(grouping)
+            if len(grouping) == 1:
+                word = shapes[members[0]].word
+                if re.fullmatch(r"\d{3}-\d{2}-\d{4}", word, re.ASCII):
+                    run.grouping = (3, 2, 4)
+    ctx = set()
+    for i in members:
+        ctx |= slots[i].ctx
+        if slots[i].readonly and slots[i].prior:
+            run.inherit = slots[i].prior
+    run.ctx = frozenset(ctx)
+    run.excluded = _excluded(run, shapes, breaks)
+    j = run.first - 1
+    while j >= 0 and j + 1 not in breaks and shapes[j].kind == tk.FILLER:
+        j -= 1
+    run.not_code = j >= 0 and j + 1 not in breaks and shapes[j].word in lx.NOT_CODE_BEFORE
+
+
+def _excluded(run, shapes, breaks):
+    n = len(shapes)
+    first, last = run.first, run.last
+    before = []
+    j = first
+    while len(before) < 3 and j > 0 and j not in breaks:
+        j -= 1
+        if shapes[j].kind != tk.FILLER:
+            before.append(shapes[j].word)
+    if before and (before[0] in lx.CURRENCY_WORDS or any(w in lx.ID_WORDS for w in before)):
+        return True
+    after = []
+    j = last + 1
+    while len(after) < 3 and j < n and j not in breaks:
+        if shapes[j].kind != tk.FILLER:
+            after.append(shapes[j].word)
+        j += 1
+    if after and after[0] in lx.UNIT_WORDS:
+        return True
+    # "123 main street", "1600 north ..."
+    return any(w in lx.STREET_WORDS for w in after[:2])
+
+
+_EDGE_LEAD = "\"'“”‘’[{(<¿¡"
+_EDGE_TRAIL = "\"'“”‘’.,;:!?)]}>"
+
+
+def mask_content(content, chars=None, spanish=False):
+    """*content* with its sensitive characters as ``#``.
+
+    Digits become one ``#`` each, keeping separators ("4111-1111" ->
+    "####-####"); a word becomes ``####`` whatever its length, keeping the
+    punctuation around it ("four," -> "####,"); *chars* (start, end)
+    masks only the digits in that part of a mixed token ("ID123456789").
+    """
+    if chars is not None:
+        start, end = chars
+        return content[:start] + _DIGIT.sub("#", content[start:end]) + content[end:]
+    kind = tk.shape(content, spanish).kind
+    if kind in (tk.LIT, tk.QTY):
+        return _DIGIT.sub("#", content)
+    core = content.lstrip(_EDGE_LEAD).rstrip(_EDGE_TRAIL)
+    if not core:
+        return content
+    lead = content[:len(content) - len(content.lstrip(_EDGE_LEAD))]
+    trail = content[len(lead) + len(core):]
+    return lead + MASK + trail
+
+
+def should_mask(shape_kind):
+    """Whether a member token of a sensitive run is itself masked (fillers,
+    "and", "plus" are kept: they say nothing)."""
+    return shape_kind in _DIGIT_KINDS or shape_kind in (tk.MIXED, tk.QTY, tk.WORD)
