@@ -99,6 +99,8 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         assert (answer.status, answer.code) == (422, "422-01")
         answer = await call(app, "get", "/conversation/v1/conversations/not-a-uuid")
         assert (answer.status, answer.code) == (422, "422-01")
+        answer = await call(app, "get", "/conversation/v1/conversations/%FF")
+        assert (answer.status, answer.code) == (400, "400-01")
         answer = await call(app, "get", f"/conversation/v1/conversations/{uuid.uuid4()}")
         assert (answer.status, answer.code) == (404, "404-01")
         tree.root.readiness.wait_for("test", "a stage says it is not ready")

@@ -34,6 +34,7 @@ def test_wheel_contents_and_plugin_discovery_from_a_fresh_install(tmp_path):
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.endswith("dropin.cache")]
     assert "siprecd/tap.py" in names
+    assert "siprecd/api/openapi.yaml" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "siprecd = siprecd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

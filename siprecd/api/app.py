@@ -13,10 +13,12 @@ import functools
 import json
 import re
 from importlib import resources
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
@@ -104,7 +106,7 @@ class ControlApi:
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation)
 
     def resource(self):
-        return self.app.resource()
+        return _CheckedPaths(self.app.resource())
 
     # -- the pipeline every request goes through ------------------------------------------
 
@@ -282,6 +284,27 @@ class ControlApi:
         return write_json(request, status, body, headers)
 
 
+class _CheckedPaths(Resource):
+    """Klein's resource, behind a check that the path is UTF-8 once
+    percent-decoded: otherwise Klein would answer an HTML 400 (and log a
+    traceback for each such request) instead of the error envelope."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            status, headers, body = errors.envelope(
+                errors.BadRequest("the path is not UTF-8 once percent-decoded"))
+            return write_json(request, status, body, headers)
+        return self.inner.render(request)
+
+
 class _RawBody(bytes):
     """A route's answer that is sent as it is (not JSON)."""
 
@@ -300,7 +323,7 @@ def _json_body(request):
     raw = request.content.read() if request.content is not None else b""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise BadParameter("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadParameter("the request body must be a JSON object")
