@@ -314,12 +314,24 @@ class Redaction:
 
 @attrs.frozen
 class Export:
+    """The daily utterances feed (siprecd/export)."""
+
+    # Build the previous UTC day every day (the CLI builds on demand anyway).
     enabled: bool = True
     # Daily build time, UTC, for the previous UTC day.
     at: Annotated[str, Pattern(r"([01]\d|2[0-3]):[0-5]\d", "a time HH:MM (UTC)")] = "02:00"
     directory: StatePath = Path("exports")
     formats: Annotated[list[Literal["jsonl", "csv"]], NonEmpty()] = ("jsonl", "csv")
     link_lifetime: Annotated[Duration, Range(1, 7 * 86400)] = 3600.0
+    # Key that signs download links; made (0600) on first use. Nodes serving
+    # the same export directory must share it.
+    link_key_file: StatePath = Path("export-link.key")
+
+
+@attrs.frozen
+class Recordings:
+    # Stereo WAV per leg of calls whose start-streaming allowed it.
+    directory: StatePath = Path("recordings")
 
 
 @attrs.frozen
@@ -361,6 +373,7 @@ class Config:
     webhooks: Webhooks = Webhooks()
     redaction: Redaction = Redaction()
     export: Export = Export()
+    recordings: Recordings = Recordings()
     retention: Retention = Retention()
     logging: Logging = Logging()
     # Where the file came from, for messages; not a YAML key.

@@ -122,8 +122,14 @@ def makeService(options, reactor=None):
         root.asr = asr_service.backend
         from siprecd.transcribe import TranscriptionService
 
+        from siprecd.recordings import RecordingStore
+
+        # Consented audio; kept as long as transcripts, purged on every node.
+        root.recordings = RecordingStore.from_config(config, reactor)
+        storage_service.local_purges.append(root.recordings.purge)
+        reactor.callWhenRunning(root.recordings.recover)
         root.transcription = TranscriptionService.from_config(
-            config, root.storage, root.asr, reactor
+            config, root.storage, root.asr, reactor, recordings=root.recordings
         )
         root.transcription.setServiceParent(root)
         _add_listeners(root, config, reactor)

@@ -560,9 +560,11 @@ async def test_stored_with_outbox_rows_then_handed_on_in_order(storage):
     handed = []
 
     async def on_utterance(message):
-        # Already stored when it arrives here.
-        stored = {m.id for m in await storage.messages_for_guid(GUID)}
-        handed.append((message, message.id in stored))
+        # Already stored when it arrives here (the order is the order of
+        # the calls, not of these reads finishing).
+        entry = [message, None]
+        handed.append(entry)
+        entry[1] = message.id in {m.id for m in await storage.messages_for_guid(GUID)}
 
     service = make_service(storage, on_utterance=on_utterance)
     session = await offered(service)

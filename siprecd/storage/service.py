@@ -41,6 +41,9 @@ class StorageService(service.Service):
         self.batch_size = batch_size
         self._loop = None
         self._purging = None
+        # More purges run on every tick on EVERY node (files kept beside
+        # the database, e.g. recordings): ``purge(now, retention)`` -> Deferred.
+        self.local_purges = []
         self._stopping = False
 
     @classmethod
@@ -81,6 +84,11 @@ class StorageService(service.Service):
         return result
 
     async def _purge(self):
+        for purge in self.local_purges:
+            try:
+                await purge(self.clock.seconds(), self.retention)
+            except Exception:
+                self.log.failure("retention: purging local files failed")
         messages, calls = 0, 0
         try:
             ttl = int(self.purge_interval * 2000)

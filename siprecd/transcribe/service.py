@@ -242,7 +242,7 @@ class TranscriptionService(service.Service):
 
     def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.5,
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
-                 redaction=None,
+                 redaction=None, recordings=None,
                  on_utterance=None, skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0):
         if mixed_role not in ROLES:
@@ -261,6 +261,8 @@ class TranscriptionService(service.Service):
 
             redaction = Policy()
         self.redaction = redaction
+        # A siprecd.recordings.RecordingStore, for windows that allow it.
+        self.recordings = recordings
         self.on_utterance = on_utterance
         self.segmenter_options = dict(
             endpoint=endpoint_silence, max_utterance=max_utterance, threshold=vad_threshold,
@@ -431,6 +433,8 @@ class TranscriptionService(service.Service):
         """The current leg (a new one for a new agentId) and the streams of
         *roles* ({stream key: role}), stored with this start's settings."""
         if call.leg is None or call.params is None or call.params.agent_id != params.agent_id:
+            if call.leg is not None and self.recordings is not None:
+                self._track(self.recordings.close_leg(call.guid, call.leg.id))
             call.leg = await self.storage.start_leg(
                 call.guid, params.customer_id, params.agent_id, params.as_dict())
             call.roles = {}
@@ -534,6 +538,11 @@ class TranscriptionService(service.Service):
 
     def _released(self, call, released):
         window, raw = released.ref
+        if (self.recordings is not None and window.params.audio_recording_allowed
+                and released.spans):
+            ls = window.leg_stream
+            for span in released.spans:
+                self.recordings.silence(call.guid, ls.leg_id, ls.role, span.start, span.end)
         self._store_utterance(call, window, raw, list(released.tokens), released.text,
                               released.redacted_text, list(released.redacted_tokens))
 
@@ -602,6 +611,9 @@ class TranscriptionService(service.Service):
                 return
         window.leg_stream.samples += len(samples)
         window.pipeline.pcm(position, samples)
+        if self.recordings is not None and window.params.audio_recording_allowed:
+            ls = window.leg_stream
+            self.recordings.audio(call.guid, ls.leg_id, ls.role, position, samples)
 
     def event(self, stream, kind, position, detail):
         if kind != "end":
@@ -691,6 +703,8 @@ class TranscriptionService(service.Service):
             await self._close_windows(windows, call)
             if call.redaction is not None:
                 call.redaction.stop()
+            if self.recordings is not None:
+                await self.recordings.close_call(call.guid)
             # Writes of windows closed earlier (stop, stream end) finish too.
             await defer.gatherResults([ls.writes.idle() for ls in call.roles.values()])
             await self._save_stats(call, call.roles.values())
