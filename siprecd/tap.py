@@ -227,7 +227,8 @@ def _add_listeners(root, config, reactor):
         root.calls_controller = LocalCalls(
             root.transcription, root.storage, config.webhooks.targets, config.api.app_isolation)
         root.api = ControlApi.from_config(
-            config, root.storage, root.calls_controller, root.readiness, reactor)
+            config, root.storage, root.calls_controller, root.readiness, reactor,
+            recordings=root.recordings)
         site = make_site(root.api.resource(), config.api.max_body_size)
         api_context = _api_context(config)
         ListeningPort(

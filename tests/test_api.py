@@ -207,7 +207,8 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         assert resumed.body["autotranscribeResponse"] == first
         await call(app, "stop", guid)
         # A new agent is a new leg, with new streamIds, and may swap the lines.
-        second = await call(app, "start", guid, agent="agent-2", autotranscribeParams=ko,
+        second = await call(app, "start", guid, agent="agent-2",
+                            autotranscribeParams=dict(ko, audioRecordingAllowed=True),
                             siprecParams={"mediaLineOrder": "agent_first"})
         assert second.status == 200, second.body
         ids = {r["streamId"] for r in second.body["autotranscribeResponse"].values()}
@@ -259,6 +260,21 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         again = await call(app, "get",
                            f"/conversation/v1/conversations/{conversation['id']}/messages")
         assert again.body == answer_items(items)
+
+        # The second leg allowed recording: its audio is there, the first's not.
+        base = f"/conversation/v1/conversations/{conversation['id']}/recordings"
+        listed = await call(app, "get", base)
+        assert listed.status == 200, listed.body
+        (recording,) = listed.body["recordings"]
+        assert recording["legId"] == conversation["legs"][1]["id"]
+        wav = await call(app, "get", recording["url"])
+        assert wav.status == 200 and wav.headers["content-type"] == "audio/wav"
+        assert wav.body[:4] == b"RIFF" and wav.body[22:24] == b"\x02\x00"   # stereo
+        assert len(wav.body) == recording["bytes"]
+        answer = await call(app, "get", f"{base}/{conversation['legs'][0]['id']}.wav")
+        assert (answer.status, answer.code) == (404, "404-01")
+        answer = await call(other, "get", recording["url"])
+        assert (answer.status, answer.code) == (403, "403-01")
 
         # The audit log has every start and stop, by app.
         audit = await tree.root.storage.audit_log(guid=guid)

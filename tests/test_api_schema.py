@@ -54,11 +54,13 @@ MESSAGES = "/conversation/v1/conversation/messages"
 CONVERSATIONS = "/conversation/v1/conversations"
 CONVERSATION = "/conversation/v1/conversations/{conversationId}"
 CONVERSATION_MESSAGES = "/conversation/v1/conversations/{conversationId}/messages"
+RECORDINGS = "/conversation/v1/conversations/{conversationId}/recordings"
+RECORDING = "/conversation/v1/conversations/{conversationId}/recordings/{legFile}"
 HEALTH = "/v1/health"
 OPENAPI = "/openapi.yaml"
 OPERATIONS = {("POST", START), ("POST", STOP), ("GET", MESSAGES), ("GET", CONVERSATIONS),
-              ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", HEALTH),
-              ("GET", OPENAPI)}
+              ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", RECORDINGS),
+              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI)}
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
@@ -221,7 +223,9 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
                  MESSAGES: {"query": {"externalId": "g"}},
                  CONVERSATIONS: {"query": {"externalId": "g"}},
                  CONVERSATION: {"path_parameters": some_id},
-                 CONVERSATION_MESSAGES: {"path_parameters": some_id}}
+                 CONVERSATION_MESSAGES: {"path_parameters": some_id},
+                 RECORDINGS: {"path_parameters": some_id},
+                 RECORDING: {"path_parameters": dict(some_id, legFile="x.wav")}}
         for method, path in sorted(OPERATIONS):
             await in_thread(live.exchange, method, path, "401 401-01", credentials=False,
                             **valid.get(path, {}))

@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web import static
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
@@ -87,8 +88,10 @@ class ControlApi:
     log = Logger()
 
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
-                 secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True):
+                 secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
+                 recordings=None):
         self.storage = storage
+        self.recordings = recordings
         self.calls = calls
         self.readiness = readiness
         self.node_name = node_name
@@ -99,11 +102,12 @@ class ControlApi:
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
 
     @classmethod
-    def from_config(cls, config, storage, calls, readiness, clock):
+    def from_config(cls, config, storage, calls, readiness, clock, recordings=None):
         a = config.api
         return cls(storage, calls, readiness, clock, config.node.name, id_header=a.id_header,
                    secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
-                   burst=a.rate_limit.burst, app_isolation=a.app_isolation)
+                   burst=a.rate_limit.burst, app_isolation=a.app_isolation,
+                   recordings=recordings)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -122,6 +126,8 @@ class ControlApi:
                     f"the request body is larger than {request.max_body_size} bytes")
             app = await self._authenticate(request) if authenticate else None
             body = await handler(self, request, app, **kwargs)
+            if isinstance(body, Resource):
+                return body
             if isinstance(body, _RawBody):
                 request.setResponseCode(200)
                 return bytes(body)
@@ -224,6 +230,41 @@ class ControlApi:
     async def conversation_messages(self, request, app, conversation_id):
         call, legs = await self._conversation(app, conversation_id=conversation_id)
         return {"items": await self._messages(call)}
+
+    @route("/conversation/v1/conversations/<conversation_id>/recordings", ["GET"])
+    async def recordings_of(self, request, app, conversation_id):
+        call, legs = await self._conversation(app, conversation_id=conversation_id)
+        files = self._recording_files(call)
+        out = []
+        for leg in legs:
+            path = files.get(leg.id)
+            if path is None:
+                continue
+            size = path.stat().st_size
+            out.append({"legId": leg.id, "number": leg.number,
+                        "url": f"/conversation/v1/conversations/{call.conversation_id}"
+                               f"/recordings/{leg.id}.wav",
+                        "bytes": size, "durationMs": max(0, size - 44) // 32})
+        return {"recordings": out}
+
+    @route("/conversation/v1/conversations/<conversation_id>/recordings/<leg_file>", ["GET"])
+    async def recording(self, request, app, conversation_id, leg_file):
+        call, legs = await self._conversation(app, conversation_id=conversation_id)
+        leg_id = leg_file[:-4] if leg_file.endswith(".wav") else None
+        path = self._recording_files(call).get(leg_id) if leg_id else None
+        if path is None or leg_id not in {leg.id for leg in legs}:
+            raise errors.NotFound(f"no recording {leg_file} for this conversation")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-disposition",
+                          f'attachment; filename="{call.guid[:64]}-{leg_id}.wav"'.encode())
+        wav = static.File(str(path))
+        wav.type, wav.encoding = "audio/wav", None
+        return wav
+
+    def _recording_files(self, call):
+        if self.recordings is None:
+            return {}
+        return self.recordings.files(call.guid)
 
     async def _conversation(self, app, guid=None, conversation_id=None):
         try:
