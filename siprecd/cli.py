@@ -18,6 +18,7 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES = (
     "siprecd.api.cli",
     "siprecd.redact.cli",
+    "siprecd.export.cli",
 )
 
 
