@@ -113,6 +113,11 @@ def makeService(options, reactor=None):
         storage_service = StorageService.from_config(config, reactor)
         storage_service.setServiceParent(root)
         root.storage = storage_service.storage
+        # The daily feed: after storage, so it stops before storage closes.
+        from siprecd.export import ExportService
+
+        root.export = ExportService.from_config(config, root.storage, reactor)
+        root.export.setServiceParent(root)
         # Speech recognition loads in the background: the node stays
         # not-ready (SIP 503, /v1/health says why) until its model is in.
         from siprecd.asr import AsrService
@@ -226,9 +231,16 @@ def _add_listeners(root, config, reactor):
 
         root.calls_controller = LocalCalls(
             root.transcription, root.storage, config.webhooks.targets, config.api.app_isolation)
+        from siprecd.export.catalogue import Catalogue
+        from siprecd.export.signing import KeyFileError, Links
+
+        try:
+            links = Links.from_config(config, reactor)
+        except KeyFileError as e:
+            raise configmod.ConfigError(str(e), "export.link_key_file") from None
         root.api = ControlApi.from_config(
             config, root.storage, root.calls_controller, root.readiness, reactor,
-            recordings=root.recordings)
+            recordings=root.recordings, catalogue=Catalogue.from_config(config), links=links)
         site = make_site(root.api.resource(), config.api.max_body_size)
         api_context = _api_context(config)
         ListeningPort(

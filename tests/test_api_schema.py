@@ -58,9 +58,13 @@ RECORDINGS = "/conversation/v1/conversations/{conversationId}/recordings"
 RECORDING = "/conversation/v1/conversations/{conversationId}/recordings/{legFile}"
 HEALTH = "/v1/health"
 OPENAPI = "/openapi.yaml"
+FEED_LISTINGS = ("listfeeds", "listfeedversions", "listfeedformats", "listfeeddates",
+                 "listfeedintervals", "listfeedfiles", "getfeedfile")
+DOWNLOAD = "/fileexporter/v1/download/{file}"
 OPERATIONS = {("POST", START), ("POST", STOP), ("GET", MESSAGES), ("GET", CONVERSATIONS),
               ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", RECORDINGS),
-              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI)}
+              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD)} | {
+              ("POST", f"/fileexporter/v1/static/{name}") for name in FEED_LISTINGS}
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
@@ -226,9 +230,17 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
                  CONVERSATION_MESSAGES: {"path_parameters": some_id},
                  RECORDINGS: {"path_parameters": some_id},
                  RECORDING: {"path_parameters": dict(some_id, legFile="x.wav")}}
-        for method, path in sorted(OPERATIONS):
+        for method, path in sorted(OPERATIONS - {("GET", DOWNLOAD)}):
             await in_thread(live.exchange, method, path, "401 401-01", credentials=False,
-                            **valid.get(path, {}))
+                            **valid.get(path, {"body": {"feed": "utterances", "version": "1",
+                                                        "format": "jsonl", "date": "2024-05-02",
+                                                        "fileName": "part-0000.jsonl"}}
+                                        if "/static/" in path and "listfeeds" not in path
+                                        else {}))
+        # A download needs no credentials, only a valid signed link.
+        await in_thread(live.exchange, "GET", DOWNLOAD, "403 403-01", credentials=False,
+                        path_parameters={"file": "utterances/x"},
+                        query={"expires": "1", "signature": "x"})
         health = await in_thread(live.exchange, "GET", HEALTH, 200)
         assert health["healthCheck"] == "SUCCESS" and health["ready"] is True
         root.readiness.wait_for("test", "a stage says it is not ready")

@@ -13,10 +13,10 @@ import functools
 import json
 import re
 from importlib import resources
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes, urlencode
 
 from klein import Klein
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import static
 from twisted.web.resource import Resource
@@ -34,6 +34,7 @@ from siprecd.transcribe.errors import BadParameter, TranscriptionError
 __all__ = ["ControlApi", "conversation_view"]
 
 MAX_MESSAGES = 1000
+DOWNLOAD = "/fileexporter/v1/download/"
 MAX_EXTERNAL_ID = 256
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Failed authentications a client address may make (per second, burst)
@@ -89,9 +90,13 @@ class ControlApi:
 
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
-                 recordings=None):
+                 recordings=None, catalogue=None, links=None, public_url=None):
         self.storage = storage
         self.recordings = recordings
+        # The File Exporter: a siprecd.export Catalogue and Links (signing).
+        self.catalogue = catalogue
+        self.links = links
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.calls = calls
         self.readiness = readiness
         self.node_name = node_name
@@ -102,12 +107,14 @@ class ControlApi:
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
 
     @classmethod
-    def from_config(cls, config, storage, calls, readiness, clock, recordings=None):
+    def from_config(cls, config, storage, calls, readiness, clock, recordings=None,
+                    catalogue=None, links=None):
         a = config.api
         return cls(storage, calls, readiness, clock, config.node.name, id_header=a.id_header,
                    secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation,
-                   recordings=recordings)
+                   recordings=recordings, catalogue=catalogue, links=links,
+                   public_url=a.public_url)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -257,9 +264,7 @@ class ControlApi:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-disposition",
                           f'attachment; filename="{call.guid[:64]}-{leg_id}.wav"'.encode())
-        wav = static.File(str(path))
-        wav.type, wav.encoding = "audio/wav", None
-        return wav
+        return _OneFile(path, "audio/wav")
 
     def _recording_files(self, call):
         if self.recordings is None:
@@ -290,6 +295,83 @@ class ControlApi:
         except StorageError as e:
             raise _unavailable(e) from None
         return [api_message(m) for m in messages]
+
+    # -- the File Exporter (SPEC §3) ----------------------------------------------------
+
+    async def _listing(self, request, what, fields):
+        """Run a Catalogue listing with the body's *fields*, on a thread."""
+        body = _json_body(request, errors.BadRequest)
+        catalogue = self._catalogue()
+        args = [body.get(name) for name in fields]
+        for name, value in zip(fields, args):
+            if value is None and name != "interval":
+                raise errors.BadRequest(f"{name} is required")
+        return await _catalogue_call(getattr(catalogue, what), *args)
+
+    def _catalogue(self):
+        if self.catalogue is None:
+            raise errors.NotFound("the File Exporter is not enabled on this node")
+        return self.catalogue
+
+    @route("/fileexporter/v1/static/listfeeds", ["POST"])
+    async def list_feeds(self, request, app):
+        return {"feeds": await _catalogue_call(self._catalogue().feeds)}
+
+    @route("/fileexporter/v1/static/listfeedversions", ["POST"])
+    async def list_feed_versions(self, request, app):
+        return {"versions": await self._listing(request, "versions", ("feed",))}
+
+    @route("/fileexporter/v1/static/listfeedformats", ["POST"])
+    async def list_feed_formats(self, request, app):
+        return {"formats": await self._listing(request, "formats", ("feed", "version"))}
+
+    @route("/fileexporter/v1/static/listfeeddates", ["POST"])
+    async def list_feed_dates(self, request, app):
+        return {"dates": await self._listing(request, "dates", ("feed", "version", "format"))}
+
+    @route("/fileexporter/v1/static/listfeedintervals", ["POST"])
+    async def list_feed_intervals(self, request, app):
+        return {"intervals": await self._listing(
+            request, "intervals", ("feed", "version", "format", "date"))}
+
+    @route("/fileexporter/v1/static/listfeedfiles", ["POST"])
+    async def list_feed_files(self, request, app):
+        return {"files": await self._listing(
+            request, "files", ("feed", "version", "format", "date", "interval"))}
+
+    @route("/fileexporter/v1/static/getfeedfile", ["POST"])
+    async def get_feed_file(self, request, app):
+        found = await self._listing(
+            request, "resolve", ("feed", "version", "format", "date", "interval", "fileName"))
+        path = DOWNLOAD + found.relative
+        query = urlencode(self.links.sign(path))
+        base = self.public_url or _origin(request)
+        return {"url": f"{base}{quote(path)}?{query}", "fileName": found.name,
+                "size": found.size}
+
+    @route("/fileexporter/v1/download/<path:relative>", ["GET"], authenticate=False)
+    async def download(self, request, app, relative):
+        from siprecd.export.signing import LinkRefused
+
+        path = DOWNLOAD + relative
+        peer = _peer(request)
+        wait = self.auth_failures.peek(peer)
+        if wait:
+            raise errors.TooManyRequests(
+                "too many refused links from this address",
+                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        if self.links is None:
+            raise errors.NotFound("the File Exporter is not enabled on this node")
+        try:
+            self.links.verify(path, request.args)
+        except LinkRefused as e:
+            self.auth_failures.take(peer)
+            raise errors.Forbidden(f"this download link is not valid ({e.reason})") from None
+        found = await _catalogue_call(self._catalogue().resolve_relative, relative)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-disposition",
+                          f'attachment; filename="{found.name}"'.encode())
+        return _OneFile(found.path, found.media_type)
 
     # -- health and the API description -------------------------------------------------
 
@@ -346,6 +428,23 @@ class _CheckedPaths(Resource):
         return self.inner.render(request)
 
 
+class _OneFile(Resource):
+    """A file streamed as the answer (ranges, HEAD and conditional GETs
+    by twisted.web.static). A leaf, so Klein does not look for children
+    of it under the rest of the URL."""
+
+    isLeaf = True
+
+    def __init__(self, path, media_type):
+        super().__init__()
+        self.path, self.media_type = str(path), media_type
+
+    def render_GET(self, request):
+        served = static.File(self.path)
+        served.type, served.encoding = self.media_type, None
+        return served.render_GET(request)
+
+
 class _RawBody(bytes):
     """A route's answer that is sent as it is (not JSON)."""
 
@@ -360,14 +459,35 @@ def _unavailable(error):
                                      headers={"Retry-After": 5})
 
 
-def _json_body(request):
+async def _catalogue_call(function, *args):
+    """A Catalogue method on a thread (it reads directories), its errors
+    as API errors: a malformed value is 400-01, one naming nothing 404-01."""
+    from siprecd.export.catalogue import CatalogueError, InvalidValue
+
+    try:
+        return await threads.deferToThread(function, *args)
+    except InvalidValue as e:
+        raise errors.BadRequest(str(e)) from None
+    except CatalogueError as e:
+        raise errors.NotFound(str(e)) from None
+
+
+def _origin(request):
+    host = request.getHeader(b"host")
+    if host:
+        return "https://" + host.decode("latin-1")
+    address = request.getHost()
+    return f"https://{address.host}:{address.port}"
+
+
+def _json_body(request, error=BadParameter):
     raw = request.content.read() if request.content is not None else b""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
-        raise BadParameter("the request body is not valid JSON") from None
+        raise error("the request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise BadParameter("the request body must be a JSON object")
+        raise error("the request body must be a JSON object")
     return body
 
 
