@@ -767,3 +767,27 @@ async def test_a_held_utterance_is_released_when_its_hold_back_runs_out(storage)
     message = await stored.addTimeout(10, reactor)
     assert message.text.startswith("my zip is")
     await service.stop(GUID)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unredacted_text_reaches_no_log_and_no_storage_when_redacted_only(storage):
+    handed = []
+    service = make_service(storage, fake_backend(words=PIN_WORDS), on_utterance=handed.append)
+    session = await offered(service)
+    events = []
+
+    def observe(event):
+        events.append(formatEvent(event) + repr(sorted(map(str, event.values()))))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        await start(service, detailed_token=True)
+        Line(service, session, 0).play(pin_audio())
+        await service.stop(GUID)
+        service.call_ended(session, "bye")
+        await service.drain()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert events and not any("1234" in e for e in events)
+    (m,) = await messages(storage)
+    assert "1234" not in repr(m) and "1234" not in repr(handed)
