@@ -17,6 +17,7 @@ __all__ = ["main", "COMMAND_MODULES"]
 # Modules adding subcommands, one line each.
 COMMAND_MODULES = (
     "siprecd.api.cli",
+    "siprecd.webhooks.cli",
     "siprecd.redact.cli",
     "siprecd.export.cli",
 )

@@ -73,6 +73,8 @@ class Check:
 
 
 def _fmt_bound(base, bound):
+    if bound is None:
+        return ""
     if base.startswith("a duration"):
         return f"{bound:g}s"
     return str(bound)

@@ -47,8 +47,11 @@ def check_files(config):
     from siprecd.asr.backends import check_name as check_asr
     from siprecd.storage.backends import check_name as check_storage
 
+    from siprecd.webhooks import check_targets
+
     check_storage(config)
     check_asr(config)
+    check_targets(config)
     if config.api.enabled and config.api.certificate is not None:
         tls.server_options(
             config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"
@@ -118,6 +121,12 @@ def makeService(options, reactor=None):
 
         root.export = ExportService.from_config(config, root.storage, reactor)
         root.export.setServiceParent(root)
+        # Webhook delivery from the outbox: after storage (stops before it),
+        # resumes what was pending when the node stopped.
+        from siprecd.webhooks import WebhookService
+
+        root.webhooks = WebhookService.from_config(config, root.storage, reactor)
+        root.webhooks.setServiceParent(root)
         # Speech recognition loads in the background: the node stays
         # not-ready (SIP 503, /v1/health says why) until its model is in.
         from siprecd.asr import AsrService
@@ -134,7 +143,8 @@ def makeService(options, reactor=None):
         storage_service.local_purges.append(root.recordings.purge)
         reactor.callWhenRunning(root.recordings.recover)
         root.transcription = TranscriptionService.from_config(
-            config, root.storage, root.asr, reactor, recordings=root.recordings
+            config, root.storage, root.asr, reactor, recordings=root.recordings,
+            on_utterance=root.webhooks.notify,
         )
         root.transcription.setServiceParent(root)
         _add_listeners(root, config, reactor)

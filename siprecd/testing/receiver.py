@@ -28,7 +28,8 @@ import uuid
 from urllib.parse import parse_qs, unquote
 
 import attrs
-from OpenSSL import crypto
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
 from twisted.internet import defer, ssl
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -38,6 +39,7 @@ from siprecd.storage.records import Call, Message, Stream
 
 __all__ = [
     "Reply", "Received", "TokenIssuer", "WebhookReceiver", "seed_streams", "add_utterances",
+    "webhook_config", "until",
 ]
 
 
@@ -157,7 +159,8 @@ class WebhookReceiver:
 
     def __init__(self, reactor, authority, require_client_certificate=False,
                  client_authority=None, tokens=None, behaviour=None,
-                 require_header=None, require_query=None, hostnames=("127.0.0.1", "localhost")):
+                 require_header=None, require_query=None, hostnames=("127.0.0.1", "localhost"),
+                 max_tls=None):
         self.reactor = reactor
         self.authority = authority
         self.server = authority.issue_server(hostnames, name="receiver")
@@ -167,6 +170,9 @@ class WebhookReceiver:
         self.behaviour = behaviour or (lambda received: Reply())
         self.require_header = require_header
         self.require_query = require_query
+        # e.g. ssl.TLSVersion.TLSv1_1: an outdated server, to show that
+        # siprecd refuses to talk to it.
+        self.max_tls = max_tls
         self.script = []
         self.received = []
         self.port = None
@@ -183,6 +189,21 @@ class WebhookReceiver:
             ca = crypto.load_certificate(crypto.FILETYPE_PEM,
                                          self.client_authority.certificate_pem)
             kwargs = {"verify": True, "caCerts": [ca], "requireCertificate": True}
+        if self.max_tls is not None:
+            options = ssl.CertificateOptions(
+                privateKey=cert.privateKey.original, certificate=cert.original,
+                insecurelyLowerMinimumTo=ssl.TLSVersion.TLSv1_0,
+                lowerMaximumSecurityTo=self.max_tls, **kwargs,
+            )
+            # The system's OpenSSL policy may set its own floor: lift it on
+            # the (cached) context before any connection uses it.
+            context = options.getContext()
+            context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+            context.set_min_proto_version(SSL.TLS1_VERSION)
+            context.set_max_proto_version(
+                SSL.TLS1_1_VERSION if self.max_tls == ssl.TLSVersion.TLSv1_1
+                else SSL.TLS1_VERSION)
+            return options
         return ssl.CertificateOptions(
             privateKey=cert.privateKey.original, certificate=cert.original,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2, **kwargs,
@@ -195,9 +216,16 @@ class WebhookReceiver:
         site = server.Site(_Root(self))
         site.noisy = False
         site.timeOut = None
+        # No access log: it would print the query (a secret token, in the
+        # tests that check that siprecd never logs it).
+        site.log = lambda request: None
         self._factory = WrappingFactory(site)
+        self._factory.noisy = False
+        # A deep accept queue: with Twisted's default of 50, a burst of
+        # new connections loses SYNs, and a retransmitted SYN costs a
+        # second, which a sender with a short timeout sees as a timeout.
         self.port = self.reactor.listenSSL(port, self._factory, self._context(),
-                                           interface="127.0.0.1")
+                                           backlog=1024, interface="127.0.0.1")
         self.port_number = self.port.getHost().port
         return self
 
@@ -265,7 +293,8 @@ class WebhookReceiver:
             return None
         if cert is None:
             return None
-        return cert.get_subject().commonName
+        names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return names[0].value if names else None
 
     def _render(self, request):
         path = request.path.decode()
@@ -364,3 +393,52 @@ def add_utterances(storage, streams, per_stream, targets, created_ms=None, inter
         written.append(message)
         writes.append(storage.add_message(message, targets))
     return defer.gatherResults(writes, consumeErrors=True).addCallback(lambda _: written)
+
+
+def webhook_config(state_dir, targets, node="test-node", **webhooks):
+    """A Config whose ``webhooks`` section has *targets* (dicts, as in the
+    YAML) and the other *webhooks* settings; state in *state_dir*."""
+    from siprecd import config as configmod
+
+    return configmod.from_dict({
+        "state_dir": str(state_dir), "node": {"id": node},
+        "webhooks": {"targets": targets, **webhooks},
+    })
+
+
+def until(service, predicate, timeout=15.0, what="the expected deliveries"):
+    """A Deferred firing once ``predicate(service)`` holds for a
+    WebhookService (or a list of them, e.g. two nodes), checked after
+    every outcome any of them stores (through their ``observers``); fails
+    with TimeoutError naming *what* after *timeout* seconds."""
+    from twisted.internet import reactor
+
+    services = list(service) if isinstance(service, (list, tuple)) else [service]
+    if predicate(service):
+        return defer.succeed(service)
+    d = defer.Deferred()
+
+    def check(item, outcome):
+        if not d.called and predicate(service):
+            # Not from inside the service's own callback chain.
+            reactor.callLater(0, lambda: d.called or d.callback(service))
+
+    def expire():
+        if not d.called:
+            stats = [dict(s.stats) for s in services]
+            d.errback(defer.TimeoutError(
+                f"timed out after {timeout}s waiting for {what} (stats: {stats})"))
+
+    for s in services:
+        s.observers.append(check)
+    timer = reactor.callLater(timeout, expire)
+
+    def cleanup(result):
+        for s in services:
+            if check in s.observers:
+                s.observers.remove(check)
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return d.addBoth(cleanup)
