@@ -203,13 +203,19 @@ def main(argv=None):
             verdict = "ok" if result.clean else (result.problems[0] if result.problems else "failed")
             print(f"call {result.number}/{args.calls} done: {verdict}", file=sys.stderr, flush=True)
 
+    def answered(result):
+        if not args.quiet:
+            # The guid is what start-streaming needs while the call is up.
+            print(f"call {result.number}/{args.calls} answered: guid {result.guid}",
+                  file=sys.stderr, flush=True)
+
     def run(reactor):
         _log_warnings()
         d = place_calls(
             reactor, target, specs, concurrency=args.concurrency, rate=args.rate,
             speed=args.speed, seed=args.seed, local_host=args.local_host,
             media_host=args.media_host, answer_timeout=args.timeout, guid_order=args.guid_order,
-            rtp_ports=args.rtp_ports, on_call_done=progress,
+            rtp_ports=args.rtp_ports, on_call_done=progress, on_call_answered=answered,
         )
 
         def report(summary):
