@@ -342,11 +342,60 @@ class Retention:
 
 
 @attrs.frozen
+class Metrics:
+    """Prometheus /metrics on a listener of its own (siprecd.metrics)."""
+
+    # Off by default: a second daemon (or a test) on the same host would
+    # find the port taken. Plain HTTP unless certificate and private_key
+    # are set; keep it on loopback or a scrape-only network.
+    enabled: bool = False
+    host: Host = "127.0.0.1"
+    port: Port = 9464
+    certificate: Optional[FilePath] = None
+    private_key: Optional[FilePath] = None
+    min_tls_version: TlsVersion = "1.2"
+
+    def validate(self, path):
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "certificate" if self.certificate is None else "private_key"
+            raise ConfigError(
+                "expected both certificate and private_key, or neither",
+                f"{path}.{missing}" if path else missing,
+            )
+
+
+@attrs.frozen
 class Logging:
     level: Literal["debug", "info", "warn", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
     # "-" is standard output.
     file: str = "-"
+
+
+@attrs.frozen
+class Cluster:
+    """Several nodes sharing one PostgreSQL (see README, "Operations")."""
+
+    # Shared by every node of one deployment: forwarded start/stop requests
+    # and `siprecd drain` carry it. Required when nodes share a database.
+    secret: Optional[str] = _secret()
+    # Where the other nodes reach this node's HTTPS API (default:
+    # https://<api.host, or the host name for 0.0.0.0>:<api.port>).
+    advertise_url: Optional[Annotated[str, Pattern(r"https://\S+", "an https:// URL")]] = None
+    # CA bundle that signs the nodes' API certificates (default: the
+    # system trust store).
+    ca_bundle: Optional[FilePath] = None
+    heartbeat_interval: Annotated[Duration, Range(0.1, 60)] = 2.0
+    # A node not heard from for this long is dead: its calls are ended.
+    dead_after: Annotated[Duration, Range(1, 3600)] = 10.0
+
+    def validate(self, path):
+        if self.dead_after < 2 * self.heartbeat_interval:
+            raise ConfigError("expected at least twice heartbeat_interval",
+                              f"{path}.dead_after" if path else "dead_after")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ConfigError("expected at least 16 characters",
+                              f"{path}.secret" if path else "secret")
 
 
 @attrs.frozen
@@ -365,6 +414,7 @@ class Node:
 class Config:
     state_dir: FilePath = Path("/var/lib/siprecd")
     node: Node = Node()
+    cluster: Cluster = Cluster()
     sip: Sip = Sip()
     media: Media = Media()
     asr: Asr = Asr()
@@ -376,6 +426,7 @@ class Config:
     recordings: Recordings = Recordings()
     retention: Retention = Retention()
     logging: Logging = Logging()
+    metrics: Metrics = Metrics()
     # Where the file came from, for messages; not a YAML key.
     source: Optional[str] = attrs.field(default=None, init=False, eq=False)
 

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -126,6 +126,8 @@ class SiprecdService(service.MultiService):
         self.exit_code = 0
         self.started = None
         self._log_observer = log_observer
+        self.draining = False
+        self._drain_watch = None
 
     def setServiceParent(self, parent):
         # twistd asks the application for an ILogObserver before it falls
@@ -151,8 +153,47 @@ class SiprecdService(service.MultiService):
             if isinstance(child, ListeningPort):
                 child.stop_accepting()
 
+    def drain_node(self):
+        """Drain (``siprecd drain``, SIGUSR1): OPTIONS and new INVITEs are
+        answered 503 and /v1/health says so, so the load balancer sends new
+        calls elsewhere; calls in progress go on (start/stop included).
+        Logs once when no call is left, and the node can be stopped."""
+        calls = getattr(self, "calls", None)
+        if not self.draining:
+            self.draining = True
+            self.readiness.wait_for("drain", "draining: new calls are refused")
+            server = getattr(self, "sip_server", None)
+            if server is not None:
+                server.draining = True
+            self.log.info("draining: new calls are refused; {count} calls in progress",
+                          count=len(calls) if calls is not None else 0)
+            self._drain_watch = task.LoopingCall(self._drained)
+            self._drain_watch.clock = self.reactor
+            self._drain_watch.start(1.0, now=True)
+        return {"draining": True, "calls": len(calls) if calls is not None else 0}
+
+    def _drained(self):
+        calls = getattr(self, "calls", None)
+        if calls is None or len(calls) == 0:
+            self.log.info("drained: no calls left; this node can be stopped")
+            self._drain_watch.stop()
+            self._drain_watch = None
+
+    def _install_drain_signal(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            signal.signal(signal.SIGUSR1,
+                          lambda *_: self.reactor.callFromThread(self.drain_node))
+        except (ValueError, OSError):
+            pass
+
     def startService(self):
         service.Service.startService(self)
+        self._install_drain_signal()
         # twistd calls this before the reactor runs and installs its signal
         # handlers; starting stages from inside the running reactor means a
         # SIGTERM that arrives once we say "ready" is always a clean stop.
@@ -200,6 +241,8 @@ class SiprecdService(service.MultiService):
 
     async def _stop(self):
         service.Service.stopService(self)
+        if self._drain_watch is not None and self._drain_watch.running:
+            self._drain_watch.stop()
         grace = self.config.node.shutdown_grace
         drainables = [c for c in self if IDrainable.providedBy(c)]
         self.log.info(

@@ -127,6 +127,12 @@ def makeService(options, reactor=None):
 
         root.webhooks = WebhookService.from_config(config, root.storage, reactor)
         root.webhooks.setServiceParent(root)
+        # Heartbeats; ends the calls of dead nodes and this node's own
+        # calls from before a restart.
+        from siprecd.cluster import ClusterService
+
+        root.cluster = ClusterService.from_config(config, root.storage, reactor)
+        root.cluster.setServiceParent(root)
         # Speech recognition loads in the background: the node stays
         # not-ready (SIP 503, /v1/health says why) until its model is in.
         from siprecd.asr import AsrService
@@ -241,6 +247,11 @@ def _add_listeners(root, config, reactor):
 
         root.calls_controller = LocalCalls(
             root.transcription, root.storage, config.webhooks.targets, config.api.app_isolation)
+        if config.cluster.secret:
+            from siprecd.api.forward import ForwardingCalls
+
+            root.calls_controller = ForwardingCalls.from_config(
+                config, root.calls_controller, root.cluster, reactor)
         from siprecd.export.catalogue import Catalogue
         from siprecd.export.signing import KeyFileError, Links
 
@@ -251,6 +262,7 @@ def _add_listeners(root, config, reactor):
         root.api = ControlApi.from_config(
             config, root.storage, root.calls_controller, root.readiness, reactor,
             recordings=root.recordings, catalogue=Catalogue.from_config(config), links=links)
+        root.api.on_drain = root.drain_node
         site = make_site(root.api.resource(), config.api.max_body_size)
         api_context = _api_context(config)
         ListeningPort(

@@ -90,8 +90,12 @@ class ControlApi:
 
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
-                 recordings=None, catalogue=None, links=None, public_url=None):
+                 recordings=None, catalogue=None, links=None, public_url=None,
+                 cluster_secret=None, on_drain=None):
         self.storage = storage
+        # Internal requests between nodes (forwarded start/stop, drain).
+        self.cluster_secret = cluster_secret
+        self.on_drain = on_drain
         self.recordings = recordings
         # The File Exporter: a siprecd.export Catalogue and Links (signing).
         self.catalogue = catalogue
@@ -105,6 +109,9 @@ class ControlApi:
         self.app_isolation = app_isolation
         self.limits = RateLimiter(clock, rate, burst)
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
+        # on_request(request, route name) as each request is routed (for
+        # siprecd.metrics, which waits for request.notifyFinish()); or None.
+        self.on_request = None
 
     @classmethod
     def from_config(cls, config, storage, calls, readiness, clock, recordings=None,
@@ -114,7 +121,7 @@ class ControlApi:
                    secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation,
                    recordings=recordings, catalogue=catalogue, links=links,
-                   public_url=a.public_url)
+                   public_url=a.public_url, cluster_secret=config.cluster.secret)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -122,6 +129,8 @@ class ControlApi:
     # -- the pipeline every request goes through ------------------------------------------
 
     def _serve(self, request, handler, kwargs, authenticate):
+        if self.on_request is not None:
+            self.on_request(request, handler.__name__)
         d = defer.ensureDeferred(self._answer(request, handler, kwargs, authenticate))
         return d
 
@@ -296,6 +305,56 @@ class ControlApi:
             raise _unavailable(e) from None
         return [api_message(m) for m in messages]
 
+    # -- between nodes ------------------------------------------------------------------
+
+    def _check_cluster_secret(self, request):
+        from siprecd.api.forward import SECRET_HEADER, secret_matches
+
+        peer = _peer(request)
+        wait = self.auth_failures.peek(peer)
+        if wait:
+            raise errors.TooManyRequests(
+                "too many failed authentications from this address",
+                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        given = _header(request, SECRET_HEADER.encode())
+        if not secret_matches(self.cluster_secret, given):
+            self.auth_failures.take(peer)
+            raise errors.Unauthorized("internal requests need the cluster secret")
+
+    def _local_calls(self):
+        return getattr(self.calls, "local", self.calls)
+
+    @route("/internal/v1/start-streaming", ["POST"], authenticate=False)
+    async def internal_start(self, request, app):
+        from siprecd.api.forward import app_of
+
+        self._check_cluster_secret(request)
+        payload = _json_body(request, errors.BadRequest)
+        app = app_of(payload)
+        body = payload.get("request")
+        start = StartRequest.from_json(body if isinstance(body, dict) else {})
+        result = await self._local_calls().start(app, start)
+        return {"isOk": True, "autotranscribeResponse": result}
+
+    @route("/internal/v1/stop-streaming", ["POST"], authenticate=False)
+    async def internal_stop(self, request, app):
+        from siprecd.api.forward import app_of
+
+        self._check_cluster_secret(request)
+        payload = _json_body(request, errors.BadRequest)
+        app = app_of(payload)
+        body = payload.get("request")
+        guid = stop_guid(body if isinstance(body, dict) else {})
+        result = await self._local_calls().stop(app, guid)
+        return {"isOk": True, "autotranscribeResponse": result}
+
+    @route("/internal/v1/drain", ["POST"], authenticate=False)
+    async def internal_drain(self, request, app):
+        self._check_cluster_secret(request)
+        if self.on_drain is None:
+            raise errors.NotFound("draining is not available here")
+        return await defer.maybeDeferred(self.on_drain)
+
     # -- the File Exporter (SPEC §3) ----------------------------------------------------
 
     async def _listing(self, request, what, fields):
@@ -394,11 +453,15 @@ class ControlApi:
 
     @app.handle_errors(_WerkzeugNotFound)
     def not_found(self, request, failure):
+        if self.on_request is not None:
+            self.on_request(request, "unmatched")
         status, headers, body = errors.envelope(errors.NotFound(f"no such path {_path(request)}"))
         return write_json(request, status, body, headers)
 
     @app.handle_errors(_WerkzeugMethodNotAllowed)
     def method_not_allowed(self, request, failure):
+        if self.on_request is not None:
+            self.on_request(request, "unmatched")
         allowed = ", ".join(getattr(failure.value, "valid_methods", None) or ())
         error = errors.MethodNotAllowed(
             f"{_method(request)} is not allowed on {_path(request)}",

@@ -40,6 +40,12 @@ def register(subparsers):
     rotate.add_argument("api_id")
     rotate.add_argument("--json", action="store_true", help="print JSON")
 
+    drain = subparsers.add_parser(
+        "drain", help="make a running node refuse new calls while its calls finish")
+    drain.add_argument("-c", "--config", required=True, help="the node's YAML configuration")
+    drain.add_argument("--url", help="the node's API (default: https://127.0.0.1:<api.port>)")
+    drain.set_defaults(func=_drain)
+
 
 def _target(config, wanted):
     targets = sorted(config.webhooks.targets)
@@ -119,3 +125,45 @@ def _rotate(args):
             print("The new secret is shown only now; the old one no longer works.")
 
     return with_storage(args.config, job)
+
+
+def _drain(args):
+    """POST /internal/v1/drain to the node, with the cluster secret."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from siprecd.api.forward import SECRET_HEADER
+    from siprecd.clitools import EXIT_CONFIG, fail, load_config
+    from siprecd.config import ConfigError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return fail(str(e), EXIT_CONFIG)
+    if not config.cluster.secret:
+        return fail("cluster.secret is not set; set it, or send SIGUSR1 to the daemon "
+                    "(e.g. systemctl kill -s USR1 siprecd)")
+    url = (args.url or f"https://127.0.0.1:{config.api.port}").rstrip("/")
+    trust = (config.cluster.ca_bundle or config.api.certificate
+             or config.state_dir / "tls" / "api-selfsigned.crt")
+    context = ssl.create_default_context(cafile=str(trust))
+    # The certificate is checked against the CA; the name may be the
+    # node's public one rather than the loopback address used here.
+    context.check_hostname = False
+    request = urllib.request.Request(f"{url}/internal/v1/drain", data=b"{}", method="POST",
+                                     headers={SECRET_HEADER: config.cluster.secret,
+                                              "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except Exception:
+            message = e.reason
+        return fail(f"{url}: {e.code} {message}")
+    except (urllib.error.URLError, OSError) as e:
+        return fail(f"cannot reach {url}: {getattr(e, 'reason', e)}")
+    print(f"draining: new calls are refused; {answer.get('calls', 0)} calls in progress")
+    return 0

@@ -75,6 +75,8 @@ class StartRequest:
     audio_recording_allowed: object = False
     redaction_output: object = "redacted"
     media_line_order: object = "CUSTOMER_FIRST"
+    # The request as received, for forwarding it to the node with the call.
+    body: dict = attrs.field(factory=dict, eq=False, repr=False)
 
     @classmethod
     def from_json(cls, body):
@@ -94,7 +96,7 @@ class StartRequest:
                    get(params, "detailedToken", False),
                    get(params, "audioRecordingAllowed", False),
                    get(params, "redactionOutput", "redacted"),
-                   get(siprec, "mediaLineOrder", "CUSTOMER_FIRST"))
+                   get(siprec, "mediaLineOrder", "CUSTOMER_FIRST"), body)
 
 
 def stop_guid(body):

@@ -14,7 +14,9 @@ from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IMediaPortAllocator, IStreamConsumer
 
-__all__ = ["StreamId", "MediaManager", "SocketAwarePorts"]
+__all__ = ["StreamId", "MediaManager", "SocketAwarePorts", "ENDED_TOTALS"]
+
+ENDED_TOTALS = ("packets", "bytes", "lost", "late", "duplicates", "malformed", "out_of_window")
 
 
 @attrs.frozen
@@ -71,6 +73,9 @@ class MediaManager:
         self.ports = ports           # SocketAwarePorts, told when sockets open and close
         self.hang_up = hang_up       # hang_up(session, reason): ends a call from here
         self.calls = {}              # call_id -> {stream key: (StreamId, MediaStream)}
+        # RTP counters of the streams closed so far (siprecd.metrics adds
+        # those of the open ones).
+        self.ended_totals = dict.fromkeys(ENDED_TOTALS, 0)
 
     # -- ICallListener ------------------------------------------------------
 
@@ -137,6 +142,13 @@ class MediaManager:
         if self.ports is not None:
             d.addBoth(lambda result: (self.ports.closed(media.port), result)[1])
         d.addErrback(lambda f: self.log.failure("closing media port {port}", f, port=media.port))
+        try:
+            stats = media.stats()
+        except Exception:
+            self.log.failure("final statistics of media port {port}", port=media.port)
+            return
+        for name in ENDED_TOTALS:
+            self.ended_totals[name] += stats.get(name, 0)
 
     def stats(self, call_id):
         """Per-stream RTP statistics of a call, by StreamId."""

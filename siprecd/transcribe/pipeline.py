@@ -13,6 +13,7 @@ is dropped (logged, counted, and marked as a gap so no utterance spans it)
 rather than let memory grow without end. Order is never changed.
 """
 
+import time
 from collections import deque
 
 import attrs
@@ -66,6 +67,9 @@ class StreamPipeline:
         self._close_waiters = []
         self._behind = False
         self._dropping = False
+        # on_asr_call(audio seconds, busy seconds, ok) after each recogniser
+        # call, for metrics; None: not measured.
+        self.on_asr_call = None
 
     @property
     def backlog(self):
@@ -130,6 +134,8 @@ class StreamPipeline:
         try:
             while not self._busy and self._ops:
                 op = self._ops.popleft()
+                # Real time, not the reactor's: what the recogniser costs.
+                started = time.perf_counter()
                 if isinstance(op, Feed):
                     self._busy = True
                     self._unfinished = True
@@ -142,14 +148,20 @@ class StreamPipeline:
                     d = defer.maybeDeferred(self.recognizer.finish)
                 else:
                     continue
-                d.addBoth(self._done, op)
+                d.addBoth(self._done, op, started)
         finally:
             self._pumping = False
         if not self._busy and not self._ops and self._closing and not self.closed:
             self._release()
 
-    def _done(self, results, op):
+    def _done(self, results, op, started=None):
         self._busy = False
+        if self.on_asr_call is not None and started is not None:
+            try:
+                self.on_asr_call(len(op) / SAMPLE_RATE if isinstance(op, Feed) else 0.0,
+                                 time.perf_counter() - started, not isinstance(results, Failure))
+            except Exception:
+                self.log.failure("on_asr_call failed on stream {stream_id}", **self.context)
         if isinstance(results, Failure):
             self.errors += 1
             if self.errors <= 3:

@@ -270,6 +270,11 @@ class TranscriptionService(service.Service):
         self.warn_backlog = int(warn_backlog * SAMPLE_RATE)
         self.max_backlog = int(max_backlog * SAMPLE_RATE)
         self.accepting = True
+        # Metrics hooks (siprecd.metrics), None when not measured: each
+        # window's StreamPipeline.on_asr_call, and on_stored(message, now
+        # ms) after each utterance is stored.
+        self.on_asr_call = None
+        self.on_stored = None
         self._by_guid = {}
         self._by_call_id = {}
         self._in_flight = set()
@@ -467,6 +472,7 @@ class TranscriptionService(service.Service):
             recognizer, Segmenter(**self.segmenter_options),
             lambda utterance: self._utterance(call, window, utterance),
             warn_backlog=self.warn_backlog, max_backlog=self.max_backlog, log_context=context)
+        window.pipeline.on_asr_call = self.on_asr_call
         call.windows[key] = window
         leg_stream.windows += 1
         return window
@@ -591,6 +597,8 @@ class TranscriptionService(service.Service):
             d.addErrback(lambda f: self.log.failure(
                 "on_utterance failed for message {message_id}", f, message_id=message.id,
                 stream_id=leg_stream.id))
+        if self.on_stored is not None:
+            self.on_stored(stored, self._now_ms())
 
     # -- IStreamConsumer ---------------------------------------------------------------
 

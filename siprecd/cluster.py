@@ -1,0 +1,126 @@
+"""Nodes sharing one database: heartbeats, dead nodes, and this node's past.
+
+Each node writes a heartbeat (its id and the URL of its API) every
+``cluster.heartbeat_interval``. A node not heard from for
+``cluster.dead_after`` is dead: one surviving node at a time (the "reaper"
+lease) marks its active calls ended ("node lost"), so the API stops
+offering them and their transcripts are kept and served by the others.
+At start a node also ends the calls it owned before it restarted (a
+SIGKILL or a crash leaves them active in the database, but they are gone).
+
+With SQLite there is one node; the same code runs and finds nobody else.
+"""
+
+import socket
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+__all__ = ["ClusterService", "advertise_url"]
+
+_LEASE = "reaper"
+# Nodes seen this long ago or more are all looked at for calls to end.
+_EVERYONE = 10 * 365 * 86400 * 1000
+
+
+def advertise_url(config):
+    """Where other nodes reach this node's API."""
+    if config.cluster.advertise_url:
+        return config.cluster.advertise_url.rstrip("/")
+    host = config.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{config.api.port}"
+
+
+class ClusterService(service.Service):
+    log = Logger()
+    name = "cluster"
+
+    def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0):
+        self.storage = storage
+        self.node = node
+        self.clock = clock
+        self.address = address
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self._loop = None
+        self._beating = None
+        self.reaped = {}            # dead node -> guids ended
+        # Told ``(node, guids)`` when a dead node's calls were ended.
+        self.watchers = []
+
+    @classmethod
+    def from_config(cls, config, storage, clock):
+        c = config.cluster
+        return cls(storage, config.node.name, clock, advertise_url(config),
+                   c.heartbeat_interval, c.dead_after)
+
+    def startService(self):
+        service.Service.startService(self)
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self):
+        # Calls this node had before it restarted are gone with it.
+        ended = await self.storage.end_calls_of_node(self.node, "node restarted")
+        if ended:
+            self.log.warn("ended {count} calls this node had before it restarted",
+                          count=len(ended))
+        await self.storage.heartbeat_node(self.node, self.address)
+        self._loop = task.LoopingCall(self.beat)
+        self._loop.clock = self.clock
+        self._loop.start(self.heartbeat_interval, now=False)
+
+    def beat(self):
+        """One heartbeat, then a look for dead nodes; never raises."""
+        if self._beating is not None:
+            return self._beating
+        self._beating = defer.ensureDeferred(self._beat())
+        self._beating.addBoth(self._done)
+        return self._beating
+
+    def _done(self, result):
+        self._beating = None
+        return None
+
+    async def _beat(self):
+        try:
+            await self.storage.heartbeat_node(self.node, self.address)
+            ttl = int(self.dead_after * 1000)
+            if await self.storage.try_lease(_LEASE, self.node, ttl):
+                await self._reap()
+        except Exception as e:
+            self.log.warn("cluster: heartbeat failed ({error}); trying again in {interval}s",
+                          error=str(e), interval=self.heartbeat_interval)
+
+    async def _reap(self):
+        now_ms = int(self.clock.seconds() * 1000)
+        dead_before = now_ms - int(self.dead_after * 1000)
+        for info in await self.storage.live_nodes(_EVERYONE):
+            if info.id == self.node or info.heartbeat_ms >= dead_before:
+                continue
+            guids = await self.storage.end_calls_of_node(info.id, "node lost")
+            if guids:
+                self.reaped.setdefault(info.id, []).extend(guids)
+                for watcher in list(self.watchers):
+                    watcher(info.id, guids)
+                self.log.warn(
+                    "cluster: node {dead} not heard from for {seconds:.0f}s; ended its "
+                    "{count} calls", dead=info.id, count=len(guids),
+                    seconds=(now_ms - info.heartbeat_ms) / 1000)
+
+    async def live_address(self, node):
+        """The API URL of *node* if it is alive, else None."""
+        for info in await self.storage.live_nodes(int(self.dead_after * 1000)):
+            if info.id == node:
+                return info.address
+        return None
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._beating
