@@ -2,7 +2,11 @@
 
 Each node writes a heartbeat (its id and the URL of its API) every
 ``cluster.heartbeat_interval``. A node not heard from for
-``cluster.dead_after`` is dead: one surviving node at a time (the "reaper"
+``cluster.dead_after`` is dead. "Not heard from" is judged by each node on
+its own monotonic clock -- how long another node's stored heartbeat has
+not changed -- never by comparing clocks: nodes' wall clocks may be skewed
+or stepped, and a node whose clock jumps must not take live nodes for dead.
+When a node is dead, one surviving node at a time (the "reaper"
 lease) marks its active calls ended ("node lost"), so the API stops
 offering them and their transcripts are kept and served by the others.
 At start a node also ends the calls it owned before it restarted (a
@@ -12,6 +16,7 @@ With SQLite there is one node; the same code runs and finds nobody else.
 """
 
 import socket
+import time
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -40,7 +45,8 @@ class ClusterService(service.Service):
     log = Logger()
     name = "cluster"
 
-    def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0):
+    def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0,
+                 monotonic=time.monotonic):
         self.storage = storage
         self.node = node
         self.clock = clock
@@ -49,7 +55,10 @@ class ClusterService(service.Service):
         self.dead_after = dead_after
         self._loop = None
         self._beating = None
-        self.reaped = {}            # dead node -> guids ended
+        self.monotonic = monotonic
+        # node -> (its heartbeat as last read, our monotonic time it changed)
+        self._seen = {}
+        self.reaped = {}            # dead node -> (its last heartbeat, guids ended)
         # Told ``(node, guids)`` when a dead node's calls were ended.
         self.watchers = []
 
@@ -89,34 +98,52 @@ class ClusterService(service.Service):
     async def _beat(self):
         try:
             await self.storage.heartbeat_node(self.node, self.address)
+            nodes = await self.storage.live_nodes(_EVERYONE)
+            self._observe(nodes)
             ttl = int(self.dead_after * 1000)
             if await self.storage.try_lease(_LEASE, self.node, ttl):
-                await self._reap()
+                await self._reap(nodes)
         except Exception as e:
             self.log.warn("cluster: heartbeat failed ({error}); trying again in {interval}s",
                           error=str(e), interval=self.heartbeat_interval)
 
-    async def _reap(self):
-        now_ms = int(self.clock.seconds() * 1000)
-        dead_before = now_ms - int(self.dead_after * 1000)
-        for info in await self.storage.live_nodes(_EVERYONE):
-            if info.id == self.node or info.heartbeat_ms >= dead_before:
+    def _observe(self, nodes):
+        now = self.monotonic()
+        for info in nodes:
+            seen = self._seen.get(info.id)
+            if seen is None or seen[0] != info.heartbeat_ms:
+                self._seen[info.id] = (info.heartbeat_ms, now)
+
+    def _silent_for(self, node):
+        """Seconds (monotonic, ours) since *node*'s heartbeat last changed,
+        or None if we have not watched it yet."""
+        seen = self._seen.get(node)
+        return None if seen is None else self.monotonic() - seen[1]
+
+    async def _reap(self, nodes):
+        for info in nodes:
+            silent = self._silent_for(info.id)
+            if info.id == self.node or silent is None or silent < self.dead_after:
                 continue
+            if self.reaped.get(info.id, (None,))[0] == info.heartbeat_ms:
+                continue        # already ended what it had at this heartbeat
             guids = await self.storage.end_calls_of_node(info.id, "node lost")
+            self.reaped[info.id] = (info.heartbeat_ms, guids)
             if guids:
-                self.reaped.setdefault(info.id, []).extend(guids)
                 for watcher in list(self.watchers):
                     watcher(info.id, guids)
                 self.log.warn(
                     "cluster: node {dead} not heard from for {seconds:.0f}s; ended its "
-                    "{count} calls", dead=info.id, count=len(guids),
-                    seconds=(now_ms - info.heartbeat_ms) / 1000)
+                    "{count} calls", dead=info.id, count=len(guids), seconds=silent)
 
     async def live_address(self, node):
         """The API URL of *node* if it is alive, else None."""
-        for info in await self.storage.live_nodes(int(self.dead_after * 1000)):
-            if info.id == node:
-                return info.address
+        for info in await self.storage.live_nodes(_EVERYONE):
+            if info.id != node:
+                continue
+            self._observe([info])
+            silent = self._silent_for(node)
+            return info.address if silent is not None and silent < self.dead_after else None
         return None
 
     def stopService(self):

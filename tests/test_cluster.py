@@ -112,7 +112,7 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
         assert await reaped.addTimeout(15, reactor) == "node-a"
         ended = await b.storage.get_call_by_guid(guid)
         assert ended.end_reason == "node lost"
-        assert guid in b.cluster.reaped["node-a"]
+        assert guid in b.cluster.reaped["node-a"][1]
         answer = await call(via_b, "stop", guid)
         assert answer.code == "400-203"
     finally:

@@ -23,7 +23,9 @@ class RateLimiter:
         """0.0 when the request may go ahead, else the seconds to wait."""
         now = self.clock.seconds()
         tokens, at = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        # max(0, ...): the clock is the wall clock, and a step back (NTP)
+        # must not drain the bucket by the length of the step.
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             if len(self._buckets) > self.max_keys:
@@ -38,7 +40,7 @@ class RateLimiter:
         if entry is None:
             return 0.0
         tokens, at = entry
-        tokens = min(self.burst, tokens + (self.clock.seconds() - at) * self.rate)
+        tokens = min(self.burst, tokens + max(0.0, self.clock.seconds() - at) * self.rate)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     @staticmethod

@@ -17,7 +17,8 @@ __all__ = ["RangePortAllocator"]
 
 @implementer(IMediaPortAllocator)
 class RangePortAllocator:
-    def __init__(self, clock, port_min, port_max, quarantine=5.0, probe_host=None, attempts=16):
+    def __init__(self, clock, port_min, port_max, quarantine=5.0, probe_host=None,
+                 attempts=256):
         first = port_min + (port_min % 2)
         self.clock = clock
         self.quarantine = quarantine

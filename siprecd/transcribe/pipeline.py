@@ -18,7 +18,7 @@ from collections import deque
 
 import attrs
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from siprecd.transcribe.numbers import Token
@@ -164,8 +164,14 @@ class StreamPipeline:
                 self.log.failure("on_asr_call failed on stream {stream_id}", **self.context)
         if isinstance(results, Failure):
             self.errors += 1
-            if self.errors <= 3:
-                self.log.failure("asr failed on stream {stream_id}", results, **self.context)
+            # Once per window, as one line: a broken recogniser fails every
+            # call after the first, and each would otherwise log again.
+            if self.errors == 1:
+                self.log.error("asr failed on stream {stream_id}: {error}; further failures "
+                               "of this window are counted, not logged",
+                               error=_describe(results), **self.context)
+                self.log.failure("asr failure on stream {stream_id}", results,
+                                 level=LogLevel.debug, **self.context)
         else:
             reason = op.reason if isinstance(op, Finish) else "endpoint"
             for result in results or ():
@@ -197,3 +203,9 @@ class StreamPipeline:
         waiters, self._close_waiters = self._close_waiters, []
         for d in waiters:
             d.callback(None)
+
+
+def _describe(failure):
+    text = " ".join(str(failure.value).split())[:300]
+    name = type(failure.value).__name__
+    return f"{name}: {text}" if text else name

@@ -62,8 +62,14 @@ ROLES = (CUSTOMER, AGENT)
 REDACTION_OUTPUTS = ("redacted", "unredacted", "redacted_and_unredacted")
 MEDIA_LINE_ORDERS = ("CUSTOMER_FIRST", "AGENT_FIRST")
 OK_STATUS = {"code": 1000, "description": "OK"}
-# Delays between attempts to store an utterance the database refused.
-STORE_RETRIES = (0.5, 1.0, 2.0, 4.0)
+# Delays between attempts to store an utterance the database refused; the
+# last one repeats for as long as the node runs (a database that is down
+# for minutes loses nothing), or STOPPING_ATTEMPTS more once it stops.
+STORE_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+STOPPING_ATTEMPTS = 3
+# Utterances of one stream waiting to be stored before new ones are dropped
+# (memory stays bounded through a long database outage).
+MAX_PENDING_WRITES = 5000
 
 
 def no_redaction(text, tokens):
@@ -132,6 +138,11 @@ class _SerialQueue:
         self._jobs = deque()
         self._running = False
         self._idle = []
+
+    @property
+    def pending(self):
+        """Jobs waiting, and the one running."""
+        return len(self._jobs) + (1 if self._running else 0)
 
     def run(self, job, *args):
         self._jobs.append((job, args))
@@ -565,25 +576,40 @@ class TranscriptionService(service.Service):
             language=params.language,
         )
         targets = [params.webhook_target] if params.webhook_target else []
+        if leg_stream.writes.pending >= MAX_PENDING_WRITES:
+            leg_stream.lost += 1
+            self.log.error("utterance {message_id} of stream {stream_id} dropped: "
+                           "{pending} utterances are already waiting for the database",
+                           guid=call.guid, stream_id=leg_stream.id, message_id=message.id,
+                           pending=leg_stream.writes.pending)
+            return
         leg_stream.writes.run(self._write, call, leg_stream, message, targets)
 
     async def _write(self, call, leg_stream, message, targets):
-        for attempt, delay in enumerate(STORE_RETRIES + (None,)):
+        attempt, after_stop = 0, 0
+        while True:
             try:
                 sequence = await self.storage.add_message(message, targets)
                 break
             except Exception as e:
                 retry = isinstance(e, StorageError) and not isinstance(e, RecordNotFound)
-                if delay is None or not retry:
+                if not self.running:
+                    after_stop += 1
+                if not retry or after_stop > STOPPING_ATTEMPTS:
                     leg_stream.lost += 1
                     self.log.error(
                         "utterance {message_id} of stream {stream_id} could not be stored: "
                         "{error}", guid=call.guid, stream_id=leg_stream.id,
                         message_id=message.id, error=str(e))
                     return
-                self.log.warn("storing an utterance of stream {stream_id} failed ({error}); "
-                              "trying again in {delay} s", guid=call.guid,
-                              stream_id=leg_stream.id, error=str(e), delay=delay)
+                delay = STORE_RETRIES[min(attempt, len(STORE_RETRIES) - 1)]
+                attempt += 1
+                # Every attempt at first, then about once a minute.
+                if attempt <= len(STORE_RETRIES) or attempt % 6 == 0:
+                    self.log.warn("storing an utterance of stream {stream_id} failed "
+                                  "({error}); trying again in {delay} s (attempt {attempt})",
+                                  guid=call.guid, stream_id=leg_stream.id, error=str(e),
+                                  delay=delay, attempt=attempt)
                 await task.deferLater(self.clock, delay, lambda: None)
         leg_stream.transcripts += 1
         self.log.debug("utterance {sequence} of stream {stream_id} stored "

@@ -176,7 +176,10 @@ def _one(exc):
     if isinstance(exc, error.ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, error.DNSLookupError):
-        return "DNS lookup failed"
+        # Twisted's text names the host (never the path or query): the
+        # line then says what to fix.
+        detail = " ".join(str(exc.args[0]).split())[:200] if exc.args else ""
+        return f"DNS lookup failed: {detail}" if detail else "DNS lookup failed"
     if isinstance(exc, (error.TCPTimedOutError, error.TimeoutError)):
         return "connecting timed out"
     if isinstance(exc, error.ConnectingCancelledError):
