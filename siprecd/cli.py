@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "siprecd.webhooks.cli",
     "siprecd.redact.cli",
     "siprecd.export.cli",
+    "siprecd.storage.cli",
 )
 
 

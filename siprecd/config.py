@@ -58,6 +58,11 @@ class TlsListener:
     # CA bundle to verify client certificates with; none: clients are not asked.
     client_ca: Optional[FilePath] = None
     min_version: TlsVersion = "1.2"
+    # Highest TLS version offered (none: the highest OpenSSL has).
+    max_version: Optional[TlsVersion] = None
+    # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's own);
+    # none: Twisted's default list.
+    ciphers: Optional[Annotated[str, NonEmpty()]] = None
 
     def validate(self, path):
         if self.enabled and (self.certificate is None or self.private_key is None):
@@ -65,6 +70,23 @@ class TlsListener:
                 "expected certificate and private_key when TLS is enabled",
                 f"{path}.certificate" if self.certificate is None else f"{path}.private_key",
             )
+        if self.max_version is not None and self.max_version < self.min_version:
+            raise ConfigError(
+                f"expected a max_version of at least min_version ({self.min_version}), "
+                f"got {self.max_version}", f"{path}.max_version",
+            )
+        if self.ciphers is not None:
+            from siprecd.tls import check_ciphers
+
+            problem = check_ciphers(self.ciphers)
+            if problem:
+                raise ConfigError(problem, f"{path}.ciphers")
+
+
+@attrs.frozen
+class SipRateLimit:
+    requests_per_second: Annotated[float, Range(0.1, None)] = 100.0
+    burst: Positive = 200
 
 
 @attrs.frozen
@@ -92,6 +114,22 @@ class Sip:
     )
     max_calls: Positive = 500
     user_agent: str = "siprecd"
+    # New INVITEs and OPTIONS per source address (token bucket); past it
+    # they get 503 with Retry-After. Requests in a dialog and responses
+    # are never limited. null: no limit.
+    rate_limit: Optional[SipRateLimit] = SipRateLimit()
+    # Sources (CIDR, or single addresses) that skip rate_limit: the SBCs.
+    trusted_sources: list[Annotated[str, NonEmpty()]] = ()
+
+    def validate(self, path):
+        import ipaddress
+
+        for i, value in enumerate(self.trusted_sources):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(f"expected an address or CIDR network, got {value!r}",
+                                  f"{path}.trusted_sources[{i}]") from None
 
 
 @attrs.frozen
@@ -105,7 +143,16 @@ class Media:
     jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
     port_quarantine: Duration = 5.0
     mixed_role: Role = "customer"
+    # New INVITEs that would take the streams in progress past this get 503.
+    max_streams: Positive = 1000
     check_source: bool = False
+    # After a stream's first packet, take packets only from that address and
+    # port (or from the SDP's host when it names one); others are counted.
+    strict_source: bool = False
+    # SDES-SRTP (RFC 4568): "allowed" takes SRTP when offered and plain RTP
+    # when not; "required" answers 488 to an offer without keys; "off"
+    # refuses SRTP m-lines.
+    srtp: Literal["off", "allowed", "required"] = "allowed"
     # A stream with no RTP for this long (not on hold, not paused) ends.
     rtp_timeout: Annotated[Duration, Range(1, None)] = 60.0
 
@@ -157,10 +204,28 @@ class PostgresStorage:
 
 
 @attrs.frozen
+class StorageEncryption:
+    """Keys that encrypt unredacted text and recordings at rest (siprecd.crypto).
+
+    Keys, in order, the first one encrypting: key_env's, key_file, key_files."""
+
+    key_file: Optional[FilePath] = None
+    key_files: list[FilePath] = ()
+    # Name of an environment variable holding a key (not the key itself).
+    key_env: Optional[Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_]*",
+                                             "an environment variable name")]] = None
+
+    @property
+    def configured(self):
+        return bool(self.key_file or self.key_files or self.key_env)
+
+
+@attrs.frozen
 class Storage:
     backend: Annotated[str, NonEmpty()] = "sqlite"
     sqlite: SqliteStorage = SqliteStorage()
     postgresql: PostgresStorage = PostgresStorage()
+    encryption: StorageEncryption = StorageEncryption()
 
     def validate(self, path):
         if self.backend == "postgresql" and not self.postgresql.dsn:

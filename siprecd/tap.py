@@ -49,21 +49,21 @@ def check_files(config):
 
     from siprecd.webhooks import check_targets
 
+    from siprecd.crypto import keyring_for
+
     check_storage(config)
     check_asr(config)
     check_targets(config)
+    keyring_for(config)
     if config.api.enabled and config.api.certificate is not None:
         tls.server_options(
             config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"
         )
     if config.sip.tls.enabled:
-        tls.server_options(
-            config.sip.tls.certificate,
-            config.sip.tls.private_key,
-            config.sip.tls.min_version,
-            config.sip.tls.client_ca,
-            where="sip.tls",
-        )
+        tls.listener_options(config.sip.tls, where="sip.tls")
+    if config.metrics.enabled and config.metrics.certificate is not None:
+        tls.server_options(config.metrics.certificate, config.metrics.private_key,
+                           config.metrics.min_tls_version, where="metrics")
 
 
 def prepare_state_dir(config):
@@ -154,6 +154,13 @@ def makeService(options, reactor=None):
         )
         root.transcription.setServiceParent(root)
         _add_listeners(root, config, reactor)
+        if config.metrics.enabled:
+            # /metrics on its own listener (loopback by default), bound with
+            # the others in privilegedStartService; hooks into the parts above.
+            from siprecd.metrics import MetricsService
+
+            root.metrics = MetricsService.from_config(config, root, reactor)
+            root.metrics.setServiceParent(root)
     except configmod.ConfigError as e:
         config_failure(str(e))
     except StartupError as e:
@@ -229,10 +236,7 @@ def _add_listeners(root, config, reactor):
             "sip.tcp", close_on_drain=False,
         ).setServiceParent(root)
     if sip.tls.enabled:
-        sip_context = tls.server_options(
-            sip.tls.certificate, sip.tls.private_key, sip.tls.min_version,
-            sip.tls.client_ca, where="sip.tls",
-        )
+        sip_context = tls.listener_options(sip.tls, where="sip.tls")
         ListeningPort(
             "SIP/TLS", sip.tls.host, sip.tls.port,
             lambda: reactor.listenSSL(

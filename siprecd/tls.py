@@ -12,12 +12,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from siprecd.structure import ConfigError
 
-__all__ = ["ensure_self_signed", "server_options", "make_self_signed"]
+__all__ = ["ensure_self_signed", "server_options", "listener_options", "make_self_signed",
+           "check_ciphers"]
 
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -100,8 +101,35 @@ def load_certificates(path, key_path):
     return [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certs]
 
 
-def server_options(cert_file, key_file, min_version="1.2", client_ca=None, where="api"):
-    """CertificateOptions for a TLS server; errors name the config key."""
+def _tls12_ciphers(ciphers):
+    """The TLS 1.2 ciphers OpenSSL makes of the cipher string *ciphers*."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_cipher_list(ciphers.encode("ascii"))
+    names = SSL.Connection(context, None).get_cipher_list()
+    # TLS 1.3 suites are always listed; a cipher string does not choose them.
+    return [n for n in names if not n.startswith("TLS_")]
+
+
+def check_ciphers(ciphers):
+    """What is wrong with the OpenSSL cipher string *ciphers*, or None."""
+    try:
+        if _tls12_ciphers(ciphers):
+            return None
+    except UnicodeEncodeError:
+        return "expected an OpenSSL cipher string (ASCII)"
+    except SSL.Error:
+        pass
+    return f"OpenSSL finds no TLS 1.2 cipher in {ciphers!r} (see `openssl ciphers -v '...'`)"
+
+
+def server_options(cert_file, key_file, min_version="1.2", client_ca=None, where="api", *,
+                   max_version=None, ciphers=None):
+    """CertificateOptions for a TLS server; errors name the config key.
+
+    *min_version* and *max_version* are "1.2" or "1.3" (no maximum: the
+    highest OpenSSL has); *ciphers* an OpenSSL cipher string for TLS 1.2
+    (TLS 1.3 suites stay OpenSSL's), default Twisted's list.
+    """
     chain = load_certificates(cert_file, f"{where}.certificate")
     key_data = _read(key_file, f"{where}.private_key")
     try:
@@ -116,12 +144,23 @@ def server_options(cert_file, key_file, min_version="1.2", client_ca=None, where
             f"{where}.private_key",
         ) from None
     kwargs = {}
+    if max_version is not None:
+        if max_version not in _TLS_VERSIONS or max_version < min_version:
+            raise ConfigError(
+                f"expected a max_version of at least {min_version}, got {max_version!r}",
+                f"{where}.max_version")
+        kwargs["lowerMaximumSecurityTo"] = _TLS_VERSIONS[max_version]
+    if ciphers is not None:
+        problem = check_ciphers(ciphers)
+        if problem:
+            raise ConfigError(problem, f"{where}.ciphers")
+        kwargs["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
     if client_ca is not None:
         kwargs["verify"] = True
         kwargs["caCerts"] = [c.original for c in load_certificates(client_ca, f"{where}.client_ca")]
         kwargs["requireCertificate"] = True
     try:
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=leaf.privateKey.original,
             certificate=leaf.original,
             extraCertChain=[c.original for c in chain[1:]],
@@ -130,3 +169,20 @@ def server_options(cert_file, key_file, min_version="1.2", client_ca=None, where
         )
     except Exception as e:
         raise ConfigError(f"certificate and key do not work together: {e}", f"{where}.private_key") from None
+    if ciphers is not None:
+        try:
+            options.getContext()  # made once and kept: a bad list shows now, not per connection
+        except Exception:
+            raise ConfigError(f"OpenSSL cannot use the ciphers {ciphers!r} here",
+                              f"{where}.ciphers") from None
+    return options
+
+
+def listener_options(listener, where="sip.tls"):
+    """:func:`server_options` for a TLS listener's config section
+    (``config.TlsListener``: certificate, private_key, client_ca,
+    min_version, max_version, ciphers)."""
+    return server_options(
+        listener.certificate, listener.private_key, listener.min_version, listener.client_ca,
+        where=where, max_version=listener.max_version, ciphers=listener.ciphers,
+    )

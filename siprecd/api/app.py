@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote_to_bytes, urlencode
 from klein import Klein
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.web import static
+from twisted.web import server, static
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
@@ -256,7 +256,7 @@ class ControlApi:
             path = files.get(leg.id)
             if path is None:
                 continue
-            size = path.stat().st_size
+            size = self.recordings.size(path)
             out.append({"legId": leg.id, "number": leg.number,
                         "url": f"/conversation/v1/conversations/{call.conversation_id}"
                                f"/recordings/{leg.id}.wav",
@@ -270,9 +270,20 @@ class ControlApi:
         path = self._recording_files(call).get(leg_id) if leg_id else None
         if path is None or leg_id not in {leg.id for leg in legs}:
             raise errors.NotFound(f"no recording {leg_file} for this conversation")
+        if self.recordings.encrypted(path):
+            try:
+                # Opened here: a missing key or a bad header is an error
+                # answer, not a broken download.
+                reader = await threads.deferToThread(self.recordings.open, path)
+            except (OSError, StorageError) as e:
+                self.log.error("cannot read the recording {path}: {error}", path=str(path),
+                               error=str(e))
+                raise errors.InternalError("the recording cannot be read") from None
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-disposition",
                           f'attachment; filename="{call.guid[:64]}-{leg_id}.wav"'.encode())
+        if self.recordings.encrypted(path):
+            return _DecryptedFile(reader, "audio/wav", self.log)
         return _OneFile(path, "audio/wav")
 
     def _recording_files(self, call):
@@ -506,6 +517,66 @@ class _OneFile(Resource):
         served = static.File(self.path)
         served.type, served.encoding = self.media_type, None
         return served.render_GET(request)
+
+
+class _DecryptedFile(Resource):
+    """An encrypted recording streamed decrypted (siprecd.crypto.EncryptedFile),
+    one 64 KiB chunk per write as the client takes it (a pull producer, as
+    twisted.web.static does). No ranges: always the whole file. A chunk
+    that fails authentication aborts the connection (never altered data)."""
+
+    isLeaf = True
+
+    def __init__(self, reader, media_type, log):
+        super().__init__()
+        self.reader, self.media_type, self.log = reader, media_type, log
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", self.media_type.encode())
+        request.setHeader(b"content-length", str(self.reader.size).encode())
+        if request.method == b"HEAD":
+            self.reader.close()
+            return b""
+        _DecryptingProducer(request, self.reader, self.log).start()
+        return server.NOT_DONE_YET
+
+
+class _DecryptingProducer:
+    def __init__(self, request, reader, log):
+        self.request, self.reader, self.log = request, reader, log
+
+    def start(self):
+        self.request.notifyFinish().addBoth(lambda _: self.stopProducing())
+        self.request.registerProducer(self, False)
+
+    def resumeProducing(self):
+        if self.request is None:
+            return
+        try:
+            data = self.reader.read(64 * 1024)
+        except Exception as e:
+            self.log.error("serving the recording {path} failed: {error}",
+                           path=self.reader.path, error=str(e))
+            request = self.request
+            self.stopProducing()
+            request.unregisterProducer()
+            request.transport.abortConnection()
+            return
+        if data:
+            self.request.write(data)
+            return
+        request = self.request
+        self.stopProducing()
+        request.unregisterProducer()
+        request.finish()
+
+    def stopProducing(self):
+        if self.request is not None:
+            self.request = None
+            self.reader.close()
+
+    def pauseProducing(self):
+        pass
 
 
 class _RawBody(bytes):

@@ -146,7 +146,8 @@ class _DayWriter:
     def prepare(self):
         for fmt in self.formats:
             parent = format_dir(self.root, self.feed, self.version, fmt)
-            parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+            # Every level private (mkdir's mode applies to the last only).
+            _make_dirs(parent)
             prefix = staging_prefix(self.day)
             for entry in os.scandir(parent):
                 # A crashed build of this day left its staging behind.

@@ -114,6 +114,7 @@ class MediaManager:
                 else:
                     media.resume()
                 media.set_remote(stream.remote_host, stream.remote_port)
+                media.set_srtp(stream.srtp)  # same key: same context; new key: re-keyed
                 continue
             sid = StreamId(session.guid.value, session.call_id, stream.label,
                            stream.audio_index, session.mixed)
@@ -122,16 +123,17 @@ class MediaManager:
                 payload_type=stream.codec.payload_type,
                 dtmf_payload_type=(stream.telephone_event.payload_type
                                    if stream.telephone_event else None),
-                remote_host=stream.remote_host, port=stream.local_port,
+                remote_host=stream.remote_host, port=stream.local_port, srtp=stream.srtp,
             )
             if self.ports is not None:
                 self.ports.opened(stream.local_port)
             if stream.on_hold:
                 media.hold()
             open_streams[key] = (sid, media)
-            self.log.info("receiving RTP for guid {guid} stream {label} on port {port} ({codec})",
+            self.log.info("receiving {rtp} for guid {guid} stream {label} on port {port} ({codec})",
                           guid=sid.guid, call_id=sid.call_id, label=stream.label,
-                          port=stream.local_port, codec=stream.codec.name)
+                          port=stream.local_port, codec=stream.codec.name,
+                          rtp=f"SRTP ({stream.srtp.suite.name})" if stream.srtp else "RTP")
 
     def _close_all(self, session, reason):
         for _, media in self.calls.pop(session.call_id, {}).values():

@@ -15,6 +15,13 @@ hold.
 With ``media.check_source``, datagrams whose source host is not the one the
 SDP announced are dropped and counted (the port is not checked: SBCs and
 NATs often send from another port than the one they advertise).
+``media.strict_source`` goes further: when the SDP names no usable host,
+the address and port of the stream's first accepted packet are latched and
+nothing from elsewhere is taken; the count is ``foreign_packets``.
+
+An SRTP stream (SDES keys in the offer, see ``siprecd.media.srtp``) has
+its datagrams unprotected between the source check and the receiver; what
+fails authentication or replays is counted and dropped, never fed.
 """
 
 import ipaddress
@@ -27,6 +34,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from siprecd.media.receiver import ReceiverGroup, StreamReceiver
+from siprecd.media.rtp import looks_like_rtcp
+from siprecd.media.srtp import SrtpReceiver
 
 __all__ = ["MediaTransport", "MediaStream", "RtpProtocol", "RtcpProtocol", "set_receive_buffer"]
 
@@ -66,11 +75,39 @@ def _normal_host(host):
 
 
 class _SourceCheck:
-    """The expected source host of a stream's packets (None: anyone)."""
+    """Where a stream's packets may come from.
 
-    def __init__(self, host=None):
+    ``host`` is the host the SDP announced (None: anyone, or see latch).
+    With *latch* (``media.strict_source``) and no host, the (host, port)
+    of the first packet taken is ``latched`` and only it is accepted after.
+    """
+
+    def __init__(self, host=None, latch=False):
         self.host = host
+        self.latch = latch
+        self.latched = None
         self.rejected = 0
+
+    @property
+    def active(self):
+        return self.host is not None or self.latch
+
+    def accepts(self, addr):
+        if self.host is not None:
+            return addr[0] == self.host
+        return self.latched is None or tuple(addr[:2]) == self.latched
+
+    def accepts_rtcp(self, addr):
+        """RTCP comes from the RTP source's host (its port is its own)."""
+        host = self.host
+        if host is None and self.latched is not None:
+            host = self.latched[0]
+        return host is None or addr[0] == host
+
+    def took(self, addr):
+        """A packet from *addr* was accepted: latch it if it is the first."""
+        if self.latch and self.host is None and self.latched is None:
+            self.latched = tuple(addr[:2])
 
 
 class RtpProtocol(DatagramProtocol):
@@ -78,23 +115,39 @@ class RtpProtocol(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, receiver, source=None):
+    def __init__(self, receiver, source=None, srtp=None):
         self.receiver = receiver
         self.source = source
+        self.srtp = srtp
         self.update_source()
 
     def update_source(self):
-        """Pick the datagram handler for the current source check."""
-        if self.source is None or self.source.host is None:
+        """Pick the datagram handler for the current source check and SRTP."""
+        if self.srtp is None and (self.source is None or not self.source.active):
             # No indirection: the reactor calls the receiver itself.
             self.datagramReceived = self.receiver.datagram_received
         else:
             self.datagramReceived = self._checked
 
     def _checked(self, data, addr):
-        if addr[0] != self.source.host:
-            self.source.rejected += 1
-            return
+        source = self.source
+        if source is not None and source.active:
+            if not source.accepts(addr):
+                source.rejected += 1
+                return
+        srtp = self.srtp
+        if srtp is not None:
+            if looks_like_rtcp(data):  # RTCP multiplexed on the RTP port
+                plain = srtp.unprotect_rtcp(data)
+                if plain is not None:
+                    self.receiver.receive_rtcp(plain, addr)
+                return
+            data = srtp.unprotect(data)
+            if data is None:
+                return
+        if source is not None and source.latched is None and len(data) >= 12 \
+                and data[0] >> 6 == 2:  # only what looks like RTP (or authenticated) latches
+            source.took(addr)
         self.receiver.datagram_received(data, addr)
 
 
@@ -103,15 +156,20 @@ class RtcpProtocol(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, receiver, source=None):
+    def __init__(self, receiver, source=None, srtp=None):
         self.receiver = receiver
         self.source = source
+        self.srtp = srtp
 
     def datagramReceived(self, data, addr):
         source = self.source
-        if source is not None and source.host is not None and addr[0] != source.host:
+        if source is not None and not source.accepts_rtcp(addr):
             source.rejected += 1
             return
+        if self.srtp is not None:
+            data = self.srtp.unprotect_rtcp(data)
+            if data is None:
+                return
         self.receiver.receive_rtcp(data, addr)
 
 
@@ -132,6 +190,8 @@ class MediaStream:
         self._allocated = allocated
         self._closed = None
         self.remote = (None, None)
+        self.srtp = None          # SrtpReceiver while the stream is SRTP
+        self._srtp_stats = None   # its counters, kept if the stream turns plain
         receiver.on_end = self._receiver_ended
 
     @property
@@ -150,11 +210,37 @@ class MediaStream:
         """Where the SDP says the stream comes from (again on every
         re-INVITE); with ``media.check_source`` only that host is accepted
         from then on. *port* is kept for the record only. A host of None or
-        an unspecified address (hold by ``c=0.0.0.0``) accepts anyone."""
+        an unspecified address (hold by ``c=0.0.0.0``) accepts anyone, or
+        with ``media.strict_source`` the first source seen from then on."""
+        old_host, old_port = self.remote
+        moved = (_normal_host(host) != _normal_host(old_host)
+                 or (old_port is not None and port != old_port))
         self.remote = (host, port)
         if self._source is not None:
             self._source.host = _normal_host(host)
+            if moved:
+                self._source.latched = None
             self.rtp_listener.protocol.update_source()
+
+    def set_srtp(self, choice):
+        """The stream's SRTP from the latest offer (an ``srtp.SrtpChoice``,
+        or None for plain RTP): the context is kept while the SRC's key is
+        unchanged and replaced when it changes."""
+        attribute = choice.remote if choice is not None else None
+        if attribute is None:
+            if self.srtp is not None:
+                self._srtp_stats = self.srtp.counters
+            self.srtp = None
+        elif self.srtp is None:
+            self.srtp = SrtpReceiver(attribute)
+            if self._srtp_stats is not None:
+                self.srtp.counters = self._srtp_stats
+                self.srtp.counters["srtp_rekeys"] += 1
+        else:
+            self.srtp.rekey(attribute)
+        for listener in (self.rtp_listener, self.rtcp_listener):
+            listener.protocol.srtp = self.srtp
+        self.rtp_listener.protocol.update_source()
 
     def renegotiate(self, codec=None, payload_type=None, dtmf_payload_type=None):
         """A re-INVITE changed the stream's codec or payload types."""
@@ -162,7 +248,14 @@ class MediaStream:
 
     def stats(self):
         out = self.receiver.stats()
-        out["source_rejected"] = self._source.rejected if self._source is not None else 0
+        rejected = self._source.rejected if self._source is not None else 0
+        out["source_rejected"] = rejected
+        out["foreign_packets"] = rejected
+        out["srtp"] = self.srtp is not None
+        if self.srtp is not None:
+            out.update(self.srtp.stats())
+        elif self._srtp_stats is not None:
+            out.update(self._srtp_stats)
         out["port"] = self.port
         return out
 
@@ -195,8 +288,8 @@ class MediaTransport(service.Service):
     """Opens and serves the RTP streams of one process.
 
     *media* is the ``media`` config section (``siprecd.config.Media``):
-    host, receive_buffer, jitter_window, check_source and rtp_timeout are
-    used here. *allocator* (an IMediaPortAllocator) hands out ports when
+    host, receive_buffer, jitter_window, check_source, strict_source and
+    rtp_timeout are used here. *allocator* (an IMediaPortAllocator) hands out ports when
     :meth:`open_stream` is not given one. *tick* is the period of the shared
     timer: PCM comes out at least that often, and the longer it is, the
     larger the batches and the cheaper each packet.
@@ -234,19 +327,21 @@ class MediaTransport(service.Service):
     # -- streams ---------------------------------------------------------
 
     def open_stream(self, stream, consumer, codec, payload_type=None, dtmf_payload_type=None,
-                    remote_host=None, port=None):
+                    remote_host=None, port=None, srtp=None):
         """Bind a stream's RTP and RTCP sockets and start receiving.
 
         *stream* is handed to *consumer* (an IStreamConsumer) with every
         call. Without *port*, one comes from the allocator (raising
         PortsExhausted when the range is used up; a port that cannot be
-        bound is skipped). Returns a :class:`MediaStream`.
+        bound is skipped). *srtp* (an ``srtp.SrtpChoice``) makes it an
+        SRTP stream. Returns a :class:`MediaStream`.
         """
         receiver = StreamReceiver(
             stream, consumer, self.reactor, codec=codec, payload_type=payload_type,
             dtmf_payload_type=dtmf_payload_type, jitter_window=self.media.jitter_window,
         )
-        source = _SourceCheck() if self.media.check_source else None
+        strict = getattr(self.media, "strict_source", False)
+        source = _SourceCheck(latch=strict) if self.media.check_source or strict else None
         if port is not None:
             rtp_port, rtcp_port = self._bind_pair(port, receiver, source)
             allocated = False
@@ -268,6 +363,8 @@ class MediaTransport(service.Service):
         media_stream = MediaStream(self, receiver, port, rtp_port, rtcp_port, source, allocated)
         if remote_host is not None:
             media_stream.set_remote(remote_host)
+        if srtp is not None:
+            media_stream.set_srtp(srtp)
         self.streams[media_stream] = None
         self.group.add(receiver)
         return media_stream

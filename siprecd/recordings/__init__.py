@@ -18,6 +18,14 @@ as holes in the file, so a long IVR prefix costs no disk.
 All file I/O runs on a thread, one operation at a time per file, never on
 the reactor thread; memory per leg is bounded by the batch size (1 s per
 channel).
+
+With a key in ``storage.encryption`` (see :mod:`siprecd.crypto`), a
+finished leg is encrypted as it is closed: ``<leg id>.wav.enc`` (AES-256-GCM
+in 64 KiB chunks) replaces the ``.part``, and the plain file is removed.
+The ``.part`` of a leg still being recorded is plain: redacted spans are
+silenced in it after the fact, which needs random access to the audio.
+:meth:`RecordingStore.open` reads either kind; :meth:`RecordingStore.rekey`
+encrypts plain recordings and re-encrypts those under older keys.
 """
 
 import os
@@ -28,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+
+from siprecd.crypto import SUFFIX, Keyring
 
 __all__ = ["RecordingStore", "CHANNELS", "wav_header"]
 
@@ -63,8 +73,9 @@ def _overlay(path, channel, frame, samples):
         f.write(block.tobytes())
 
 
-def _finish(part, final):
-    """Write the header sizes from the data written, fsync, rename."""
+def _finish(part, final, keyring=None):
+    """Write the header sizes from the data written, fsync, rename (or,
+    with *keyring*, encrypt to ``final.enc`` and remove the plain file)."""
     size = os.path.getsize(part)
     frames = max(0, size - HEADER_BYTES) // FRAME_BYTES
     with open(part, "r+b") as f:
@@ -73,8 +84,33 @@ def _finish(part, final):
         f.write(wav_header(frames))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(part, final)
+    if keyring is None:
+        os.replace(part, final)
+    else:
+        _encrypt(keyring, part, final)
     return frames
+
+
+def _encrypted_name(path):
+    return Path(str(path) + SUFFIX)
+
+
+def _encrypt(keyring, plain, final, source=None):
+    """Encrypt *plain* (or the file object *source* of *plain*'s size) to
+    ``final.enc`` through a temporary name, then remove *plain*."""
+    target = _encrypted_name(final)
+    temporary = target.with_name(target.name + ".tmp")
+    if source is None:
+        keyring.encrypt_file(plain, temporary)
+    else:
+        keyring.encrypt_stream(source, source.size, temporary)
+    os.replace(temporary, target)
+    if source is None or str(plain) != str(target):
+        try:
+            os.unlink(plain)
+        except FileNotFoundError:
+            pass
+    return target
 
 
 class _Leg:
@@ -90,7 +126,9 @@ class _Leg:
         self.frames = 0
 
     def create(self):
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir(parents=True) gives only the last folder the mode.
+        self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.mkdir(exist_ok=True, mode=0o700)
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(wav_header(0))
@@ -101,14 +139,19 @@ class RecordingStore:
 
     log = Logger()
 
-    def __init__(self, directory, reactor):
+    def __init__(self, directory, reactor, keyring=None):
         self.directory = Path(directory)
         self.reactor = reactor
+        # A siprecd.crypto.Keyring: finished legs are encrypted with it.
+        self.keyring = keyring
         self._legs = {}            # (guid, leg id) -> _Leg
 
     @classmethod
     def from_config(cls, config, reactor):
-        return cls(config.in_state_dir(config.recordings.directory), reactor)
+        from siprecd.crypto import keyring_for
+
+        return cls(config.in_state_dir(config.recordings.directory), reactor,
+                   keyring=keyring_for(config))
 
     # -- recording --------------------------------------------------------------------
 
@@ -157,9 +200,9 @@ class RecordingStore:
         def done(frames):
             self.log.info("recording of guid {guid} leg {leg_id} saved: {seconds:.1f} s",
                           guid=guid, leg_id=leg_id, seconds=frames / SAMPLE_RATE)
-            return leg.final
+            return leg.final if self.keyring is None else _encrypted_name(leg.final)
 
-        d = self._queue(leg, _finish, leg.part, leg.final)
+        d = self._queue(leg, _finish, leg.part, leg.final, self.keyring)
         return d.addCallback(lambda frames: done(frames) if frames is not None else None)
 
     def close_call(self, guid):
@@ -204,11 +247,67 @@ class RecordingStore:
     # -- after the call ---------------------------------------------------------------
 
     def files(self, guid):
-        """{leg id: path} of the finished recordings of *guid*."""
+        """{leg id: path} of the finished recordings of *guid* (``.wav``, or
+        ``.wav.enc`` when encrypted; see :meth:`open`)."""
         folder = self.directory / guid
         if not _safe_name(guid) or not folder.is_dir():
             return {}
-        return {p.name[:-4]: p for p in sorted(folder.glob("*.wav"))}
+        found = {p.name[:-4]: p for p in sorted(folder.glob("*.wav"))}
+        # An encrypted one wins (a plain one beside it is a rekey cut short).
+        found.update({p.name[:-8]: p for p in sorted(folder.glob("*.wav" + SUFFIX))})
+        return found
+
+    @staticmethod
+    def encrypted(path):
+        return str(path).endswith(".wav" + SUFFIX)
+
+    def size(self, path):
+        """The WAV size of a finished recording (blocking: reads a header)."""
+        return Keyring.file_size(path) if self.encrypted(path) else Path(path).stat().st_size
+
+    def open(self, path):
+        """A binary file object reading a finished recording's WAV bytes,
+        with ``size`` (blocking). For an encrypted one, a decrypting reader
+        (siprecd.crypto.EncryptedFile: each chunk authenticated before it is
+        read; DecryptError otherwise)."""
+        if self.encrypted(path):
+            if self.keyring is None:
+                from siprecd.crypto import DecryptError
+
+                raise DecryptError(f"{path} is encrypted and no key is configured in "
+                                   "storage.encryption")
+            return self.keyring.open_file(path)
+        f = open(path, "rb")
+        f.size = os.fstat(f.fileno()).st_size
+        return f
+
+    def rekey(self):
+        """Encrypt the finished plain recordings and re-encrypt those under
+        older keys with the first key (on a thread); fires with the number
+        of files rewritten."""
+        if self.keyring is None:
+            return defer.fail(ValueError("no key is configured in storage.encryption"))
+        active = {g for g, _ in self._legs}
+
+        def work():
+            done = 0
+            if not self.directory.is_dir():
+                return 0
+            for folder in sorted(self.directory.iterdir()):
+                if not folder.is_dir() or folder.name in active:
+                    continue
+                for plain in sorted(folder.glob("*.wav")):
+                    _encrypt(self.keyring, plain, plain)
+                    done += 1
+                for path in sorted(folder.glob("*.wav" + SUFFIX)):
+                    if Keyring.file_key_id(path) == self.keyring.primary_id:
+                        continue
+                    with self.keyring.open_file(path) as source:
+                        _encrypt(self.keyring, path, Path(str(path)[:-len(SUFFIX)]), source)
+                    done += 1
+            return done
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
 
     def purge(self, now, retention):
         """Remove the recordings of calls whose last file was finished more
@@ -246,9 +345,11 @@ class RecordingStore:
         """Finish the ``.part`` files a crash left behind (on a thread)."""
         def work():
             done = 0
+            for stale in self.directory.glob("*/*.wav.enc.tmp"):
+                stale.unlink(missing_ok=True)     # a crash while encrypting
             for part in self.directory.glob("*/*.wav.part"):
                 try:
-                    _finish(part, part.with_suffix(""))
+                    _finish(part, part.with_suffix(""), self.keyring)
                     done += 1
                 except OSError as e:
                     self.log.warn("cannot finish the recording {path}: {error}",

@@ -11,7 +11,7 @@ import sys
 
 from siprecd.simulator import invite as invitemod
 from siprecd.simulator.rtp import Impairments
-from siprecd.simulator.runner import CODECS, TRANSPORTS, CallSpec, Target, place_calls
+from siprecd.simulator.runner import CODECS, SRTP_SUITES, TRANSPORTS, CallSpec, Target, place_calls
 from siprecd.siprec.guid import SOURCES
 
 __all__ = ["main", "build_parser"]
@@ -23,6 +23,7 @@ examples:
   siprecd-src -t tls --ca srs-ca.pem srs.example.com
   siprecd-src -n 50 --concurrency 10 --rate 5 --speed 4 --codec PCMA 10.0.0.5
   siprecd-src --loss 5 --jitter 20 --reorder 2 --seed 7 --hold 3:2 --dtmf 6:1234# 10.0.0.5
+  siprecd-src --srtp --srtp-suite AES_CM_128_HMAC_SHA1_32 10.0.0.5
 """
 
 
@@ -148,6 +149,10 @@ def build_parser():
     media.add_argument("--dtmf-stream", choices=invitemod.ROLES, default="customer",
                        help="stream that carries the DTMF (default customer)")
     media.add_argument("--rtcp", action="store_true", help="send RTCP sender reports")
+    media.add_argument("--srtp", action="store_true",
+                       help="offer SDES-SRTP (RTP/SAVP with a=crypto) and send SRTP/SRTCP")
+    media.add_argument("--srtp-suite", type=str.upper, choices=SRTP_SUITES,
+                       help=f"SRTP crypto suite to offer with --srtp (default {SRTP_SUITES[0]})")
     media.add_argument("--rtp-ports", type=_port_range, default=(40000, 49999), metavar="MIN-MAX",
                        help="local RTP port range (default 40000-49999)")
     imp = p.add_argument_group("impairments (repeatable with --seed)")
@@ -175,7 +180,8 @@ def _specs(args):
         customer=args.customer, agent=args.agent, codec=args.codec, flavour=args.flavour,
         guid_style=args.guid_style, hold=args.hold, dtmf=tuple(args.dtmf),
         dtmf_stream=args.dtmf_stream, impairments=impairments, rtcp=args.rtcp,
-        duration=args.duration,
+        duration=args.duration, srtp=args.srtp,
+        srtp_suite=args.srtp_suite or SRTP_SUITES[0],
     )
     return [spec] * args.calls
 
@@ -189,6 +195,8 @@ def main(argv=None):
         parser.error("--ca and --insecure do not go together")
     if args.transport != "tls" and (args.ca or args.insecure or args.tls_server_name):
         parser.error("--ca, --insecure and --tls-server-name are for --transport tls")
+    if args.srtp_suite and not args.srtp:
+        parser.error("--srtp-suite is for --srtp")
     try:
         specs = _specs(args)
     except ValueError as e:

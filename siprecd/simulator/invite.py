@@ -88,17 +88,21 @@ def _addrtype(host):
 
 
 def offer_sdp(host, ports, codec, *, direction="sendonly", session_id="1", version=1,
-              labels=LABELS, telephone_event=True):
+              labels=LABELS, telephone_event=True, crypto=None):
     """Our SDP offer: one audio m-line per stream, one codec each (plus
     telephone-event), the label that ties it to the metadata, and
-    *direction* (``sendonly``; ``inactive`` while on hold)."""
+    *direction* (``sendonly``; ``inactive`` while on hold). *crypto*, one
+    ``a=crypto`` value per stream, makes the m-lines RTP/SAVP (SDES-SRTP)."""
     codec = codec.upper()
     pt = PAYLOAD_TYPES[codec]
     lines = ["v=0", f"o=siprecd-src {session_id} {version} IN {_addrtype(host)} {host}",
              "s=SIPREC", f"c=IN {_addrtype(host)} {host}", "t=0 0"]
-    for port, label in zip(ports, labels):
+    for i, (port, label) in enumerate(zip(ports, labels)):
         formats = f"{pt} {TELEPHONE_EVENT_PT}" if telephone_event else f"{pt}"
-        lines.append(f"m=audio {port} RTP/AVP {formats}")
+        proto = "RTP/SAVP" if crypto else "RTP/AVP"
+        lines.append(f"m=audio {port} {proto} {formats}")
+        if crypto:
+            lines.append(f"a=crypto:{crypto[i]}")
         lines.append(f"a=rtpmap:{pt} {codec}/8000")
         if codec == "G729":
             lines.append(f"a=fmtp:{pt} annexb=no")  # we send no SID frames

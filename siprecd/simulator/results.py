@@ -23,6 +23,7 @@ class StreamResult:
     dtmf_packets: int = 0
     dtmf_digits: str = ""
     rtcp_packets: int = 0
+    srtp_suite: str | None = None   # SRTP: the suite the SRS answered with
     impairments: ImpairmentCounts = attrs.field(factory=ImpairmentCounts)
 
     def to_dict(self):
@@ -99,8 +100,9 @@ class CallResult:
             if not self.answered:
                 break
             where = "refused (port 0)" if s.refused else f"-> {s.destination}"
-            line = (f"  label {s.label} {s.role:<8} {s.codec} from :{s.local_port} {where}: "
-                    f"{s.packets} packets, {s.bytes} bytes")
+            secure = f" SRTP {s.srtp_suite}" if s.srtp_suite else ""
+            line = (f"  label {s.label} {s.role:<8} {s.codec}{secure} from :{s.local_port} "
+                    f"{where}: {s.packets} packets, {s.bytes} bytes")
             if s.dtmf_packets:
                 line += f" ({s.dtmf_packets} DTMF packets for {s.dtmf_digits!r})"
             if s.rtcp_packets:
@@ -192,7 +194,8 @@ _HINTS = {
     422: "the SRS wants a longer session timer",
     480: "the SRS is temporarily unavailable",
     486: "the SRS is busy",
-    488: "the SRS accepts none of the offered media: check the codec against its media.codecs",
+    488: "the SRS accepts none of the offered media: check the codec against its media.codecs "
+         "and SRTP against its media.srtp (its Warning says which)",
     500: "the SRS failed while handling the call: see its log",
     503: "the SRS is at its call limit, draining, not ready, or out of media ports",
 }

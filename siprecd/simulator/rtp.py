@@ -18,6 +18,9 @@ than dependent on timing.
 import struct
 
 import attrs
+import pylibsrtp
+
+from siprecd.media.srtp import SUITES
 
 __all__ = [
     "CLOCK_RATE",
@@ -34,6 +37,7 @@ __all__ = [
     "telephone_event",
     "rtcp_sender_report",
     "rtcp_bye",
+    "srtp_sender",
     "Pacer",
 ]
 
@@ -253,6 +257,19 @@ def rtcp_bye(ssrc, wallclock, rtp_timestamp, packets, octets, cname):
     """The last compound RTCP packet of a stream: SR, SDES, BYE."""
     return (rtcp_sender_report(ssrc, wallclock, rtp_timestamp, packets, octets, cname)
             + struct.pack("!BBHI", 0x81, 203, 1, ssrc))
+
+
+# -- SRTP ---------------------------------------------------------------------
+
+
+def srtp_sender(suite, key):
+    """A libsrtp session that protects what one stream sends (SRTP and
+    SRTCP) with *key* (master key || salt) under the named *suite*."""
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                              srtp_profile=SUITES[suite].profile)
+    # Impairments may send a packet after its successor: not a replay.
+    policy.allow_repeat_tx = True
+    return pylibsrtp.Session(policy=policy)
 
 
 # -- pacing ---------------------------------------------------------------------

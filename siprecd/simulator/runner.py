@@ -21,6 +21,7 @@ import numpy as np
 from twisted.internet import defer
 
 from siprecd.media.codecs import make_encoder
+from siprecd.media.srtp import PREFERENCE as SRTP_SUITES
 from siprecd.simulator import invite as invitemod
 from siprecd.simulator import rtp
 from siprecd.simulator.results import CallResult, StreamResult, Summary
@@ -28,7 +29,8 @@ from siprecd.simulator.uac import ConnectError, SipClient, SiprecCall
 from siprecd.simulator.wav import SAMPLE_RATE, read_wav, tone
 from siprecd.siprec.guid import SOURCES
 
-__all__ = ["Target", "CallSpec", "Prepared", "prepare", "place_calls", "TRANSPORTS", "CODECS"]
+__all__ = ["Target", "CallSpec", "Prepared", "prepare", "place_calls", "TRANSPORTS", "CODECS",
+           "SRTP_SUITES"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
 CODECS = ("PCMU", "PCMA", "G729")
@@ -67,6 +69,9 @@ class CallSpec:
     shorter is padded with silence; *duration* loops or cuts both.
     *hold* is ``(at, seconds)``; *dtmf* is ``[(at, digits), ...]`` sent on
     *dtmf_stream*, each digit *dtmf_duration* long, *dtmf_gap* apart.
+    With *srtp*, the m-lines are RTP/SAVP with an SDES key of the call's
+    own (``a=crypto``, suite *srtp_suite*), and RTP and RTCP go out as
+    SRTP and SRTCP under that key.
     """
 
     customer: object = None
@@ -82,6 +87,9 @@ class CallSpec:
     impairments: rtp.Impairments = rtp.Impairments()
     rtcp: bool = False
     duration: float | None = None
+    srtp: bool = False
+    srtp_suite: str = attrs.field(default=SRTP_SUITES[0], converter=str.upper,
+                                  validator=_one_of(SRTP_SUITES))
 
 
 @attrs.frozen(eq=False)

@@ -14,6 +14,7 @@ over UDP go to the next hop (the first Record-Route, else the SRS's
 Contact) and over TCP/TLS along the one connection.
 """
 
+import os
 import random
 import secrets
 import socket
@@ -28,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from siprecd import __version__
+from siprecd.media import srtp as srtpmod
 from siprecd.simulator import invite as invitemod
 from siprecd.simulator import rtp
 from siprecd.simulator.results import CallResult, StreamResult, explain_status
@@ -398,6 +400,8 @@ class _CallStream:
         self.first_ts = secrets.randbits(32)
         self.cname = f"src-{secrets.token_hex(4)}"
         self.event_pt = None
+        self.srtp_key = None   # our SDES master key || salt, when offering SRTP
+        self.srtp = None       # the libsrtp session protecting what we send
 
 
 class SiprecCall:
@@ -428,6 +432,10 @@ class SiprecCall:
                                  codec=spec.codec.upper())
         self.streams = [_CallStream(i, label, role, spec.codec.upper())
                         for i, (label, role) in enumerate(zip(invitemod.LABELS, invitemod.ROLES))]
+        if spec.srtp:
+            suite = srtpmod.SUITES[spec.srtp_suite]
+            for stream in self.streams:
+                stream.srtp_key = os.urandom(suite.material_length)
         self.done = defer.Deferred()
         self.finished = False
         self.invite = None
@@ -502,10 +510,42 @@ class SiprecCall:
                 break
 
     def _sdp(self, direction):
+        crypto = None
+        if self.spec.srtp:
+            # Tag 1, the same key in every offer of the call (re-INVITEs too).
+            suite = srtpmod.SUITES[self.spec.srtp_suite]
+            crypto = [srtpmod.format_crypto(1, suite, s.srtp_key) for s in self.streams]
         return invitemod.offer_sdp(
             self.media_host, [s.result.local_port for s in self.streams], self.spec.codec,
             direction=direction, session_id=self.sdp_session, version=self.sdp_version,
+            crypto=crypto,
         )
+
+    def _check_srtp(self, stream, media):
+        """Whether the SRS's answer to our SRTP m-line takes our keying: an
+        RTP/SAVP m-line with one a=crypto of our tag and suite and a key
+        of the suite's length. Problems are reported."""
+        label = stream.result.label
+        if media.proto.upper() not in srtpmod.SDES_PROTOS:
+            self.result.problems.append(
+                f"the SRS answered {media.proto} to our SRTP offer on label {label}")
+            return False
+        if len(media.crypto) != 1:
+            self.result.problems.append(
+                f"the SRS answered {len(media.crypto)} a=crypto lines on label {label}, not 1")
+            return False
+        try:
+            answered = srtpmod.parse_crypto(media.crypto[0])
+        except srtpmod.CryptoRefused as e:
+            self.result.problems.append(f"unusable a=crypto in the answer on label {label}: {e}")
+            return False
+        if answered.tag != 1 or answered.suite.name != self.spec.srtp_suite:
+            self.result.problems.append(
+                f"the SRS answered a=crypto tag {answered.tag} {answered.suite.name} on label "
+                f"{label}; we offered tag 1 {self.spec.srtp_suite}")
+            return False
+        stream.result.srtp_suite = answered.suite.name
+        return True
 
     def _build_invite(self, identity, content):
         c = self.client
@@ -696,6 +736,10 @@ class SiprecCall:
             if not (isIPAddress(host) or isIPv6Address(host)):
                 self.result.problems.append(f"the SRS's media address {host!r} is not an IP address")
                 continue
+            if self.spec.srtp:
+                if not self._check_srtp(stream, media):
+                    continue
+                stream.srtp = rtp.srtp_sender(self.spec.srtp_suite, stream.srtp_key)
             stream.dest = (host, media.port)
             rtcp_port = media.rtcp[0] if media.rtcp else media.port + 1
             rtcp_host = media.rtcp[1] if media.rtcp and media.rtcp[1] else host
@@ -753,10 +797,11 @@ class SiprecCall:
 
     def _send_rtp(self, item):
         stream, packet = item
-        stream.rtp.write(packet.data, stream.dest)
+        data = packet.data if stream.srtp is None else stream.srtp.protect(packet.data)
+        stream.rtp.write(data, stream.dest)
         r = stream.result
         r.packets += 1
-        r.bytes += len(packet.data)
+        r.bytes += len(data)
         r.payload_bytes += packet.payload_size
         if packet.kind == "dtmf":
             r.dtmf_packets += 1
@@ -770,6 +815,8 @@ class SiprecCall:
         data = make(stream.ssrc, self.reactor.seconds(),
                     stream.first_ts + int(now * rtp.CLOCK_RATE), stream.result.packets,
                     stream.result.payload_bytes, stream.cname)
+        if stream.srtp is not None:
+            data = stream.srtp.protect_rtcp(data)
         stream.rtcp.write(data, stream.rtcp_dest)
         stream.result.rtcp_packets += 1
 

@@ -11,7 +11,9 @@ otherwise dropped and logged; no exception escapes to the reactor.
 The transaction user (``ua``) implements three calls:
 ``handle_request(request, txn, source)`` for each new request (not ACK or
 CANCEL), ``handle_ack(request, source)``, and
-``handle_cancel(invite_txn)`` when a CANCEL matched a pending INVITE.
+``handle_cancel(invite_txn)`` when a CANCEL matched a pending INVITE; and
+optionally ``admit(request, source)``, asked before a new request gets a
+transaction, returning a response to send statelessly instead (overload).
 """
 
 import ipaddress
@@ -80,7 +82,7 @@ class SipEndpoint:
         # (Call-ID, CSeq number) of INVITEs answered 2xx and not yet ACKed:
         # the ACK for a 2xx has a branch of its own, so it is matched here.
         self._accepted = {}
-        self.counters = {"received": 0, "malformed": 0, "errors": 0}
+        self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0}
 
     # -- input from transports ---------------------------------------------
 
@@ -183,6 +185,15 @@ class SipEndpoint:
             return
         if request.method == "CANCEL":
             self._cancel(request, source)
+            return
+        admit = getattr(self.ua, "admit", None)
+        refusal = admit(request, source) if admit is not None else None
+        if refusal is not None:
+            # Over a limit (siprecd.sip.limits): answered without a
+            # transaction (RFC 3261 §8.2.7), so a flood costs no memory and
+            # no retransmissions; a retransmission is simply answered again.
+            self.counters["refused"] += 1
+            self._send_response(refusal, source)
             return
         txn = self._new_server_txn(request, source)
         if request.method == "INVITE":

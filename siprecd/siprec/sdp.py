@@ -75,6 +75,12 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?", re.A
 _DOTTED = re.compile(r"[0-9.]+", re.ASCII)
 
 
+def _attributes_repr(attributes):
+    """repr() of attribute pairs with SDES keys left out: logs show
+    ``('crypto', '...')``, never the key."""
+    return repr(tuple((n, "...") if n.lower() == "crypto" else (n, v) for n, v in attributes))
+
+
 class SdpError(ValueError):
     """The SDP cannot be used; ``args[0]`` is a short reason fit for a log
     line or a SIP reason phrase."""
@@ -106,10 +112,10 @@ class MediaDescription:
     connection: str | None
     label: str | None
     direction: str
-    crypto: tuple[str, ...]
+    crypto: tuple[str, ...] = attrs.field(repr=False)  # SDES keys: never in a log line
     rtcp: tuple[int, str | None] | None
     ptime: int | None
-    attributes: tuple[tuple[str, str | None], ...]
+    attributes: tuple[tuple[str, str | None], ...] = attrs.field(repr=_attributes_repr)
 
     @property
     def on_hold(self):
@@ -130,8 +136,8 @@ class SessionDescription:
     session_name: str
     connection: str | None
     direction: str | None
-    attributes: tuple[tuple[str, str | None], ...]
-    media: tuple[MediaDescription, ...]
+    attributes: tuple[tuple[str, str | None], ...] = attrs.field(repr=_attributes_repr)
+    media: tuple[MediaDescription, ...] = attrs.field()
 
     def audio(self):
         """The audio m-lines in SDP order (roles are assigned by this order)."""
@@ -147,7 +153,7 @@ class StreamChoice:
     telephone_event: Codec | None = None
     # The answer's a=crypto value once SRTP keys exist; negotiate() never
     # sets it (keys are the session's business), attrs.evolve() does.
-    crypto: str | None = None
+    crypto: str | None = attrs.field(default=None, repr=False)
 
 
 def _is_rtp(proto):

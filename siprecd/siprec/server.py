@@ -18,6 +18,7 @@ from zope.interface import implementer
 from siprecd.interfaces import IDrainable, PortsExhausted
 from siprecd.sip.dialog import Dialog, OutOfOrder
 from siprecd.sip.endpoint import DEFAULT_PORTS, Source
+from siprecd.sip.limits import Admission
 from siprecd.sip.message import make_response, new_tag, parse_uri
 from siprecd.siprec import guid as guidmod
 from siprecd.siprec.metadata import MetadataError, parse_metadata
@@ -62,6 +63,8 @@ class RecordingServer:
         self.draining = False
         self._drained = []
         self._timers = {}        # dialog id -> {name: DelayedCall}
+        # Per-source rate, max_calls, max_streams (siprecd.sip.limits).
+        self.admission = Admission.from_config(config, clock)
         endpoint.ua = self
 
     # -- addresses ------------------------------------------------------------
@@ -107,6 +110,25 @@ class RecordingServer:
         else:
             txn.respond(make_response(request, 405, headers=[("Allow", ALLOWED)]))
 
+    def admit(self, request, source):
+        """Called by the endpoint before it makes a transaction: a 503 to
+        send (statelessly) for a new INVITE or OPTIONS over a limit, else
+        None. In-dialog requests are never refused here."""
+        if request.method not in ("INVITE", "OPTIONS") or request.to.tag is not None:
+            return None
+        calls = len(self.calls) + len(self.pending)
+        streams = self._streams_in_progress() if request.method == "INVITE" else 0
+        return self.admission.check(request, source.host, calls, streams)
+
+    def _streams_in_progress(self):
+        return (sum(len(s.streams) for s in self.calls.values())
+                + sum(len(s.streams) for s in self.pending.values()))
+
+    def stats(self):
+        """Calls and streams in progress and refusals so far (for metrics)."""
+        return {"calls": len(self.calls), "pending": len(self.pending),
+                "streams": self._streams_in_progress(), **self.admission.counters}
+
     def _capabilities(self):
         return [("Allow", ALLOWED), ("Accept", ACCEPTED), ("Supported", ", ".join(SUPPORTED)),
                 ("User-Agent", self.config.sip.user_agent)]
@@ -148,6 +170,11 @@ class RecordingServer:
         except _BadBody as e:
             txn.respond(make_response(request, e.status, e.reason))
             return
+        refusal = self.admission.over_streams(
+            request, source.host, self._streams_in_progress(), len(offer.audio()))
+        if refusal is not None:
+            txn.respond(refusal)
+            return
         dialog = Dialog.from_invite(request, new_tag())  # SipParseError -> 400
         identifiers = guidmod.find_identifiers(request.headers, metadata, request.call_id)
         chosen = guidmod.choose_guid(identifiers, tuple(self.config.sip.guid_sources))
@@ -161,10 +188,10 @@ class RecordingServer:
         try:
             answer, _ = session.apply_offer(
                 offer, codecs=self.codecs, ports=self.ports,
-                address=self._media_address(source),
+                address=self._media_address(source), srtp=self.config.media.srtp,
             )
         except NotAcceptable as e:
-            txn.respond(make_response(request, 488, headers=[("Warning", f'304 siprecd "{e}"')]))
+            txn.respond(_not_acceptable(request, e))
             return
         except PortsExhausted:
             self.log.warn("no free RTP port; refusing call {call_id}", call_id=request.call_id)
@@ -340,14 +367,14 @@ class RecordingServer:
                     offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
                     body, streams_changed = session.apply_offer(
                         offer, codecs=self.codecs, ports=self.ports,
-                        address=self._media_address(source),
+                        address=self._media_address(source), srtp=self.config.media.srtp,
                     )
                     changed = changed or streams_changed
                 except SdpError as e:
                     txn.respond(make_response(request, 400, f"Bad SDP: {_phrase(e)}"))
                     return
-                except NotAcceptable:
-                    txn.respond(make_response(request, 488))
+                except NotAcceptable as e:
+                    txn.respond(_not_acceptable(request, e))
                     return
                 except PortsExhausted:
                     txn.respond(self._unavailable(request, "Media Ports Exhausted"))
@@ -532,6 +559,7 @@ class RecordingService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self.server.admission.flush()
         if not self.server.calls:
             return None
         d = self.server.hang_up_all("shutdown")
@@ -545,6 +573,14 @@ class _BadBody(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _not_acceptable(request, error):
+    """488 with the reason (codecs, SRTP keys) in a Warning (RFC 3261 §20.43)."""
+    text = str(error).encode("ascii", "replace").decode()
+    text = "".join(c if " " <= c < "\x7f" else " " for c in text)
+    text = text.replace("\\", "/").replace('"', "'")[:200]
+    return make_response(request, 488, headers=[("Warning", f'304 siprecd "{text}"')])
 
 
 def _phrase(error):

@@ -11,6 +11,7 @@ import uuid
 
 import attrs
 
+from siprecd.media import srtp as srtpmod
 from siprecd.siprec import sdp as sdpmod
 from siprecd.siprec.metadata import merge_metadata
 
@@ -34,7 +35,8 @@ class RecordedStream:
     remote_host: str | None
     remote_port: int
     on_hold: bool = False
-    crypto: tuple = ()
+    crypto: tuple = attrs.field(default=(), repr=False)   # offered a=crypto values (keys)
+    srtp: object = attrs.field(default=None, repr=False)  # srtp.SrtpChoice of an SRTP stream
 
     @property
     def key(self):
@@ -59,7 +61,7 @@ class RecordingSession:
     ended_reason: str | None = None
     sdp_session_id: str = attrs.field(factory=lambda: str(uuid.uuid4().int % 10**12))
     sdp_version: int = 0
-    answer: bytes | None = None
+    answer: bytes | None = attrs.field(default=None, repr=False)  # holds our SRTP keys
     dialog: object = None
     source: object = None            # endpoint.Source the INVITE came from
     timer: tuple | None = None       # (Session-Expires seconds, refresher) when in use
@@ -84,22 +86,38 @@ class RecordingSession:
     def update_metadata(self, metadata):
         self.metadata = merge_metadata(self.metadata, metadata)
 
-    def apply_offer(self, offer, *, codecs, ports, address, accept_srtp=False):
+    def apply_offer(self, offer, *, codecs, ports, address, accept_srtp=False, srtp=None):
         """Work out the answer to *offer*; returns (answer bytes, changed).
 
         Streams keep their port across offers (matched by label, else by
         m-line position); new labels get new streams and ports; m-lines
-        no longer offered, or refused, give their ports back.
+        no longer offered, or refused, give their ports back. *srtp* is
+        the ``media.srtp`` mode (default "allowed" with *accept_srtp*,
+        else "off"); SRTP streams keep their keys while the SRC's are
+        unchanged (see ``siprecd.media.srtp.secure_choices``).
         """
-        choices = sdpmod.negotiate(offer, tuple(codecs), accept_srtp=accept_srtp)
-        if not any(choices):
-            raise NotAcceptable("no audio stream with a codec in common")
+        mode = srtp or ("allowed" if accept_srtp else "off")
+        choices = sdpmod.negotiate(offer, tuple(codecs), accept_srtp=mode != "off")
         old = {s.key: s for s in self.streams}
+        before = {}
+        for media in offer.media:
+            stream = old.get(("label", media.label) if media.label else ("index", media.index))
+            if stream is not None and stream.srtp is not None:
+                before[media.index] = stream.srtp
+        try:
+            choices, keys = srtpmod.secure_choices(offer, choices, mode, before)
+        except srtpmod.CryptoRefused as e:
+            raise NotAcceptable(str(e)) from None
+        if not any(choices):
+            if mode == "off" and any(m.proto.upper() in srtpmod.SDES_PROTOS for m in offer.media):
+                raise NotAcceptable("SRTP is turned off here (media.srtp) and no plain RTP "
+                                    "audio was offered")
+            raise NotAcceptable("no audio stream with a codec in common")
         new_streams, answer_ports, refused = [], [], []
         allocated = []
         audio_index = -1
         try:
-            for media, choice in zip(offer.media, choices):
+            for media, choice, keying in zip(offer.media, choices, keys):
                 if media.media == "audio":
                     audio_index += 1
                 if choice is None:
@@ -117,7 +135,7 @@ class RecordingSession:
                     index=media.index, audio_index=audio_index, label=media.label,
                     codec=choice.codec, telephone_event=choice.telephone_event,
                     local_port=port, remote_host=media.connection, remote_port=media.port,
-                    on_hold=media.on_hold, crypto=media.crypto,
+                    on_hold=media.on_hold, crypto=media.crypto, srtp=keying,
                 ))
                 answer_ports.append(port)
         except Exception:
@@ -144,6 +162,7 @@ class RecordingSession:
 
 def _describe(streams):
     return [
-        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold)
+        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold,
+         s.srtp.remote if s.srtp is not None else None)
         for s in streams
     ]

@@ -47,8 +47,12 @@ class PostgresStorage(SqlStorage):
     @classmethod
     def from_config(cls, config, reactor):
         """The ``siprecd.storage`` entry point: ``storage.postgresql``."""
+        from siprecd.crypto import keyring_for
+
         section = config.storage.postgresql
-        return cls(reactor, section.dsn or "", section.pool_min, section.pool_max)
+        storage = cls(reactor, section.dsn or "", section.pool_min, section.pool_max)
+        storage.keyring = keyring_for(config)
+        return storage
 
     def _make_pools(self):
         try:

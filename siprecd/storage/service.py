@@ -63,11 +63,25 @@ class StorageService(service.Service):
             "storage: {backend} at {location}, schema version {version}",
             backend=self.storage.name, location=self.storage.location, version=version,
         )
+        self._say_encryption()
         if self._stopping:
             return
         self._loop = task.LoopingCall(self.purge)
         self._loop.clock = self.clock
         self._loop.start(self.purge_interval, now=True)
+
+    def _say_encryption(self):
+        keyring = getattr(self.storage, "keyring", None)
+        if keyring is None:
+            self.log.warn(
+                "storage: no encryption key (storage.encryption): the unredacted text of "
+                "calls that ask for it (redactionOutput unredacted or "
+                "redacted_and_unredacted) and consented recordings are stored in plain form")
+        else:
+            self.log.info(
+                "storage: unredacted text and recordings are encrypted at rest with key "
+                "{key_id} ({count} key(s) configured)", key_id=keyring.primary_id,
+                count=len(keyring.ids))
 
     def purge(self):
         """Purge everything expired, batch after batch; fires with the

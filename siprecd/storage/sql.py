@@ -13,6 +13,7 @@ is retried (``retry_delays``).
 
 import datetime
 import hashlib
+import json
 import secrets
 import uuid
 
@@ -20,6 +21,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from siprecd.crypto import DecryptError, Keyring
 from siprecd.interfaces import IStorage, RecordNotFound, StorageError, StorageUnavailable
 from siprecd.storage import migrate
 from siprecd.storage.records import (
@@ -92,6 +94,10 @@ class SqlStorage:
         self._in_flight = set()
         self._closed = False
         self._verified = {}
+        # siprecd.crypto.Keyring when storage.encryption has a key: then
+        # messages.unredacted_text, and the tokens of messages that keep
+        # unredacted text, are stored encrypted (see _seal/_unseal).
+        self.keyring = None
 
     # Subclass hooks ---------------------------------------------------------
 
@@ -462,11 +468,41 @@ class SqlStorage:
 
     # Messages ---------------------------------------------------------------
 
+    # Encryption at rest. The tokens are encrypted with the unredacted text:
+    # only a message that keeps unredacted text (redactionOutput other than
+    # "redacted") can hold unredacted words in its tokens; redacted tokens
+    # say no more than the redacted text, which is stored plain. The
+    # associated data names the column and the message id: a value moved
+    # to another row or column does not decrypt.
+
+    def _seal(self, m):
+        """(unredacted_text, tokens JSON) as they are written for *m*."""
+        tokens = self.dialect.json(m.tokens)
+        if self.keyring is None or m.unredacted_text is None:
+            return m.unredacted_text, tokens
+        return (self.keyring.encrypt_text(m.unredacted_text, _context("unredacted_text", m.id)),
+                None if tokens is None else self.dialect.json(
+                    self.keyring.encrypt_text(tokens, _context("tokens", m.id))))
+
+    def _unseal(self, message_id, column, value):
+        """A stored value of *column* in the clear (tokens: still JSON text)."""
+        if not Keyring.is_encrypted(value):
+            return value
+        what = f"messages.{column} of message {message_id}"
+        if self.keyring is None:
+            raise DecryptError(f"{what} is encrypted (key {Keyring.key_id_of(value)}) and no key "
+                               "is configured in storage.encryption")
+        return self.keyring.decrypt_text(value, _context(column, message_id), what)
+
     def _message(self, row):
+        tokens = self.dialect.unjson(row["tokens"])
+        if Keyring.is_encrypted(tokens):
+            tokens = json.loads(self._unseal(row["id"], "tokens", tokens))
         return Message(
             id=row["id"], stream_id=row["stream_id"], text=row["text"], start_ms=row["start_ms"],
             end_ms=row["end_ms"], created_ms=row["created_ms"], client_ms=row["client_ms"],
-            unredacted_text=row["unredacted_text"], tokens=self.dialect.unjson(row["tokens"]),
+            unredacted_text=self._unseal(row["id"], "unredacted_text", row["unredacted_text"]),
+            tokens=tokens,
             language=row["language"], sequence=row["sequence"], row_id=row["pk"],
             guid=row["call_guid"], leg_id=row["leg_id"], role=row["role"],
             external_id=row["external_id"], stream_params=self.dialect.unjson(row["stream_params"]),
@@ -491,12 +527,13 @@ class SqlStorage:
         if stream is None:
             raise RecordNotFound(f"no stream {m.stream_id!r}")
         sequence = stream["last_sequence"]
+        unredacted_text, tokens = self._seal(m)
         pk = tx.value(
             "INSERT INTO messages (id, stream_id, call_guid, leg_id, sequence, text,"
             " unredacted_text, tokens, start_ms, end_ms, created_ms, client_ms, language)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
             (m.id, m.stream_id, stream["call_guid"], stream["leg_id"], sequence, m.text,
-             m.unredacted_text, self.dialect.json(m.tokens), int(m.start_ms), int(m.end_ms),
+             unredacted_text, tokens, int(m.start_ms), int(m.end_ms),
              int(m.created_ms), m.client_ms, m.language),
         )
         if targets:
@@ -532,6 +569,40 @@ class SqlStorage:
             (start, end, cursor[0], cursor[1], limit),
         )
         return [self._message(r) for r in rows]
+
+    def rekey_messages(self, after=0, limit=500):
+        """Re-encrypt one batch of messages (pk > *after*, in pk order)
+        under the first configured key: values under older keys, and
+        unredacted values stored in plain form. Fires with (last pk seen
+        or None when done, values rewritten)."""
+        if self.keyring is None:
+            return defer.fail(StorageError("no key is configured in storage.encryption"))
+        return self._write(self._tx_rekey, int(after), int(limit))
+
+    def _tx_rekey(self, tx, after, limit):
+        rows = tx.rows(
+            "SELECT pk, id, unredacted_text, tokens FROM messages"
+            " WHERE pk > ? AND unredacted_text IS NOT NULL ORDER BY pk LIMIT ?"
+            + self.dialect.for_update,
+            (after, limit),
+        )
+        primary = self.keyring.primary_id
+        changed = 0
+        for row in rows:
+            text, tokens = row["unredacted_text"], self.dialect.unjson(row["tokens"])
+            if Keyring.key_id_of(text) == primary and (
+                    tokens is None or Keyring.key_id_of(tokens) == primary):
+                continue
+            text = self._unseal(row["id"], "unredacted_text", text)
+            tokens = (json.loads(self._unseal(row["id"], "tokens", tokens))
+                      if Keyring.is_encrypted(tokens) else tokens)
+            sealed_text = self.keyring.encrypt_text(text, _context("unredacted_text", row["id"]))
+            sealed_tokens = None if tokens is None else self.dialect.json(self.keyring.encrypt_text(
+                self.dialect.json(tokens), _context("tokens", row["id"])))
+            tx.execute("UPDATE messages SET unredacted_text = ?, tokens = ? WHERE pk = ?",
+                       (sealed_text, sealed_tokens, row["pk"]))
+            changed += 1
+        return (rows[-1]["pk"] if len(rows) == limit else None), changed
 
     # Outbox -----------------------------------------------------------------
 
@@ -772,6 +843,10 @@ class SqlStorage:
                       r["error"])
             for r in rows
         ]
+
+
+def _context(column, message_id):
+    return f"messages.{column}\0{message_id}".encode("utf-8")
 
 
 def _detail(error, storage):

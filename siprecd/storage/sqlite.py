@@ -8,9 +8,15 @@ cheaper and fairer than contending for the file lock. Other processes
 (the ``siprecd`` CLI) may write too; they wait up to the busy timeout.
 ``synchronous=FULL``: a transaction reported committed survives a crash of
 the machine, not only of the process.
+
+The database holds transcripts: its folder is made 0700 and the file 0600
+before SQLite opens it (SQLite gives its -wal and -shm files the
+database file's mode); a database found readable by others is made 0600.
 """
 
+import os
 import sqlite3
+import stat
 
 from siprecd.interfaces import StorageError, StorageUnavailable
 from siprecd.storage.pool import SQLITE, ConnectionPool
@@ -35,8 +41,12 @@ class SqliteStorage(SqlStorage):
     @classmethod
     def from_config(cls, config, reactor):
         """The ``siprecd.storage`` entry point: ``storage.sqlite.path``,
-        relative to ``state_dir``."""
-        return cls(reactor, config.in_state_dir(config.storage.sqlite.path))
+        relative to ``state_dir``; ``storage.encryption`` keys."""
+        from siprecd.crypto import keyring_for
+
+        storage = cls(reactor, config.in_state_dir(config.storage.sqlite.path))
+        storage.keyring = keyring_for(config)
+        return storage
 
     def _make_pools(self):
         if sqlite3.sqlite_version_info < _NEEDS:
@@ -45,9 +55,10 @@ class SqliteStorage(SqlStorage):
                 f"{'.'.join(map(str, _NEEDS))} or newer"
             )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise StorageUnavailable(f"cannot create {self.path.parent}: {e.strerror or e}") from None
+        self._tighten()
 
         def pool(minimum, maximum, begin, setup):
             p = ConnectionPool(
@@ -61,6 +72,25 @@ class SqliteStorage(SqlStorage):
         writer = pool(1, 1, "BEGIN IMMEDIATE", self._setup_writer)
         reader = pool(1, _READERS, "BEGIN", self._setup_reader)
         return writer, reader
+
+    def _tighten(self):
+        """The database file (made if need be), -wal and -shm: mode 0600."""
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError:
+            return  # SQLite says what is wrong, in its words, when it opens it
+        for path in (str(self.path), f"{self.path}-wal", f"{self.path}-shm"):
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+                if mode & 0o077:
+                    os.chmod(path, mode & 0o700)
+                    self.log.warn("made {path} private (it was mode {mode:04o})", path=path,
+                                  mode=mode)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.log.warn("cannot make {path} private: {error}", path=path,
+                              error=e.strerror or str(e))
 
     def _setup_reader(self, conn):
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")

@@ -1,0 +1,191 @@
+"""Admission of new SIP work: answers under overload instead of falling over.
+
+:class:`Admission` decides, before any transaction or session state is
+made, whether a new (out-of-dialog) INVITE or OPTIONS is taken:
+
+- a token bucket per source address (``sip.rate_limit``; the API's
+  :class:`~siprecd.api.ratelimit.RateLimiter`, its table bounded here
+  against floods from many addresses), skipped for ``sip.trusted_sources``
+  (the SBCs);
+- for INVITEs, ``sip.max_calls`` calls and ``media.max_streams`` streams in
+  progress (the stream count of the offer itself is checked once its SDP is
+  read, see :meth:`over_streams`).
+
+A refusal is a 503 with ``Retry-After`` and a ``Warning`` saying which
+limit, sent without a transaction (RFC 3261 §8.2.7: a stateless answer
+costs no memory and is never retransmitted; a retransmitted request is
+answered again). Requests inside dialogs (ACK, BYE, re-INVITE, UPDATE...),
+CANCEL and responses never come here: calls in progress are unaffected.
+
+Refusals are counted (``counters``, for metrics and ``stats()``) and
+logged once per burst: the first refusal at once, then one summary when
+refusals have stopped for ``quiet`` seconds. Time comes from the injected
+clock.
+"""
+
+import collections
+import ipaddress
+
+from twisted.logger import Logger
+
+from siprecd.api.ratelimit import RateLimiter
+from siprecd.sip.message import make_response, new_tag
+
+__all__ = ["Admission", "BurstLog", "SourceRateLimiter"]
+
+# Seconds a well-behaved SBC is asked to wait when the node is full.
+FULL_RETRY_AFTER = 30
+_MAX_SOURCES = 50_000
+
+
+class SourceRateLimiter(RateLimiter):
+    """Token buckets per source address, with a bounded table: a flood
+    from many (possibly spoofed) addresses forgets the oldest buckets
+    rather than growing without end."""
+
+    def _forget_full(self, now):
+        super()._forget_full(now)
+        if len(self._buckets) > self.max_keys:
+            oldest = sorted(self._buckets.items(), key=lambda item: item[1][1])
+            for key, _ in oldest[:len(oldest) - self.max_keys // 2]:
+                del self._buckets[key]
+
+
+class BurstLog:
+    """One warning when refusals start, one summary when they stop."""
+
+    def __init__(self, clock, log, what, quiet=10.0):
+        self.clock = clock
+        self.log = log
+        self.what = what
+        self.quiet = quiet
+        self._count = 0
+        self._started = self._last = None
+        self._sources = collections.Counter()
+        self._timer = None
+
+    @property
+    def in_burst(self):
+        return self._count > 0
+
+    def refused(self, source=None, detail=""):
+        now = self.clock.seconds()
+        if self._count == 0:
+            self._started = now
+            self.log.warn(
+                "overload: refusing new SIP requests with 503 ({what}{detail}); more "
+                "refusals are counted and summed up when they stop",
+                what=self.what, detail=f": {detail}" if detail else "", source=source,
+            )
+            self._timer = self.clock.callLater(self.quiet, self._check)
+        self._count += 1
+        self._last = now
+        if source is not None and (source in self._sources or len(self._sources) < 10_000):
+            self._sources[source] += 1
+
+    def _check(self):
+        self._timer = None
+        idle = self.clock.seconds() - self._last
+        if idle < self.quiet:
+            self._timer = self.clock.callLater(self.quiet - idle, self._check)
+            return
+        self.flush()
+
+    def flush(self):
+        """Log the summary of the burst in progress, if any."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self._count:
+            return
+        top = ", ".join(f"{s} ({n})" for s, n in self._sources.most_common(3))
+        self.log.warn(
+            "overload over: {count} new SIP requests refused with 503 ({what}) in "
+            "{seconds:.1f}s{sources}",
+            count=self._count, what=self.what, seconds=self._last - self._started,
+            sources=f" from {len(self._sources)} source(s): {top}" if top else "",
+        )
+        self._count = 0
+        self._sources.clear()
+
+
+class Admission:
+    """See the module docstring. *rate* and *burst* None: no rate limit."""
+
+    log = Logger()
+
+    def __init__(self, clock, *, max_calls, max_streams, rate=None, burst=None, trusted=(),
+                 quiet=10.0):
+        self.clock = clock
+        self.max_calls = max_calls
+        self.max_streams = max_streams
+        self.limiter = (SourceRateLimiter(clock, rate, burst, max_keys=_MAX_SOURCES)
+                        if rate is not None else None)
+        self.trusted = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+        self._trusted_cache = {}
+        self.counters = collections.Counter(rate_limited=0, max_calls=0, max_streams=0)
+        self._logs = {
+            "rate_limited": BurstLog(clock, self.log, "sip.rate_limit per source", quiet),
+            "max_calls": BurstLog(clock, self.log, f"sip.max_calls {max_calls}", quiet),
+            "max_streams": BurstLog(clock, self.log, f"media.max_streams {max_streams}", quiet),
+        }
+
+    @classmethod
+    def from_config(cls, config, clock):
+        limit = config.sip.rate_limit
+        return cls(clock, max_calls=config.sip.max_calls, max_streams=config.media.max_streams,
+                   rate=limit.requests_per_second if limit else None,
+                   burst=limit.burst if limit else None, trusted=config.sip.trusted_sources)
+
+    def is_trusted(self, host):
+        if not self.trusted:
+            return False
+        found = self._trusted_cache.get(host)
+        if found is None:
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+                found = any(address in net for net in self.trusted)
+            except ValueError:
+                found = False
+            if len(self._trusted_cache) > 10_000:
+                self._trusted_cache.clear()
+            self._trusted_cache[host] = found
+        return found
+
+    def check(self, request, host, calls, streams):
+        """A 503 for a new INVITE/OPTIONS from *host* that must be refused,
+        else None. *calls* and *streams*: how many are in progress."""
+        if self.limiter is not None and not self.is_trusted(host):
+            wait = self.limiter.take(host)
+            if wait:
+                return self._refuse(request, "rate_limited", "Rate Limited",
+                                    RateLimiter.retry_after(wait), host,
+                                    "too many new requests from this address")
+        if request.method != "INVITE":
+            return None
+        if calls >= self.max_calls:
+            return self._refuse(request, "max_calls", "Too Many Calls", FULL_RETRY_AFTER, host,
+                                f"at the limit of {self.max_calls} calls")
+        if streams >= self.max_streams:
+            return self._refuse(request, "max_streams", "Too Many Streams", FULL_RETRY_AFTER,
+                                host, f"at the limit of {self.max_streams} streams")
+        return None
+
+    def over_streams(self, request, host, streams, offered):
+        """A 503 when *offered* more streams would pass ``media.max_streams``."""
+        if streams + offered > self.max_streams:
+            return self._refuse(request, "max_streams", "Too Many Streams", FULL_RETRY_AFTER,
+                                host, f"{offered} more would pass the limit of "
+                                      f"{self.max_streams} streams")
+        return None
+
+    def _refuse(self, request, counter, reason, retry_after, host, warning):
+        self.counters[counter] += 1
+        self._logs[counter].refused(host)
+        return make_response(request, 503, reason, to_tag=new_tag(), headers=[
+            ("Retry-After", str(retry_after)), ("Warning", f'399 siprecd "{warning}"')])
+
+    def flush(self):
+        """Log the summaries of bursts in progress (at shutdown)."""
+        for burst in self._logs.values():
+            burst.flush()
