@@ -235,6 +235,7 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         await watcher.ended.get()
         await placed
         placed = None
+        await tree.root.transcription.drain()       # the call's end is processed
         answer = await call(app, "stop", guid)
         assert answer.code == "400-203"
 
