@@ -58,6 +58,7 @@ from collections import deque
 import numpy as np
 from twisted.logger import Logger
 
+from siprecd.clock import monotonic_for
 from siprecd.media.rtp import (
     MalformedPacket,
     looks_like_rtcp,
@@ -396,6 +397,15 @@ class StreamReceiver:
             return None
         times = [t for t in (self._created, self._last_arrival, self._resumed_at) if t is not None]
         return max(times)
+
+    def shift_clock(self, jump, before):
+        """The wall clock stepped forward by *jump* s at *before*: times of
+        life seen before the step move with it, so the step itself does not
+        count as silence."""
+        for name in ("_created", "_last_arrival", "_resumed_at"):
+            value = getattr(self, name)
+            if value is not None and value < before:
+                setattr(self, name, value + jump)
 
     def check_idle(self, timeout, now=None):
         """End the stream ("timeout") if it has been idle for *timeout*
@@ -886,6 +896,10 @@ class ReceiverGroup:
         self._pair_tables = {}
         self._decoder_factory = decoder_factory or _default_decoder
         self._next_idle_check = clock.seconds() + idle_check
+        # (wall, monotonic) at the last idle check: a wall-clock step
+        # forward (NTP) must not look like silence on every stream.
+        self.monotonic = monotonic_for(clock)
+        self._last_idle_check = None
 
     def add(self, receiver):
         self.receivers[receiver] = None
@@ -950,6 +964,15 @@ class ReceiverGroup:
                 self._guard(r.poll, now)
 
     def _check_idle(self, now):
+        mono = self.monotonic()
+        last, self._last_idle_check = self._last_idle_check, (now, mono)
+        if last is not None:
+            jump = (now - last[0]) - (mono - last[1])
+            if jump > 1.0:
+                self.log.warn("the wall clock stepped forward {jump:.1f} s; RTP timeouts "
+                              "do not count the step", jump=jump)
+                for r in tuple(self.receivers):
+                    self._guard(r.shift_clock, jump, now - (mono - last[1]))
         for r in tuple(self.receivers):
             if self._guard(r.check_idle, self.rtp_timeout, now):
                 self.discard(r)

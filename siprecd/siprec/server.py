@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from siprecd.clock import monotonic_for
 from siprecd.interfaces import IDrainable, PortsExhausted
 from siprecd.sip.dialog import Dialog, OutOfOrder
 from siprecd.sip.endpoint import DEFAULT_PORTS, Source
@@ -51,6 +52,7 @@ class RecordingServer:
     def __init__(self, endpoint, clock, config, listener, ports, readiness, codecs=None):
         self.endpoint = endpoint
         self.clock = clock
+        self.monotonic = monotonic_for(clock)
         self.config = config
         # The codecs we answer with, in preference order: media.codecs less
         # any this machine cannot decode (G.729 without libbcg729).
@@ -421,9 +423,18 @@ class RecordingServer:
         old = timers.pop(name, None)
         if old is not None and old.active():
             old.cancel()
-        timers[name] = self.clock.callLater(delay, self._guarded, fn, session)
+        due = self.monotonic() + delay
+        timers[name] = self.clock.callLater(delay, self._guarded, fn, session, name, due)
 
-    def _guarded(self, fn, session):
+    def _guarded(self, fn, session, name=None, due=None):
+        # Twisted's timers follow the wall clock: after a step forward
+        # (NTP) they fire early. Measured on the monotonic clock, the rest
+        # of the wait is waited out instead of hanging calls up.
+        if due is not None:
+            remaining = due - self.monotonic()
+            if remaining > 0.5:
+                self._set_timer(session, name, remaining, fn)
+                return
         try:
             fn()
         except Exception:
