@@ -159,13 +159,17 @@ class ControlApi:
             status, headers, body = errors.envelope(errors.InternalError("internal error"))
         return write_json(request, status, body, headers)
 
-    async def _authenticate(self, request):
-        peer = _peer(request)
+    def _check_address(self, peer, message):
+        """429-01 while *peer* is over its budget of refused credentials
+        (API secrets, cluster secret or download links alike)."""
         wait = self.auth_failures.peek(peer)
         if wait:
             raise errors.TooManyRequests(
-                "too many failed authentications from this address",
-                headers={"Retry-After": RateLimiter.retry_after(wait)})
+                message, headers={"Retry-After": RateLimiter.retry_after(wait)})
+
+    async def _authenticate(self, request):
+        peer = _peer(request)
+        self._check_address(peer, "too many failed authentications from this address")
         api_id = _header(request, self.id_header)
         secret = _header(request, self.secret_header)
         if not api_id or not secret:
@@ -322,11 +326,7 @@ class ControlApi:
         from siprecd.api.forward import SECRET_HEADER, secret_matches
 
         peer = _peer(request)
-        wait = self.auth_failures.peek(peer)
-        if wait:
-            raise errors.TooManyRequests(
-                "too many failed authentications from this address",
-                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        self._check_address(peer, "too many failed authentications from this address")
         given = _header(request, SECRET_HEADER.encode())
         if not secret_matches(self.cluster_secret, given):
             self.auth_failures.take(peer)
@@ -425,11 +425,7 @@ class ControlApi:
 
         path = DOWNLOAD + relative
         peer = _peer(request)
-        wait = self.auth_failures.peek(peer)
-        if wait:
-            raise errors.TooManyRequests(
-                "too many refused links from this address",
-                headers={"Retry-After": RateLimiter.retry_after(wait)})
+        self._check_address(peer, "too many refused links from this address")
         if self.links is None:
             raise errors.NotFound("the File Exporter is not enabled on this node")
         try:
