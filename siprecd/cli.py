@@ -42,7 +42,8 @@ def _run(args):
 
 
 def _check_config(args):
-    from siprecd.tap import EXIT_CONFIG, check_files
+    from siprecd.checks import check_files
+    from siprecd.config import EXIT_CONFIG
 
     try:
         config = configmod.load(args.config)

@@ -13,7 +13,8 @@ from siprecd import config as configmod
 
 __all__ = ["CommandError", "with_storage", "fail"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 78
+EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_CONFIG = configmod.EXIT_CONFIG
 
 
 class CommandError(Exception):
@@ -27,7 +28,7 @@ def fail(message, status=EXIT_FAILURE):
 
 def load_config(path):
     """The checked Config, or raises ConfigError."""
-    from siprecd.tap import check_files, prepare_state_dir
+    from siprecd.checks import check_files, prepare_state_dir
 
     config = configmod.load(path)
     check_files(config)

@@ -26,7 +26,11 @@ from siprecd.structure import (
     structure,
 )
 
-__all__ = ["Config", "ConfigError", "load", "from_dict"]
+__all__ = ["Config", "ConfigError", "load", "from_dict", "EXIT_CONFIG"]
+
+# Exit status of every command for a configuration that cannot be used
+# (sysexits' EX_CONFIG): the daemon, `siprecd run` and every subcommand.
+EXIT_CONFIG = 78
 
 Port = Annotated[int, Range(1, 65535)]
 Positive = Annotated[int, Range(1, None)]

@@ -7,13 +7,11 @@ from twisted.python import usage
 
 from siprecd import config as configmod
 from siprecd import logs, tls
+from siprecd.checks import check_files, prepare_state_dir
+from siprecd.config import EXIT_CONFIG
 from siprecd.service import ListeningPort, SiprecdService, StartupError
 
-__all__ = ["Options", "makeService", "EXIT_CONFIG"]
-
-# Exit status for a configuration that cannot be used (as sysexits' EX_CONFIG).
-EXIT_CONFIG = 78
-
+__all__ = ["Options", "makeService"]
 
 def config_failure(message):
     """Print one line to stderr and exit with EXIT_CONFIG (no traceback)."""
@@ -39,40 +37,6 @@ class Options(usage.Options):
             check_files(self.config)
         except configmod.ConfigError as e:
             config_failure(str(e))
-
-
-def check_files(config):
-    """Checks beyond the schema that need the installation or the
-    filesystem: plug-in names exist, TLS material loads."""
-    from siprecd.asr.backends import check_name as check_asr
-    from siprecd.storage.backends import check_name as check_storage
-
-    from siprecd.webhooks import check_targets
-
-    from siprecd.crypto import keyring_for
-
-    check_storage(config)
-    check_asr(config)
-    check_targets(config)
-    keyring_for(config)
-    if config.api.enabled and config.api.certificate is not None:
-        tls.server_options(
-            config.api.certificate, config.api.private_key, config.api.min_tls_version, where="api"
-        )
-    if config.sip.tls.enabled:
-        tls.listener_options(config.sip.tls, where="sip.tls")
-    if config.metrics.enabled and config.metrics.certificate is not None:
-        tls.server_options(config.metrics.certificate, config.metrics.private_key,
-                           config.metrics.min_tls_version, where="metrics")
-
-
-def prepare_state_dir(config):
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        raise configmod.ConfigError(
-            f"cannot create {config.state_dir}: {e.strerror or e}", "state_dir"
-        ) from None
 
 
 def _wants_own_observer(options):

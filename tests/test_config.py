@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from siprecd import cli, config
-from siprecd.tap import EXIT_CONFIG
+from siprecd.config import EXIT_CONFIG
 from siprecd.tls import make_self_signed
 
 REPO = Path(__file__).resolve().parent.parent

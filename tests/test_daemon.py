@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from siprecd.tap import EXIT_CONFIG
+from siprecd.config import EXIT_CONFIG
 from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.daemon import Daemon, write_config
 

@@ -14,7 +14,8 @@ from siprecd.redact import (
     Policy,
     ReleaseTimer,
 )
-from siprecd.transcribe.numbers import Token, format_numbers
+from siprecd.asr.results import Token
+from siprecd.numbers import format_numbers
 
 
 class Talk:

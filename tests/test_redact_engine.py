@@ -17,7 +17,8 @@ from siprecd.redact import (
     redact_text,
     redact_tokens,
 )
-from siprecd.transcribe.numbers import Token, format_numbers
+from siprecd.asr.results import Token
+from siprecd.numbers import format_numbers
 
 
 def spoken(text, language="en-US", start=0):

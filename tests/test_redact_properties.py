@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from siprecd.redact import CallRedactor, Policy, detect, redact_text, redact_tokens
 from siprecd.redact import tokens as tk
-from siprecd.transcribe.numbers import Token
+from siprecd.asr.results import Token
 
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VOCAB = [

@@ -25,7 +25,8 @@ from siprecd.storage.postgresql import PostgresStorage
 from siprecd.storage.records import Call, Message, Stream
 from siprecd.storage.sqlite import SqliteStorage
 from siprecd.structure import ConfigError
-from siprecd.tap import EXIT_CONFIG, makeService
+from siprecd.config import EXIT_CONFIG
+from siprecd.tap import makeService
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400_000

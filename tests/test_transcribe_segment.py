@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from siprecd.transcribe.numbers import Token, format_numbers, number_language
+from siprecd.asr.results import Token
+from siprecd.numbers import format_numbers, number_language
 from siprecd.transcribe.segment import FRAME, Feed, Finish, Segmenter
 from siprecd.transcribe.timeline import Timeline
 

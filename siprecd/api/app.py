@@ -26,7 +26,7 @@ from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 from siprecd.api import errors
 from siprecd.api.control import StartRequest, check_owner, stop_guid
 from siprecd.api.http import write_json
-from siprecd.api.ratelimit import RateLimiter
+from siprecd.ratelimit import RateLimiter
 from siprecd.interfaces import StorageError
 from siprecd.messages import api_message, iso_ms
 from siprecd.transcribe.errors import BadParameter, TranscriptionError

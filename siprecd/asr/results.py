@@ -1,4 +1,6 @@
-"""What recognisers return: finished utterances with their words.
+"""What recognisers return: finished utterances with their words; and
+:class:`Token`, a word placed on a stream's timeline, which every layer
+above the recogniser (transcription, redaction, storage) shares.
 
 Times are seconds from the first sample the recogniser was given (see
 ``siprecd.interfaces.IRecognizer``). ``from_vosk_json`` reads the JSON that
@@ -10,7 +12,7 @@ import json
 
 import attrs
 
-__all__ = ["Word", "AsrResult", "from_vosk_json"]
+__all__ = ["Word", "AsrResult", "Token", "from_vosk_json"]
 
 
 @attrs.frozen
@@ -19,6 +21,22 @@ class Word:
     start: float
     end: float
     conf: float = 1.0
+
+
+@attrs.frozen
+class Token:
+    """A word of an utterance on the stream's timeline (milliseconds), as
+    the layers above a recogniser carry it: formatted (spoken numbers as
+    digits), redacted, stored and delivered."""
+
+    content: str
+    start: int
+    end: int
+    confidence: float
+
+    def as_dict(self):
+        return {"content": self.content, "start": self.start, "end": self.end,
+                "confidence": round(self.confidence, 4)}
 
 
 @attrs.frozen

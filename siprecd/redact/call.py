@@ -37,6 +37,7 @@ from collections import Counter, deque
 import attrs
 from twisted.logger import Logger
 
+from siprecd.asr.results import Token
 from siprecd.redact import detect
 from siprecd.redact import lexicon as lx
 from siprecd.redact import tokens as tk
@@ -232,8 +233,6 @@ _WHITESPACE = re.compile(r"(\s+)")
 
 def redact_text(text, policy=None, language="en-US", context=()):
     """*text* redacted (whitespace kept as it was); for one-off use."""
-    from siprecd.transcribe.numbers import Token  # late: transcribe imports redact
-
     parts = _WHITESPACE.split(text)
     words = [(i, p) for i, p in enumerate(parts) if p and not p.isspace()]
     result = redact_tokens([Token(p, 0, 0, 1.0) for _, p in words], policy, language, context)

@@ -23,6 +23,7 @@ import json
 import sys
 
 from siprecd import config as configmod
+from siprecd.asr.results import Token
 
 __all__ = ["register"]
 
@@ -77,13 +78,12 @@ class _Lines:
 def _redact(args):
     from siprecd.redact.call import CallRedactor
     from siprecd.redact.policy import Policy
-    from siprecd.tap import EXIT_CONFIG
 
     try:
         config = configmod.load(args.config)
     except configmod.ConfigError as e:
         print(f"siprecd: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return configmod.EXIT_CONFIG
     policy = Policy.from_config(config.redaction)
     format_numbers = config.asr.format_numbers
     calls = {}
@@ -155,8 +155,7 @@ def _parse(line, language):
 
 
 def _tokens(call, meta, format_numbers):
-    from siprecd.transcribe.numbers import Token
-    from siprecd.transcribe.numbers import format_numbers as spoken_to_digits
+    from siprecd.numbers import format_numbers as spoken_to_digits
 
     words = meta["text"].split()
     if "start" in meta or "end" in meta:

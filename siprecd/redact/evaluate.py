@@ -25,6 +25,7 @@ from collections import defaultdict
 
 import attrs
 
+from siprecd.asr.results import Token
 from siprecd.redact import tokens as tk
 from siprecd.redact.call import CallRedactor
 from siprecd.redact.policy import KINDS
@@ -97,7 +98,7 @@ def load(path):
 def replay(entries, policy, clock=time.perf_counter):
     """Run *entries* through one CallRedactor per call, filling in each
     entry's tokens, redaction, spans, hold time and CPU time of its feed."""
-    from siprecd.transcribe.numbers import Token, format_numbers
+    from siprecd.numbers import format_numbers
 
     by_call = defaultdict(list)
     for e in entries:

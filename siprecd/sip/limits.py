@@ -4,7 +4,7 @@
 made, whether a new (out-of-dialog) INVITE or OPTIONS is taken:
 
 - a token bucket per source address (``sip.rate_limit``; the API's
-  :class:`~siprecd.api.ratelimit.RateLimiter`, its table bounded here
+  :class:`~siprecd.ratelimit.RateLimiter`, its table bounded here
   against floods from many addresses), skipped for ``sip.trusted_sources``
   (the SBCs);
 - for INVITEs, ``sip.max_calls`` calls and ``media.max_streams`` streams in
@@ -28,7 +28,7 @@ import ipaddress
 
 from twisted.logger import Logger
 
-from siprecd.api.ratelimit import RateLimiter
+from siprecd.ratelimit import RateLimiter
 from siprecd.sip.message import make_response, new_tag
 
 __all__ = ["Admission", "BurstLog", "SourceRateLimiter"]

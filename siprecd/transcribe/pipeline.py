@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from siprecd.transcribe.numbers import Token
+from siprecd.asr.results import Token
 from siprecd.transcribe.segment import SAMPLE_RATE, Feed, Finish
 from siprecd.transcribe.timeline import Timeline
 

@@ -51,7 +51,7 @@ from siprecd.transcribe.errors import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, Conflict, NoSuchCall,
     NotAllowed, RequestInProgress,
 )
-from siprecd.transcribe.numbers import format_numbers as format_spoken_numbers
+from siprecd.numbers import format_numbers as format_spoken_numbers
 from siprecd.transcribe.pipeline import StreamPipeline
 from siprecd.transcribe.segment import SAMPLE_RATE, Segmenter
 

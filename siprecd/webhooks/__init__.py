@@ -18,7 +18,7 @@ Wiring (in ``siprecd.tap``)::
     webhooks.setServiceParent(root)          # after storage
     root.transcription.on_utterance = webhooks.notify
 
-and ``check_targets(config)`` in ``check_files`` (``check-config``).
+and ``check_targets(config)`` in ``siprecd.checks.check_files`` (``check-config``).
 """
 
 from siprecd.webhooks.delivery import WebhookService, encode_payload

@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from siprecd import config as configmod
-from siprecd.api.ratelimit import RateLimiter
+from siprecd.ratelimit import RateLimiter
 from siprecd.calls import CallRegistry
 from siprecd.media.receiver import ReceiverGroup, StreamReceiver
 from siprecd.media.ports import RangePortAllocator

@@ -1,5 +1,8 @@
 """Spoken numbers as digits: "twenty two" -> "22", "one two three four" -> "1234".
 
+Shared by transcription (smart formatting of every utterance) and
+redaction (its first step, and ``siprecd redact``), so it sits below both.
+
 ``text2num``'s ``alpha2digit`` does the language work (English and Spanish)
 on the utterance's text, where it has the context it needs ("one of them"
 stays words). What is left here is keeping word times: each token of the
@@ -14,24 +17,12 @@ import difflib
 import attrs
 from text_to_num import alpha2digit
 
+from siprecd.asr.results import Token
+
 __all__ = ["Token", "format_numbers", "number_language"]
 
 # alpha2digit's language codes, by the first part of a language tag.
 _LANGUAGES = {"en": "en", "es": "es"}
-
-
-@attrs.frozen
-class Token:
-    """A word of an utterance on the stream's timeline (milliseconds)."""
-
-    content: str
-    start: int
-    end: int
-    confidence: float
-
-    def as_dict(self):
-        return {"content": self.content, "start": self.start, "end": self.end,
-                "confidence": round(self.confidence, 4)}
 
 
 def number_language(language):
