@@ -22,6 +22,8 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from siprecd.hooks import Hook
+
 __all__ = ["ClusterService", "advertise_url"]
 
 _LEASE = "reaper"
@@ -46,7 +48,7 @@ class ClusterService(service.Service):
     name = "cluster"
 
     def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0,
-                 monotonic=time.monotonic):
+                 monotonic=time.monotonic, on_reaped=()):
         self.storage = storage
         self.node = node
         self.clock = clock
@@ -60,13 +62,13 @@ class ClusterService(service.Service):
         self._seen = {}
         self.reaped = {}            # dead node -> (its last heartbeat, guids ended)
         # Told ``(node, guids)`` when a dead node's calls were ended.
-        self.watchers = []
+        self.on_reaped = Hook("on_reaped", *on_reaped)
 
     @classmethod
-    def from_config(cls, config, storage, clock):
+    def from_config(cls, config, storage, clock, on_reaped=()):
         c = config.cluster
         return cls(storage, config.node.name, clock, advertise_url(config),
-                   c.heartbeat_interval, c.dead_after)
+                   c.heartbeat_interval, c.dead_after, on_reaped=on_reaped)
 
     def startService(self):
         service.Service.startService(self)
@@ -130,8 +132,7 @@ class ClusterService(service.Service):
             guids = await self.storage.end_calls_of_node(info.id, "node lost")
             self.reaped[info.id] = (info.heartbeat_ms, guids)
             if guids:
-                for watcher in list(self.watchers):
-                    watcher(info.id, guids)
+                self.on_reaped(info.id, guids)
                 self.log.warn(
                     "cluster: node {dead} not heard from for {seconds:.0f}s; ended its "
                     "{count} calls", dead=info.id, count=len(guids), seconds=silent)

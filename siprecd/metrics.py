@@ -9,12 +9,16 @@ the tests, never share or clash) with two kinds of metric:
   (the media manager's per-stream statistics plus its running totals of
   streams already closed), the ASR queue, webhook counters. Nothing is
   added to the packet path.
-- counted as things happen, through optional hooks the other layers call
-  when set (they never import prometheus_client): each recogniser call
-  (``StreamPipeline.on_asr_call``), each stored utterance
-  (``TranscriptionService.on_stored``), each webhook attempt
-  (``WebhookService.observers``), each API request
-  (``ControlApi.on_request``).
+- counted as things happen, through the hooks (:class:`siprecd.hooks.Hook`)
+  the other parts are given when :mod:`siprecd.node` builds them (they
+  never import prometheus_client): each recogniser call
+  (``TranscriptionService(on_asr_call=...)``), each stored utterance
+  (``on_stored``), each webhook attempt (``WebhookService(on_outcome=...)``),
+  each API request (``ControlApi(on_request=...)``).
+
+What is read at scrape time is named by a :class:`ScrapeSources` record
+given to :class:`MetricsService`: the parts of the node it reads, any of
+which may be absent (a test tree, the API disabled).
 
 :class:`MetricsService` is the listener (a :class:`~siprecd.service.ListeningPort`,
 so it binds in ``privilegedStartService`` and a busy port stops start-up with
@@ -32,6 +36,7 @@ daemon's state from a pool thread).
 import time
 from importlib import metadata
 
+import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -42,7 +47,7 @@ from twisted.web import resource, server
 from siprecd import tls
 from siprecd.service import ListeningPort
 
-__all__ = ["SiprecdMetrics", "MetricsService", "make_site"]
+__all__ = ["SiprecdMetrics", "ScrapeSources", "MetricsService", "make_site"]
 
 SAMPLE_RATE = 8000
 # Utterance latency: the recogniser's endpoint (asr.endpoint_silence) and the
@@ -84,16 +89,27 @@ def _version():
         return "unknown"
 
 
+@attrs.frozen
+class ScrapeSources:
+    """The parts of a node read at each scrape; None where a node has none."""
+
+    readiness: object = None       # siprecd.service.Readiness
+    calls: object = None           # siprecd.calls.CallRegistry
+    media: object = None           # siprecd.media.manager.MediaManager
+    transcription: object = None   # siprecd.transcribe.TranscriptionService
+    webhooks: object = None        # siprecd.webhooks.WebhookService
+
+
 class SiprecdMetrics:
-    """The registry and the instruments; :meth:`attach` hooks them into a
-    daemon's root service. *clock* (an IReactorTime) dates webhook lag
-    against the time storage wrote on each message."""
+    """The registry and the instruments; its methods ``asr_call``,
+    ``utterance_stored``, ``webhook_outcome`` and ``api_request`` are the
+    listeners the node's parts are given. *clock* (an IReactorTime) dates
+    webhook lag against the time storage wrote on each message."""
 
     def __init__(self, node="siprecd", clock=None, process=True):
         self.node = node
         self.version = _version()
         self.clock = clock
-        self.root = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.asr_audio = Counter(
@@ -134,25 +150,6 @@ class SiprecdMetrics:
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
-        r.register(_ScrapeCollector(self))
-
-    # -- wiring ------------------------------------------------------------------
-
-    def attach(self, root):
-        """Read from and hook into *root*'s parts (any may be missing: the
-        API may be disabled, a test tree may have only some)."""
-        self.root = root
-        transcription = getattr(root, "transcription", None)
-        if transcription is not None:
-            transcription.on_asr_call = self.asr_call
-            transcription.on_stored = self.utterance_stored
-        webhooks = getattr(root, "webhooks", None)
-        if webhooks is not None:
-            webhooks.observers.append(self.webhook_outcome)
-        api = getattr(root, "api", None)
-        if api is not None:
-            api.on_request = self.api_request
-        return self
 
     # -- hooks (reactor thread) ---------------------------------------------------------
 
@@ -177,7 +174,7 @@ class SiprecdMetrics:
         self.webhook_duration.labels(target).observe(max(0.0, outcome.elapsed))
         if outcome.kind == "delivered":
             self.webhook_deliveries.labels(target).inc()
-            created = getattr(item.message, "created_ms", None)
+            created = item.message.created_ms
             if created is not None and self.clock is not None:
                 lag = self.clock.seconds() - created / 1000.0
                 self.webhook_lag.labels(target).observe(max(0.0, lag))
@@ -189,7 +186,7 @@ class SiprecdMetrics:
         started = time.perf_counter()
 
         def finished(_):
-            code = str(getattr(request, "code", None) or 200)
+            code = str(request.code or 200)
             self.api_requests.labels(route, code).inc()
             self.api_duration.labels(route).observe(time.perf_counter() - started)
 
@@ -199,32 +196,33 @@ class SiprecdMetrics:
 class _ScrapeCollector:
     """What is read from the daemon at each scrape."""
 
-    def __init__(self, metrics):
+    def __init__(self, metrics, sources):
         self.metrics = metrics
+        self.sources = sources
 
     def describe(self):
         # Names only, so the registry can check them for clashes once.
-        return list(self._families(None))
+        return list(self._families(ScrapeSources()))
 
     def collect(self):
-        return list(self._families(self.metrics.root))
+        return list(self._families(self.sources))
 
-    def _families(self, root):
+    def _families(self, sources):
         m = self.metrics
         info = GaugeMetricFamily("siprecd_info", "This siprecd node (value 1).",
                                  labels=["node", "version"])
         info.add_metric([m.node, m.version], 1)
         yield info
-        readiness = getattr(root, "readiness", None)
+        readiness = sources.readiness
         yield GaugeMetricFamily(
             "siprecd_ready", "1 when the node takes calls (every stage started, ASR ready).",
             value=1 if readiness is not None and readiness.ready else 0)
-        calls = getattr(root, "calls", None)
+        calls = sources.calls
         yield GaugeMetricFamily("siprecd_active_calls", "Recording sessions in progress.",
                                 value=len(calls) if calls is not None else 0)
-        yield from self._media(getattr(root, "media", None))
-        yield from self._transcription(getattr(root, "transcription", None))
-        yield from self._webhooks(getattr(root, "webhooks", None))
+        yield from self._media(sources.media)
+        yield from self._transcription(sources.transcription)
+        yield from self._webhooks(sources.webhooks)
 
     @staticmethod
     def _media(media):
@@ -252,14 +250,10 @@ class _ScrapeCollector:
 
     @staticmethod
     def _transcription(transcription):
-        windows = []
-        if transcription is not None:
-            for call in list(transcription._by_call_id.values()):
-                windows += list(call.windows.values())
+        windows, backlog = transcription.backlog() if transcription is not None else (0, 0)
         yield GaugeMetricFamily("siprecd_transcribed_streams",
                                 "Streams being transcribed now (started and not stopped).",
-                                value=len(windows))
-        backlog = sum(w.pipeline.backlog for w in windows)
+                                value=windows)
         yield GaugeMetricFamily(
             "siprecd_asr_queue_seconds",
             "Audio waiting for speech recognisers, all streams together.",
@@ -312,28 +306,31 @@ class MetricsService(ListeningPort):
     """The /metrics listener (see the module docstring); ``metrics`` is
     its :class:`SiprecdMetrics`."""
 
-    def __init__(self, metrics, host, port, listen, label="Prometheus metrics"):
+    def __init__(self, metrics, sources, host, port, listen, label="Prometheus metrics"):
         super().__init__(label, host, port, listen, "metrics", close_on_drain=False)
         self.name = "metrics"
         self.metrics = metrics
+        metrics.registry.register(_ScrapeCollector(metrics, sources))
 
     @property
     def registry(self):
         return self.metrics.registry
 
     @classmethod
-    def from_config(cls, config, root, reactor):
-        """Built from the ``metrics`` section, hooked into *root* (the
-        daemon's root service, with its parts wired). Raises ConfigError
-        when the TLS files do not load."""
+    def from_config(cls, config, reactor, sources, metrics=None):
+        """Built from the ``metrics`` section: serves *metrics* (a
+        SiprecdMetrics whose listeners the node's parts were given; a new
+        one when None) and reads *sources* (ScrapeSources) at each scrape.
+        Raises ConfigError when the TLS files do not load."""
         m = config.metrics
-        metrics = SiprecdMetrics(node=config.node.name, clock=reactor).attach(root)
+        if metrics is None:
+            metrics = SiprecdMetrics(node=config.node.name, clock=reactor)
         site = make_site(metrics.registry)
         if m.certificate is not None:
             context = tls.server_options(m.certificate, m.private_key, m.min_tls_version,
                                          where="metrics")
-            return cls(metrics, m.host, m.port,
+            return cls(metrics, sources, m.host, m.port,
                        lambda: reactor.listenSSL(m.port, site, context, interface=m.host),
                        label="Prometheus metrics (TLS)")
-        return cls(metrics, m.host, m.port,
+        return cls(metrics, sources, m.host, m.port,
                    lambda: reactor.listenTCP(m.port, site, interface=m.host))

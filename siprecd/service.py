@@ -17,7 +17,7 @@ import signal
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -113,21 +113,36 @@ class ListeningPort(service.Service):
 
 
 class SiprecdService(service.MultiService):
-    """Root of the service tree; see the module docstring."""
+    """Root of the service tree; see the module docstring.
+
+    Made by :meth:`for_node` from a :class:`siprecd.node.Node` (its
+    ``node``), with the node's parts as children in start order; tests
+    also make bare ones (``SiprecdService(config, reactor)``) and add
+    children of their own.
+    """
 
     log = Logger()
 
-    def __init__(self, config, reactor, log_observer=None):
+    def __init__(self, config, reactor, log_observer=None, readiness=None, node=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.readiness = Readiness()
-        self.readiness.wait_for("startup", "starting")
+        self.node = node
+        if readiness is None:
+            readiness = Readiness()
+            readiness.wait_for("startup", "starting")
+        self.readiness = readiness
         self.exit_code = 0
         self.started = None
         self._log_observer = log_observer
-        self.draining = False
-        self._drain_watch = None
+
+    @classmethod
+    def for_node(cls, node, log_observer=None):
+        root = cls(node.config, node.reactor, log_observer=log_observer,
+                   readiness=node.readiness, node=node)
+        for child in node.services:
+            child.setServiceParent(root)
+        return root
 
     def setServiceParent(self, parent):
         # twistd asks the application for an ILogObserver before it falls
@@ -135,10 +150,11 @@ class SiprecdService(service.MultiService):
         # effect under plain `twistd -n siprecd`.
         if self._log_observer is not None:
             from twisted.logger import ILogObserver
+            from twisted.python.components import Componentized
 
-            set_component = getattr(parent, "setComponent", None)
-            if set_component is not None and parent.getComponent(ILogObserver, None) is None:
-                set_component(ILogObserver, self._log_observer)
+            if (isinstance(parent, Componentized)
+                    and parent.getComponent(ILogObserver, None) is None):
+                parent.setComponent(ILogObserver, self._log_observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self):
@@ -153,41 +169,14 @@ class SiprecdService(service.MultiService):
             if isinstance(child, ListeningPort):
                 child.stop_accepting()
 
-    def drain_node(self):
-        """Drain (``siprecd drain``, SIGUSR1): OPTIONS and new INVITEs are
-        answered 503 and /v1/health says so, so the load balancer sends new
-        calls elsewhere; calls in progress go on (start/stop included).
-        Logs once when no call is left, and the node can be stopped."""
-        calls = getattr(self, "calls", None)
-        if not self.draining:
-            self.draining = True
-            self.readiness.wait_for("drain", "draining: new calls are refused")
-            server = getattr(self, "sip_server", None)
-            if server is not None:
-                server.draining = True
-            self.log.info("draining: new calls are refused; {count} calls in progress",
-                          count=len(calls) if calls is not None else 0)
-            self._drain_watch = task.LoopingCall(self._drained)
-            self._drain_watch.clock = self.reactor
-            self._drain_watch.start(1.0, now=True)
-        return {"draining": True, "calls": len(calls) if calls is not None else 0}
-
-    def _drained(self):
-        calls = getattr(self, "calls", None)
-        if calls is None or len(calls) == 0:
-            self.log.info("drained: no calls left; this node can be stopped")
-            self._drain_watch.stop()
-            self._drain_watch = None
-
     def _install_drain_signal(self):
-        import signal
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
+        if self.node is None or threading.current_thread() is not threading.main_thread():
             return
         try:
             signal.signal(signal.SIGUSR1,
-                          lambda *_: self.reactor.callFromThread(self.drain_node))
+                          lambda *_: self.reactor.callFromThread(self.node.drain.start))
         except (ValueError, OSError):
             pass
 
@@ -205,7 +194,7 @@ class SiprecdService(service.MultiService):
 
     async def _start_in_order(self):
         for child in list(self):
-            name = getattr(child, "name", None) or type(child).__name__
+            name = child.name or type(child).__name__
             try:
                 await defer.maybeDeferred(child.startService)
             except Exception as e:
@@ -241,8 +230,8 @@ class SiprecdService(service.MultiService):
 
     async def _stop(self):
         service.Service.stopService(self)
-        if self._drain_watch is not None and self._drain_watch.running:
-            self._drain_watch.stop()
+        if self.node is not None:
+            self.node.drain.stop_watching()
         grace = self.config.node.shutdown_grace
         drainables = [c for c in self if IDrainable.providedBy(c)]
         self.log.info(

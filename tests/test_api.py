@@ -154,10 +154,10 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
 
         # 500-201: transcription cannot start (speech recognition not ready:
         # the backend's own flag, set as a model reload would).
-        tree.root.asr.ready = False
+        tree.root.node.asr.ready = False
         answer = await call(app, "start", guid, autotranscribeParams=ko)
         assert (answer.status, answer.code) == (500, "500-201")
-        tree.root.asr.ready = True
+        tree.root.node.asr.ready = True
 
         started = await call(app, "start", guid, agent="agent-1",
                              autotranscribeParams=dict(ko, detailedToken=True))
@@ -178,8 +178,9 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         assert (answer.status, answer.code) == (403, "403-01")
 
         # 409-202: a second request while the first is still being processed.
-        gated = GatedStorage(tree.root.transcription.storage)
-        tree.root.transcription.storage = gated
+        control = tree.root.node.transcription.control   # where stops store their statistics
+        gated = GatedStorage(control.storage)
+        control.storage = gated
         arrived = gated.hold("update_stream_stats")
         first_stop = call(app, "stop", guid)
         await arrived
@@ -225,7 +226,7 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
 
         # 409-203: the call's BYE is being processed.
         arrived = gated.hold("end_call")
-        tree.root.sip_server.hang_up(session, "test over")
+        tree.root.node.sip_server.hang_up(session, "test over")
         await arrived
         answer = await call(app, "start", guid, agent="agent-3", autotranscribeParams=ko)
         assert (answer.status, answer.code) == (409, "409-203")
@@ -235,7 +236,7 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         await watcher.ended.get()
         await placed
         placed = None
-        await tree.root.transcription.drain()       # the call's end is processed
+        await tree.root.node.transcription.drain()       # the call's end is processed
         answer = await call(app, "stop", guid)
         assert answer.code == "400-203"
 
@@ -244,7 +245,7 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         assert answer.status == 200
         items = answer.body["items"]
         assert items, "the call was transcribed for seconds: utterances expected"
-        stored = await tree.root.storage.messages_for_guid(guid)
+        stored = await tree.root.node.storage.messages_for_guid(guid)
         assert [i["messageId"] for i in items] == [m.id for m in stored]
         for item in items:
             assert set(item) >= {"text", "sender", "messageId", "createdTimestamp",
@@ -278,7 +279,7 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         assert (answer.status, answer.code) == (403, "403-01")
 
         # The audit log has every start and stop, by app.
-        audit = await tree.root.storage.audit_log(guid=guid)
+        audit = await tree.root.node.storage.audit_log(guid=guid)
         actions = [(e.action, e.app_id) for e in reversed(audit)]
         assert actions == [("transcription.started", app.api_id),
                            ("transcription.stopped", app.api_id),
@@ -290,14 +291,14 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         def broken(*args, **kwargs):
             raise RuntimeError("a bug")
 
-        tree.root.api.storage = BrokenStorage(tree.root.storage, "get_call_by_guid", broken)
+        tree.root.node.api.storage = BrokenStorage(tree.root.node.storage, "get_call_by_guid", broken)
         answer = await call(app, "get", f"/conversation/v1/conversations?externalId={guid}")
         assert (answer.status, answer.code) == (500, "500-01")
         assert "bug" not in answer.body["error"]["message"]
     finally:
         if placed is not None:
-            for s in list(tree.root.sip_server.calls.values()):
-                tree.root.sip_server.hang_up(s, "test over")
+            for s in list(tree.root.node.sip_server.calls.values()):
+                tree.root.node.sip_server.hang_up(s, "test over")
         await tree.root.stopService()
         if placed is not None:
             await placed
@@ -349,14 +350,14 @@ async def test_revoked_and_rotated_credentials_are_refused(tmp_path):
         new_secret = json.loads(out.stdout)["apiSecret"]
         # Another process changed the secret: this node's cache of verified
         # secrets trusts the old one for at most 30 s; a fresh node at once.
-        tree.root.storage._verified.clear()
+        tree.root.node.storage._verified.clear()
         answer = await call(tree.app, "get", "/v1/health")
         assert answer.code == "401-01"
         rotated = ApiClient(tree.port, tree.cert, tree.app.api_id, new_secret)
         assert (await call(rotated, "get", "/v1/health")).status == 200
         subprocess.run([siprecd, "apps", "revoke", "-c", str(tree.path), tree.app.api_id],
                        check=True, capture_output=True)
-        tree.root.storage._verified.clear()
+        tree.root.node.storage._verified.clear()
         answer = await call(rotated, "get", "/v1/health")
         assert answer.code == "401-01"
         listed = subprocess.run([siprecd, "apps", "list", "-c", str(tree.path), "--all",
@@ -365,7 +366,7 @@ async def test_revoked_and_rotated_credentials_are_refused(tmp_path):
         assert rows[tree.app.api_id]["revoked"] is not None
         assert rows[tree.other.api_id]["revoked"] is None
         assert "secret" not in listed.stdout.lower()
-        audit = await tree.root.storage.audit_log(app_id=tree.app.api_id)
+        audit = await tree.root.node.storage.audit_log(app_id=tree.app.api_id)
         assert [e.action for e in reversed(audit)] == ["app.created", "app.rotated",
                                                        "app.revoked"]
     finally:

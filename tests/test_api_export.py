@@ -46,7 +46,7 @@ async def test_calls_to_export_to_signed_download_match_get_messages(tmp_path):
         await watcher.ended.get()
         await placed
         placed = None
-        await tree.root.transcription.drain()       # the last utterances stored
+        await tree.root.node.transcription.drain()       # the last utterances stored
         messages = (await call(
             app, "get", f"/conversation/v1/conversation/messages?externalId={guid}")).body["items"]
         assert messages, "a 12 s call with speech gives utterances"
@@ -136,8 +136,8 @@ async def test_calls_to_export_to_signed_download_match_get_messages(tmp_path):
         assert (no_body.status, no_body.code) == (400, "400-01")
     finally:
         if placed is not None:
-            for s in list(tree.root.sip_server.calls.values()):
-                tree.root.sip_server.hang_up(s, "test over")
+            for s in list(tree.root.node.sip_server.calls.values()):
+                tree.root.node.sip_server.hang_up(s, "test over")
         await tree.root.stopService()
         if placed is not None:
             await placed

@@ -301,7 +301,7 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
         assert active["legs"][0]["endTimestamp"] is None
 
         async def transcribed():
-            return await root.storage.messages_for_guid(guid)
+            return await root.node.storage.messages_for_guid(guid)
 
         await until(transcribed, "a first utterance", timeout=CALL_SECONDS)
         stopped = await stop(200)
@@ -355,8 +355,8 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
             print(f"  {sum(counts.values()):4d}  {key}  {dict(sorted(counts.items()))}")
     finally:
         if placed is not None:
-            for s in list(root.sip_server.calls.values()):
-                root.sip_server.hang_up(s, "test over")
+            for s in list(root.node.sip_server.calls.values()):
+                root.node.sip_server.hang_up(s, "test over")
         await root.stopService()
         if placed is not None:
             await placed

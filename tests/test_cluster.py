@@ -50,8 +50,8 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
     placed = None
     try:
         # The nodes advertise where their API is, and see each other.
-        await a.cluster.beat()
-        live = {n.id: n.address for n in await b.storage.live_nodes(3000)}
+        await a.node.cluster.beat()
+        live = {n.id: n.address for n in await b.node.storage.live_nodes(3000)}
         assert live["node-a"] == f"https://127.0.0.1:{cfg_a['api']['port']}"
         assert set(live) == {"node-a", "node-b"}
 
@@ -70,11 +70,11 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
         # The other listeners of the offer run once this one returns; then
         # the call is stored (before the 200 OK), where B can find it.
         await task.deferLater(reactor, 0, lambda: None)
-        await a.transcription._by_guid[guid].stored.wait()
+        await a.node.transcription.calls.by_guid[guid].stored.wait()
 
         started = await call(via_b, "start", guid, autotranscribeParams={"language": "ko"})
         assert started.status == 200, started.body
-        assert a.transcription.is_streaming(guid) and not b.transcription.is_active(guid)
+        assert a.node.transcription.is_streaming(guid) and not b.node.transcription.is_active(guid)
         again = await call(via_b, "start", guid, autotranscribeParams={"language": "ko"})
         assert again.code == "409-201"          # the owner's own answer, passed on
         stopped = await call(via_b, "stop", guid)
@@ -90,14 +90,14 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
                                                                    "guid": guid}},
                             headers={"x-siprecd-cluster-secret": "wrong" * 5})
         assert answer.code == "401-01"
-        assert a.transcription.is_active(guid)
+        assert a.node.transcription.is_active(guid)
 
         # Drain node A: OPTIONS and new calls refused, the call goes on.
         drained = await threads.deferToThread(
             subprocess.run, [SIPRECD, "drain", "-c", str(tmp_path / "a" / "siprecd.yaml")],
             capture_output=True, text=True, timeout=30)
         assert drained.returncode == 0, drained.stderr
-        assert a.draining and a.sip_server.draining
+        assert a.node.drain.draining and a.node.sip_server.draining
         health = await call(via_a, "get", "/v1/health")
         assert health.code == "503-01" and "drain" in health.body["pending"]
         resumed = await call(via_b, "start", guid, autotranscribeParams={"language": "ko"})
@@ -105,14 +105,14 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
 
         # Node A falls silent (its heartbeats stop): B ends its calls.
         reaped = defer.Deferred()
-        b.cluster.watchers.append(lambda node, guids: reaped.called or reaped.callback(node))
-        a.cluster.stopService()
-        stored = await b.storage.get_call_by_guid(guid)
+        b.node.cluster.on_reaped.add(lambda node, guids: reaped.called or reaped.callback(node))
+        a.node.cluster.stopService()
+        stored = await b.node.storage.get_call_by_guid(guid)
         assert stored.state == "active" and stored.node == "node-a"
         assert await reaped.addTimeout(15, reactor) == "node-a"
-        ended = await b.storage.get_call_by_guid(guid)
+        ended = await b.node.storage.get_call_by_guid(guid)
         assert ended.end_reason == "node lost"
-        assert guid in b.cluster.reaped["node-a"][1]
+        assert guid in b.node.cluster.reaped["node-a"][1]
         answer = await call(via_b, "stop", guid)
         assert answer.code == "400-203"
     finally:

@@ -402,12 +402,12 @@ async def test_the_api_serves_encrypted_recordings_decrypted(tmp_path):
     root, written = await start_service_tree(tmp_path, reactor, storage={
         "encryption": {"key_file": str(key)}})
     try:
-        storage = root.storage
+        storage = root.node.storage
         assert storage.keyring.primary_id == key_id(KEY1)
         stream = await conversation(storage, "g-api")
-        path = await record(root.recordings, "g-api", leg=stream.leg_id, seconds=5)
+        path = await record(root.node.recordings, "g-api", leg=stream.leg_id, seconds=5)
         assert path.name.endswith(".wav.enc")
-        with root.recordings.open(path) as f:
+        with root.node.recordings.open(path) as f:
             clear = f.read()
         client = ApiClient(written["api"]["port"], tmp_path / "state" / "tls" /
                            "api-selfsigned.crt", *create_app(tmp_path / "siprecd.yaml"))

@@ -58,7 +58,7 @@ def speech_like(seed, seconds=SECONDS):
 async def record_call(tmp_path, spec, speed=4.0, seed=1, **sections):
     root, cfg = await start_service_tree(tmp_path, reactor, **sections)
     recorder = PcmRecorder()
-    root.media.consumer = recorder
+    root.node.media.consumer = recorder
     try:
         summary = await place_calls(
             reactor, Target("127.0.0.1", cfg["sip"]["udp"]["port"], "udp"), [spec],

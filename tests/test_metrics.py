@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, threads
 
 from siprecd import config as configmod
-from siprecd.metrics import MetricsService
+from siprecd.metrics import MetricsService, ScrapeSources
 from siprecd.service import SiprecdService
 from siprecd.simulator import CallSpec, Target, place_calls
 from siprecd.testing.api import ApiClient, create_app
@@ -56,14 +56,9 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def attach_metrics(root):
-    """The tree's metrics service: tap.makeService's when it made one,
-    else one made and attached the same way (metrics.enabled)."""
-    service = getattr(root, "metrics", None)
-    if service is None:
-        service = root.metrics = MetricsService.from_config(root.config, root, reactor)
-        service.setServiceParent(root)   # the root is running: binds and starts now
-    return service
+def metrics_service(root):
+    """The tree's /metrics listener, which tap.makeService made (metrics.enabled)."""
+    return root.getServiceNamed("metrics")
 
 
 def first():
@@ -105,7 +100,7 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
     watcher = CallWatcher(root)
     placed = None
     try:
-        metrics = attach_metrics(root)
+        metrics = metrics_service(root)
         assert metrics.address.port == port
         path = tmp_path / "siprecd.yaml"
         cert = tmp_path / "state" / "tls" / "api-selfsigned.crt"
@@ -130,10 +125,9 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
         guid = session.guid.value
 
         stored, on_stored = first()
-        counted = root.transcription.on_stored
-        root.transcription.on_stored = lambda m, now: (counted(m, now), on_stored(m))
+        root.node.transcription.on_stored.add(lambda m, now: on_stored(m))
         delivered, on_outcome = first()
-        root.webhooks.observers.append(
+        root.node.webhooks.on_outcome.add(
             lambda item, outcome: outcome is not None and outcome.kind == "delivered"
             and on_outcome(item))
 
@@ -184,12 +178,12 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
             >= 2
         assert value(talking, "siprecd_webhook_delivery_lag_seconds_count", target="crm") >= 1
 
-        root.sip_server.hang_up(session, "test over")
+        root.node.sip_server.hang_up(session, "test over")
         await watcher.ended.get()
         summary = await placed.addTimeout(60, reactor)
         placed = None
         assert summary.calls[0].answered
-        await root.transcription.drain()
+        await root.node.transcription.drain()
         _, after = await scrape(port)
         assert value(after, "siprecd_active_calls") == 0
         assert value(after, "siprecd_active_streams") == 0
@@ -202,8 +196,8 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
             talking, "siprecd_asr_audio_seconds_total")
     finally:
         if placed is not None:
-            for s in list(root.sip_server.calls.values()):
-                root.sip_server.hang_up(s, "test over")
+            for s in list(root.node.sip_server.calls.values()):
+                root.node.sip_server.hang_up(s, "test over")
         await root.stopService()
         if placed is not None:
             await placed
@@ -215,7 +209,7 @@ def bare_root(tmp_path, **metrics):
                                "metrics": dict({"enabled": True, "host": "127.0.0.1"},
                                                **metrics)})
     root = SiprecdService(cfg, reactor)
-    service = MetricsService.from_config(cfg, root, reactor)
+    service = MetricsService.from_config(cfg, reactor, ScrapeSources(readiness=root.readiness))
     service.setServiceParent(root)
     return root, service
 

@@ -91,15 +91,15 @@ def test_cancel_before_answer_over_real_sockets(tmp_path):
 
     root, cfg = yield defer.ensureDeferred(start_service_tree(tmp_path, reactor))
     held = HeldCallListener()
-    root.sip_server.listener = held
+    root.node.sip_server.listener = held
     try:
         result = yield threads.deferToThread(
             run_sipp, SCENARIOS / "cancel.xml", "127.0.0.1", cfg["sip"]["udp"]["port"],
             transport="udp", workdir=tmp_path,
         )
         assert result.returncode == 0, result.report
-        assert len(held.held) == 1 and root.sip_server.pending == {}
-        assert root.sip_server.calls == {} and held.ended == 1
+        assert len(held.held) == 1 and root.node.sip_server.pending == {}
+        assert root.node.sip_server.calls == {} and held.ended == 1
     finally:
         yield root.stopService()
 

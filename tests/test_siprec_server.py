@@ -363,7 +363,7 @@ def test_uas_refresher_sends_update_at_half_time():
 
 
 def test_g729_is_not_offered_without_libbcg729():
-    from siprecd.tap import usable_codecs
+    from siprecd.node import usable_codecs
 
     assert usable_codecs(("G729", "PCMU"), g729_available=False) == ("PCMU",)
     assert usable_codecs(("G729", "PCMU"), g729_available=True) == ("G729", "PCMU")

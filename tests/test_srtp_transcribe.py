@@ -52,7 +52,7 @@ class Watch:
         self.keying = []
         self.stats = {}
         self.log_text = []
-        media = root.media
+        media = root.node.media
         offered, ended = media.call_offered, media.call_ended
 
         def call_offered(session):
@@ -116,9 +116,9 @@ async def srtp_call(tmp_path, backend, spec):
         for stage in root:
             if getattr(stage, "name", None) == "asr" and getattr(stage, "starting", None):
                 await stage.starting
-        service = TranscriptionService.from_config(root.config, root.storage, backend, reactor)
-        root.media.consumer = service
-        listeners = root.sip_server.listener.listeners
+        service = TranscriptionService.from_config(root.config, root.node.storage, backend, reactor)
+        root.node.media.consumer = service
+        listeners = root.node.sip_server.listener.listeners
         listeners[:] = [x for x in listeners if not isinstance(x, TranscriptionService)]
         listeners += [service, StartOnOffer(service)]
         summary = await place_calls(
@@ -127,7 +127,7 @@ async def srtp_call(tmp_path, backend, spec):
         assert summary.ok, summary.format()
         await service.drain()
         (call,) = summary.calls
-        found = await root.storage.messages_for_guid(call.guid)
+        found = await root.node.storage.messages_for_guid(call.guid)
         return found, summary, watch
     finally:
         watch.stop()

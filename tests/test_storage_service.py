@@ -132,8 +132,8 @@ def test_storage_is_the_first_stage_of_the_daemon(tmp_path):
     root = makeService(Options(config), MemoryReactorClock())
     first = list(root)[0]
     assert isinstance(first, StorageService) and first.name == "storage"
-    assert root.storage is first.storage
-    verifyObject(IStorage, root.storage)
+    assert root.node.storage is first.storage
+    verifyObject(IStorage, root.node.storage)
 
 
 # The storage stage -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from siprecd.siprec.session import RecordedStream, RecordingSession
 from siprecd.storage.sqlite import SqliteStorage
 from siprecd.testing.asr import FakeAsrBackend
 from siprecd.testing.siprec_samples import sample_metadata
-from siprecd.transcribe.service import no_redaction
+from siprecd.transcribe import StartRequest, no_redaction
 from siprecd.transcribe import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, NoSuchCall, NotAllowed,
     RequestInProgress, TranscriptionService,
@@ -111,8 +111,14 @@ async def offered(service, session=None, **kw):
     return session
 
 
-def start(service, guid=GUID, customer="cust-1", agent="agent-1", **kw):
-    return service.start(guid, customer, agent, **kw)
+def start(service, guid=GUID, customer="cust-1", agent="agent-1", webhook_target=None,
+          app_id=None, **kw):
+    """start-streaming as the API makes it: the request checked first."""
+    try:
+        request = StartRequest.make(guid, customer, agent, **kw)
+    except Exception:
+        return defer.fail()
+    return service.start(request, app_id=app_id, webhook_target=webhook_target)
 
 
 async def messages(storage, guid=GUID):
@@ -566,7 +572,7 @@ async def test_stored_with_outbox_rows_then_handed_on_in_order(storage):
         handed.append(entry)
         entry[1] = message.id in {m.id for m in await storage.messages_for_guid(GUID)}
 
-    service = make_service(storage, on_utterance=on_utterance)
+    service = make_service(storage, on_utterance=(on_utterance,))
     session = await offered(service)
     line = Line(service, session, 0)
     await start(service, webhook_target="crm")
@@ -654,7 +660,7 @@ async def test_slow_recognisers_keep_order_one_call_at_a_time(storage):
                              for k in range(8)])
     customer.play(speech)
     agent.play(speech)
-    window = next(iter(service._by_guid[GUID].windows.values()))
+    window = next(iter(service.calls.by_guid[GUID].windows.values()))
     assert window.pipeline.backlog > 0        # all of it is queued, none lost
     await service.stop(GUID)
     found = await messages(storage)
@@ -757,13 +763,13 @@ async def test_a_held_utterance_is_released_when_its_hold_back_runs_out(storage)
     stored = defer.Deferred()
     words = ["my", "zip", "is", "1234"]
     service = make_service(storage, fake_backend(words=words), clock=clock,
-                           on_utterance=stored.callback)
+                           on_utterance=(stored.callback,))
     session = await offered(service)
     await start(service)
     Line(service, session, 0).play(np.concatenate([bursts(4), silence(1.5)]))
     # It ends in a number that might go on: held, not stored yet.
     assert not stored.called
-    clock.advance(service.redaction.hold_back)
+    clock.advance(service.utterances.redaction.hold_back)
     message = await stored.addTimeout(10, reactor)
     assert message.text.startswith("my zip is")
     await service.stop(GUID)
@@ -772,7 +778,7 @@ async def test_a_held_utterance_is_released_when_its_hold_back_runs_out(storage)
 @pytest_twisted.ensureDeferred
 async def test_unredacted_text_reaches_no_log_and_no_storage_when_redacted_only(storage):
     handed = []
-    service = make_service(storage, fake_backend(words=PIN_WORDS), on_utterance=handed.append)
+    service = make_service(storage, fake_backend(words=PIN_WORDS), on_utterance=(handed.append,))
     session = await offered(service)
     events = []
 

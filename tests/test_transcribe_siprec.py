@@ -27,7 +27,7 @@ from siprecd.media import codecs
 from siprecd.simulator import CallSpec, Target, place_calls
 from siprecd.testing.asr import KO_LANGUAGE, ko_model_dir
 from siprecd.testing.inprocess import start_service_tree
-from siprecd.transcribe import TranscriptionService
+from siprecd.transcribe import StartRequest, TranscriptionService
 from test_transcribe_service import silence
 from test_transcribe_vosk import (  # noqa: F401 (backend, speech: fixtures)
     MAX_TIME_DIFFERENCE_MS, SENTENCES, backend, conversation, recognise_directly, speech,
@@ -52,8 +52,8 @@ class StartOnOffer:
 
     def call_offered(self, session):
         self.guids.append(session.guid.value)
-        return self.service.start(session.guid.value, "cust-1", "agent-1",
-                                  language=KO_LANGUAGE, detailed_token=True)
+        return self.service.start(StartRequest.make(
+            session.guid.value, "cust-1", "agent-1", language=KO_LANGUAGE, detailed_token=True))
 
     def call_updated(self, session):
         pass
@@ -95,8 +95,8 @@ class StartStopAt:
 
         def send(_):
             if what == "start":
-                d = self.service.start(guid, "cust-1", "agent-1", language=KO_LANGUAGE,
-                                       detailed_token=True)
+                d = self.service.start(StartRequest.make(
+                    guid, "cust-1", "agent-1", language=KO_LANGUAGE, detailed_token=True))
             else:
                 d = self.service.stop(guid)
             d.chainDeferred(done)
@@ -120,10 +120,10 @@ async def run_call(tmp_path, backend, spec, wire):
         for stage in root:
             if getattr(stage, "name", None) == "asr" and getattr(stage, "starting", None):
                 await stage.starting
-        service = TranscriptionService.from_config(root.config, root.storage, backend, reactor)
+        service = TranscriptionService.from_config(root.config, root.node.storage, backend, reactor)
         consumer, listener = wire(service)
-        root.media.consumer = consumer
-        listeners = root.sip_server.listener.listeners
+        root.node.media.consumer = consumer
+        listeners = root.node.sip_server.listener.listeners
         listeners[:] = [x for x in listeners if not isinstance(x, TranscriptionService)]
         listeners += [service] + ([listener] if listener is not None else [])
         summary = await place_calls(
@@ -134,9 +134,9 @@ async def run_call(tmp_path, backend, spec, wire):
         await service.drain()
         (call,) = summary.calls
         guid = call.guid
-        found = await root.storage.messages_for_guid(guid)
-        streams = await root.storage.streams_for_guid(guid)
-        stored_call = await root.storage.get_call_by_guid(guid)
+        found = await root.node.storage.messages_for_guid(guid)
+        streams = await root.node.storage.streams_for_guid(guid)
+        stored_call = await root.node.storage.get_call_by_guid(guid)
         assert stored_call is not None and stored_call.state == "ended"
         return found, streams, summary
     finally:

@@ -215,7 +215,7 @@ async def test_5xx_and_a_refused_connection_are_retried_until_the_receiver_recov
     await add_utterances(storage, streams, 3, ["crm"])
     service, started = running.start(config, storage)
     outcomes = []
-    service.observers.append(lambda item, outcome: outcomes.append(
+    service.on_outcome.add(lambda item, outcome: outcomes.append(
         (item.message.sequence, outcome.kind, outcome.status)))
     await started
     await receiver.wait_for_accepted(3)
@@ -239,7 +239,7 @@ async def test_retry_after_in_seconds_and_as_a_date_is_honoured(
     clock.advance(time.time() + 1)
     service, started = running.start(config, storage, clock=clock)
     seen = []
-    service.observers.append(lambda item, outcome: seen.append(outcome))
+    service.on_outcome.add(lambda item, outcome: seen.append(outcome))
     await started
     start_ms = int(clock.seconds() * 1000)
 

@@ -56,7 +56,7 @@ async def test_ten_thousand_messages_through_a_flaky_receiver(tmp_path):
     written = await add_utterances(storage, streams, PER_STREAM, ["crm"])
     timed_out = collections.Counter()
     service = WebhookService.from_config(config, storage, reactor)
-    service.observers.append(
+    service.on_outcome.add(
         lambda item, outcome: outcome is not None and outcome.timed_out
         and timed_out.update([item.message.id]))
     started = time.monotonic()

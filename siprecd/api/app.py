@@ -24,8 +24,10 @@ from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
 from siprecd.api import errors
-from siprecd.api.control import StartRequest, check_owner, stop_guid
+from siprecd.api.control import check_owner
+from siprecd.transcribe.request import StartRequest, stop_guid
 from siprecd.api.http import write_json
+from siprecd.hooks import Hook
 from siprecd.ratelimit import RateLimiter
 from siprecd.interfaces import StorageError
 from siprecd.messages import api_message, iso_ms
@@ -91,7 +93,7 @@ class ControlApi:
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
                  recordings=None, catalogue=None, links=None, public_url=None,
-                 cluster_secret=None, on_drain=None):
+                 cluster_secret=None, on_drain=None, local_calls=None, on_request=()):
         self.storage = storage
         # Internal requests between nodes (forwarded start/stop, drain).
         self.cluster_secret = cluster_secret
@@ -102,6 +104,8 @@ class ControlApi:
         self.links = links
         self.public_url = public_url.rstrip("/") if public_url else None
         self.calls = calls
+        # Forwarded requests are carried out here, never forwarded again.
+        self.local_calls = local_calls if local_calls is not None else calls
         self.readiness = readiness
         self.node_name = node_name
         self.id_header = id_header.lower().encode("latin-1")
@@ -110,18 +114,20 @@ class ControlApi:
         self.limits = RateLimiter(clock, rate, burst)
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         # on_request(request, route name) as each request is routed (for
-        # siprecd.metrics, which waits for request.notifyFinish()); or None.
-        self.on_request = None
+        # siprecd.metrics, which waits for request.notifyFinish()).
+        self.on_request = Hook("on_request", *on_request)
 
     @classmethod
     def from_config(cls, config, storage, calls, readiness, clock, recordings=None,
-                    catalogue=None, links=None):
+                    catalogue=None, links=None, local_calls=None, on_drain=None,
+                    on_request=()):
         a = config.api
         return cls(storage, calls, readiness, clock, config.node.name, id_header=a.id_header,
                    secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation,
                    recordings=recordings, catalogue=catalogue, links=links,
-                   public_url=a.public_url, cluster_secret=config.cluster.secret)
+                   public_url=a.public_url, cluster_secret=config.cluster.secret,
+                   local_calls=local_calls, on_drain=on_drain, on_request=on_request)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -129,8 +135,7 @@ class ControlApi:
     # -- the pipeline every request goes through ------------------------------------------
 
     def _serve(self, request, handler, kwargs, authenticate):
-        if self.on_request is not None:
-            self.on_request(request, handler.__name__)
+        self.on_request(request, handler.__name__)
         d = defer.ensureDeferred(self._answer(request, handler, kwargs, authenticate))
         return d
 
@@ -332,9 +337,6 @@ class ControlApi:
             self.auth_failures.take(peer)
             raise errors.Unauthorized("internal requests need the cluster secret")
 
-    def _local_calls(self):
-        return getattr(self.calls, "local", self.calls)
-
     @route("/internal/v1/start-streaming", ["POST"], authenticate=False)
     async def internal_start(self, request, app):
         from siprecd.api.forward import app_of
@@ -344,7 +346,7 @@ class ControlApi:
         app = app_of(payload)
         body = payload.get("request")
         start = StartRequest.from_json(body if isinstance(body, dict) else {})
-        result = await self._local_calls().start(app, start)
+        result = await self.local_calls.start(app, start)
         return {"isOk": True, "autotranscribeResponse": result}
 
     @route("/internal/v1/stop-streaming", ["POST"], authenticate=False)
@@ -356,7 +358,7 @@ class ControlApi:
         app = app_of(payload)
         body = payload.get("request")
         guid = stop_guid(body if isinstance(body, dict) else {})
-        result = await self._local_calls().stop(app, guid)
+        result = await self.local_calls.stop(app, guid)
         return {"isOk": True, "autotranscribeResponse": result}
 
     @route("/internal/v1/drain", ["POST"], authenticate=False)
@@ -460,15 +462,13 @@ class ControlApi:
 
     @app.handle_errors(_WerkzeugNotFound)
     def not_found(self, request, failure):
-        if self.on_request is not None:
-            self.on_request(request, "unmatched")
+        self.on_request(request, "unmatched")
         status, headers, body = errors.envelope(errors.NotFound(f"no such path {_path(request)}"))
         return write_json(request, status, body, headers)
 
     @app.handle_errors(_WerkzeugMethodNotAllowed)
     def method_not_allowed(self, request, failure):
-        if self.on_request is not None:
-            self.on_request(request, "unmatched")
+        self.on_request(request, "unmatched")
         allowed = ", ".join(getattr(failure.value, "valid_methods", None) or ())
         error = errors.MethodNotAllowed(
             f"{_method(request)} is not allowed on {_path(request)}",

@@ -3,7 +3,7 @@
 With several nodes behind one SIP load balancer, a call lives on the node
 its INVITE reached (the ``node`` of its stored Call), while the API
 request may reach any node. :class:`ForwardingCalls` wraps this node's
-:class:`~siprecd.api.control.LocalCalls`: a guid this node does not have
+:class:`~siprecd.api.control.LocalCalls` (any ICallController): a guid this node does not have
 is looked up in storage and, when an active call of a live node owns it,
 the request is sent to that node's internal endpoint
 (``/internal/v1/{start,stop}-streaming``) over HTTPS, authenticated with
@@ -22,8 +22,10 @@ import json
 import treq
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from zope.interface import implementer
 
 from siprecd.api import errors
+from siprecd.api.control import ICallController
 from siprecd.interfaces import StorageError
 from siprecd.storage.records import App
 
@@ -49,11 +51,16 @@ class ForwardedError(errors.ApiError):
         self.code = code if isinstance(code, str) and "-" in code else f"{status}-01"
 
 
+@implementer(ICallController)
 class ForwardingCalls:
+    """*local* is this node's ICallController; *storage* finds which node
+    owns a call; *cluster* which nodes are alive and where."""
+
     log = Logger()
 
-    def __init__(self, local, cluster, secret, reactor, ca_bundle=None, agent=None):
+    def __init__(self, local, storage, cluster, secret, reactor, ca_bundle=None, agent=None):
         self.local = local
+        self.storage = storage
         self.cluster = cluster
         self.secret = secret
         self.reactor = reactor
@@ -64,8 +71,12 @@ class ForwardingCalls:
         self.http = treq.client.HTTPClient(agent)
 
     @classmethod
-    def from_config(cls, config, local, cluster, reactor):
-        return cls(local, cluster, config.cluster.secret, reactor, config.cluster.ca_bundle)
+    def from_config(cls, config, local, storage, cluster, reactor):
+        return cls(local, storage, cluster, config.cluster.secret, reactor,
+                   config.cluster.ca_bundle)
+
+    def has_call(self, guid):
+        return self.local.has_call(guid)
 
     async def start(self, app, request):
         owner = await self._owner(request.guid)
@@ -82,10 +93,10 @@ class ForwardingCalls:
     async def _owner(self, guid):
         """The API URL of the live node that owns *guid*, or None to answer
         here (this node has the call, or nobody alive has it)."""
-        if self.local.transcription.is_active(guid) or not self.secret:
+        if self.local.has_call(guid) or not self.secret:
             return None
         try:
-            call = await self.local.storage.get_call_by_guid(guid)
+            call = await self.storage.get_call_by_guid(guid)
             if call is None or call.state != "active" or call.node == self.cluster.node:
                 return None
             return await self.cluster.live_address(call.node)

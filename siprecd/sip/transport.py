@@ -1,5 +1,5 @@
 """Twisted transports for SIP: UDP, TCP and TLS sockets that hand bytes to
-the sans-IO endpoint, and send what it returns.
+the endpoint (:mod:`siprecd.sip.endpoint`), and send what it returns.
 
 Stream connections are framed by :class:`StreamParser` and kept in a table
 by peer address, so requests we send (BYE) reuse the connection the SBC

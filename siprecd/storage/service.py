@@ -32,7 +32,7 @@ class StorageService(service.Service):
     name = "storage"
 
     def __init__(self, storage, clock, node, retention=7 * 86400.0, purge_interval=600.0,
-                 batch_size=500):
+                 batch_size=500, local_purges=()):
         self.storage = storage
         self.clock = clock
         self.node = node
@@ -43,15 +43,15 @@ class StorageService(service.Service):
         self._purging = None
         # More purges run on every tick on EVERY node (files kept beside
         # the database, e.g. recordings): ``purge(now, retention)`` -> Deferred.
-        self.local_purges = []
+        self.local_purges = tuple(local_purges)
         self._stopping = False
 
     @classmethod
-    def from_config(cls, config, reactor):
+    def from_config(cls, config, reactor, local_purges=()):
         """Raises ConfigError (``storage.backend``) for an unknown backend."""
         r = config.retention
         return cls(create_storage(config, reactor), reactor, config.node.name,
-                   r.transcripts, r.purge_interval, r.batch_size)
+                   r.transcripts, r.purge_interval, r.batch_size, local_purges=local_purges)
 
     def startService(self):
         service.Service.startService(self)

@@ -49,7 +49,7 @@ class CallWatcher:
 
         self.offered = defer.DeferredQueue()
         self.ended = defer.DeferredQueue()
-        calls = root.calls
+        calls = root.node.calls
         offered, ended = calls.call_offered, calls.call_ended
 
         def call_offered(session):

@@ -409,7 +409,7 @@ def webhook_config(state_dir, targets, node="test-node", **webhooks):
 def until(service, predicate, timeout=15.0, what="the expected deliveries"):
     """A Deferred firing once ``predicate(service)`` holds for a
     WebhookService (or a list of them, e.g. two nodes), checked after
-    every outcome any of them stores (through their ``observers``); fails
+    every outcome any of them stores (through their ``on_outcome`` hooks); fails
     with TimeoutError naming *what* after *timeout* seconds."""
     from twisted.internet import reactor
 
@@ -430,13 +430,12 @@ def until(service, predicate, timeout=15.0, what="the expected deliveries"):
                 f"timed out after {timeout}s waiting for {what} (stats: {stats})"))
 
     for s in services:
-        s.observers.append(check)
+        s.on_outcome.add(check)
     timer = reactor.callLater(timeout, expire)
 
     def cleanup(result):
         for s in services:
-            if check in s.observers:
-                s.observers.remove(check)
+            s.on_outcome.remove(check)
         if timer.active():
             timer.cancel()
         return result

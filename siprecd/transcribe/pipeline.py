@@ -22,6 +22,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from siprecd.asr.results import Token
+from siprecd.hooks import Hook
 from siprecd.transcribe.segment import SAMPLE_RATE, Feed, Finish
 from siprecd.transcribe.timeline import Timeline
 
@@ -43,7 +44,7 @@ class StreamPipeline:
     log = Logger()
 
     def __init__(self, recognizer, segmenter, on_utterance, *, warn_backlog=10 * SAMPLE_RATE,
-                 max_backlog=120 * SAMPLE_RATE, log_context=None):
+                 max_backlog=120 * SAMPLE_RATE, log_context=None, on_asr_call=()):
         self.recognizer = recognizer
         self.segmenter = segmenter
         self.on_utterance = on_utterance
@@ -68,8 +69,8 @@ class StreamPipeline:
         self._behind = False
         self._dropping = False
         # on_asr_call(audio seconds, busy seconds, ok) after each recogniser
-        # call, for metrics; None: not measured.
-        self.on_asr_call = None
+        # call, for metrics.
+        self.on_asr_call = Hook("on_asr_call", *on_asr_call)
 
     @property
     def backlog(self):
@@ -156,12 +157,10 @@ class StreamPipeline:
 
     def _done(self, results, op, started=None):
         self._busy = False
-        if self.on_asr_call is not None and started is not None:
-            try:
-                self.on_asr_call(len(op) / SAMPLE_RATE if isinstance(op, Feed) else 0.0,
-                                 time.perf_counter() - started, not isinstance(results, Failure))
-            except Exception:
-                self.log.failure("on_asr_call failed on stream {stream_id}", **self.context)
+        if self.on_asr_call and started is not None:
+            self.on_asr_call(len(op) / SAMPLE_RATE if isinstance(op, Feed) else 0.0,
+                             time.perf_counter() - started, not isinstance(results, Failure),
+                             **self.context)
         if isinstance(results, Failure):
             self.errors += 1
             # Once per window, as one line: a broken recogniser fails every

@@ -12,13 +12,11 @@
 - :mod:`~siprecd.webhooks.state`: which targets are disabled, on disk;
 - :mod:`~siprecd.webhooks.cli`: ``siprecd webhooks ...``.
 
-Wiring (in ``siprecd.tap``)::
-
-    webhooks = WebhookService.from_config(config, root.storage, reactor)
-    webhooks.setServiceParent(root)          # after storage
-    root.transcription.on_utterance = webhooks.notify
-
-and ``check_targets(config)`` in ``siprecd.checks.check_files`` (``check-config``).
+Wiring (in :func:`siprecd.node.build_node`): the service is made after
+storage (so it stops before storage closes) and its ``notify`` is one of
+the transcription service's ``on_utterance`` listeners, told of each
+utterance once it is stored; ``check_targets(config)`` runs in
+``siprecd.checks.check_files`` (start-up and ``check-config``).
 """
 
 from siprecd.webhooks.delivery import WebhookService, encode_payload

@@ -51,6 +51,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from siprecd.hooks import Hook
 from siprecd.interfaces import IDrainable
 from siprecd.messages import webhook_payload
 from siprecd.webhooks.sender import DELIVERED, GONE, PERMANENT, TargetSender
@@ -95,7 +96,7 @@ class WebhookService(service.Service):
 
     ``stats`` counts what happened (``delivered``, ``attempts``,
     ``retries``, ``timeouts``, ``possible_duplicates``, ``dead``,
-    ``parked``...); ``observers`` are called with ``(item, outcome)``
+    ``parked``...); ``on_outcome`` listeners are called with ``(item, outcome)``
     once the outcome of an attempt is stored, and with ``(item, None)``
     when a row is parked or dead-lettered without an attempt.
     """
@@ -105,7 +106,7 @@ class WebhookService(service.Service):
 
     def __init__(self, storage, senders, node, states, reactor, clock=None, *, concurrency=20,
                  max_attempts=50, backoff_initial=1.0, backoff_max=300.0, poll_interval=2.0,
-                 disabled_recheck=3600.0, random=None):
+                 disabled_recheck=3600.0, random=None, on_outcome=()):
         self.storage = storage
         self.senders = dict(senders)
         self.node = node
@@ -122,7 +123,7 @@ class WebhookService(service.Service):
         worst = max((s.worst_case for s in self.senders.values()), default=0.0)
         self.lease_ms = int(max(_MIN_LEASE, worst + LEASE_MARGIN) * 1000)
         self.stats = collections.Counter()
-        self.observers = []
+        self.on_outcome = Hook("on_outcome", *on_outcome)
         self._accepting = False
         self._loop = None
         self._claiming = None
@@ -142,7 +143,7 @@ class WebhookService(service.Service):
         self._claim_error_logged = False
 
     @classmethod
-    def from_config(cls, config, storage, reactor, clock=None):
+    def from_config(cls, config, storage, reactor, clock=None, on_outcome=()):
         """Build from the ``webhooks`` section; raises ConfigError naming
         the key when a target's TLS files do not load."""
         w = config.webhooks
@@ -154,7 +155,8 @@ class WebhookService(service.Service):
         return cls(storage, senders, config.node.name, TargetStates.for_config(config), reactor,
                    clock, concurrency=w.concurrency, max_attempts=w.max_attempts,
                    backoff_initial=w.backoff_initial, backoff_max=w.backoff_max,
-                   poll_interval=w.poll_interval, disabled_recheck=w.disabled_recheck)
+                   poll_interval=w.poll_interval, disabled_recheck=w.disabled_recheck,
+                   on_outcome=on_outcome)
 
     def _now_ms(self):
         return int(self.clock.seconds() * 1000)
@@ -441,12 +443,8 @@ class WebhookService(service.Service):
         self._observe(item, outcome)
 
     def _observe(self, item, outcome):
-        """Tell the observers (after storage has the outcome)."""
-        for observer in list(self.observers):
-            try:
-                observer(item, outcome)
-            except Exception:
-                self.log.failure("webhooks: an outcome observer failed")
+        """Tell the listeners (after storage has the outcome)."""
+        self.on_outcome(item, outcome)
 
     async def _record(self, item, sender, outcome, keys):
         now = self._now_ms()

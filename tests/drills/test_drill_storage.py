@@ -33,12 +33,9 @@ class Stored:
     def __init__(self, root):
         self.messages = []
         self._waiters = []
-        service = root.transcription
-        previous = service.on_stored
+        service = root.node.transcription
 
         def on_stored(message, now_ms):
-            if previous is not None:
-                previous(message, now_ms)
             self.messages.append(message)
             for waiter in list(self._waiters):
                 count, d = waiter
@@ -46,7 +43,7 @@ class Stored:
                     self._waiters.remove(waiter)
                     reactor.callLater(0, d.callback, list(self.messages))
 
-        service.on_stored = on_stored
+        service.on_stored.add(on_stored)
 
     def wait(self, count, timeout=30.0):
         """Fires once *count* utterances in all have been stored."""
@@ -64,7 +61,7 @@ async def start_tree(tmp_path, receiver, **sections):
                                       "ca_bundle": str(tmp_path / "pki" / "ca.pem")}},
                   "backoff_initial": "0.2s", "backoff_max": "1s", "poll_interval": "0.5s"},
         **sections)
-    app, secret = await root.storage.create_app("crm")
+    app, secret = await root.node.storage.create_app("crm")
     state = root.config.state_dir
     api = ApiClient(cfg["api"]["port"], state / "tls" / "api-selfsigned.crt", app.api_id, secret)
     return root, cfg, api
@@ -143,7 +140,7 @@ async def test_disk_full_under_sqlite(tmp_path, disk, asr_plugin, authority, rec
     with drills.LogWatch(reactor) as logs:
         root, cfg, api = await start_tree(tmp_path, receiver, **sections)
         stored = Stored(root)
-        filler = disk if disk is not None else PageLimit(root.storage)
+        filler = disk if disk is not None else PageLimit(root.node.storage)
         how = (f"a {disk.size_mb} MiB tmpfs under state_dir filled to the last byte"
                if disk is not None else "SQLite max_page_count = current size")
         placed = None
@@ -177,12 +174,12 @@ async def test_disk_full_under_sqlite(tmp_path, disk, asr_plugin, authority, rec
             count = len(stored.messages)
             await stored.wait(count + 2)
             # siprecd hangs up (BYE): the call's end and its stats are stored too.
-            await root.sip_server.hang_up(root.calls.get(guid), "drill over")
+            await root.node.sip_server.hang_up(root.node.calls.get(guid), "drill over")
             summary = await placed.addTimeout(30, reactor)
             placed = None
-            await root.transcription.drain()
-            found = await root.storage.messages_for_guid(guid)
-            streams = await root.storage.streams_for_guid(guid)
+            await root.node.transcription.drain()
+            found = await root.node.storage.messages_for_guid(guid)
+            streams = await root.node.storage.streams_for_guid(guid)
         finally:
             if placed is not None:
                 placed.cancel()
@@ -267,9 +264,9 @@ async def test_postgresql_restarted_and_connections_killed_mid_call(
                     drills.sip_options, "127.0.0.1", cfg["sip"]["udp"]["port"])
                 summary = await placed.addTimeout(40, reactor)
                 placed = None
-                await root.transcription.drain()
-                found = await root.storage.messages_for_guid(guid)
-                call = await root.storage.get_call_by_guid(guid)
+                await root.node.transcription.drain()
+                found = await root.node.storage.messages_for_guid(guid)
+                call = await root.node.storage.get_call_by_guid(guid)
                 await receiver.wait_for(lambda r: {x.json["messageId"] for x in r.accepted}
                                     >= {m.id for m in found}, timeout=30)
             finally:
