@@ -8,18 +8,20 @@ came in on while it is open, else to ``received``:``rport`` or the sent-by
 address. Malformed input gets a 400 when a response can be formed and is
 otherwise dropped and logged; no exception escapes to the reactor.
 
-The transaction user (``ua``) implements three calls:
-``handle_request(request, txn, source)`` for each new request (not ACK or
-CANCEL), ``handle_ack(request, source)``, and
-``handle_cancel(invite_txn)`` when a CANCEL matched a pending INVITE; and
-optionally ``admit(request, source)``, asked before a new request gets a
-transaction, returning a response to send statelessly instead (overload).
+The transaction user (``ua``, bound with :meth:`SipEndpoint.bind`)
+provides :class:`ITransactionUser`: ``admit`` asked before a new request
+gets a transaction (a response to send statelessly instead, on overload),
+``handle_request`` for each new request (not ACK or CANCEL),
+``handle_ack``, ``handle_ack_timeout``, ``handle_cancel`` when a CANCEL
+matched a pending INVITE, and ``handle_stray_response``.
 """
 
 import ipaddress
 
 import attrs
 from twisted.logger import Logger
+from zope.interface import Interface
+from zope.interface.verify import verifyObject
 
 from siprecd.sip.message import (
     KeepAlive,
@@ -68,6 +70,30 @@ def _is_ip(host):
     return True
 
 
+class ITransactionUser(Interface):
+    """What the endpoint hands requests and transaction events to (the
+    recording server), bound with :meth:`SipEndpoint.bind`."""
+
+    def admit(request, source):
+        """Asked before a new request gets a transaction: None to go on, or
+        a response to send statelessly instead (overload)."""
+
+    def handle_request(request, txn, source):
+        """A new request (not ACK or CANCEL) in its server transaction."""
+
+    def handle_ack(request, source):
+        """An ACK (for a 2xx: matched by Call-ID and CSeq number)."""
+
+    def handle_ack_timeout(request):
+        """No ACK came for the 2xx to *request* (RFC 6026 Timer L)."""
+
+    def handle_cancel(invite_txn):
+        """A CANCEL matched the pending INVITE transaction *invite_txn*."""
+
+    def handle_stray_response(response, source):
+        """A response that matched no client transaction."""
+
+
 class SipEndpoint:
     log = Logger()
 
@@ -76,13 +102,18 @@ class SipEndpoint:
         self.transports = transports
         self.max_message_size = max_message_size
         self.timers = timers
-        self.ua = None
+        self.ua = None           # the ITransactionUser, once bound
         self.server_txns = {}
         self.client_txns = {}
         # (Call-ID, CSeq number) of INVITEs answered 2xx and not yet ACKed:
         # the ACK for a 2xx has a branch of its own, so it is matched here.
         self._accepted = {}
         self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0}
+
+    def bind(self, ua):
+        """Hand requests to *ua* (an ITransactionUser) from now on."""
+        verifyObject(ITransactionUser, ua)
+        self.ua = ua
 
     # -- input from transports ---------------------------------------------
 
@@ -186,8 +217,7 @@ class SipEndpoint:
         if request.method == "CANCEL":
             self._cancel(request, source)
             return
-        admit = getattr(self.ua, "admit", None)
-        refusal = admit(request, source) if admit is not None else None
+        refusal = self.ua.admit(request, source) if self.ua is not None else None
         if refusal is not None:
             # Over a limit (siprecd.sip.limits): answered without a
             # transaction (RFC 3261 §8.2.7), so a flood costs no memory and
@@ -235,9 +265,8 @@ class SipEndpoint:
 
     def _no_ack(self, request):
         self._accepted.pop((request.call_id, request.cseq[0]), None)
-        handler = getattr(self.ua, "handle_ack_timeout", None)
-        if handler is not None:
-            handler(request)
+        if self.ua is not None:
+            self.ua.handle_ack_timeout(request)
 
     def _forget_server(self, txn):
         self.server_txns.pop(txn.key, None)
@@ -268,9 +297,8 @@ class SipEndpoint:
         cseq_method = response.cseq[1]
         txn = self.client_txns.get(client_key(vias[0].branch, cseq_method))
         if txn is None:
-            handler = getattr(self.ua, "handle_stray_response", None)
-            if handler is not None:
-                handler(response, source)
+            if self.ua is not None:
+                self.ua.handle_stray_response(response, source)
             return
         txn.receive_response(response)
 

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from siprecd.clock import monotonic_for
 from siprecd.interfaces import IDrainable, PortsExhausted
 from siprecd.sip.dialog import Dialog, OutOfOrder
-from siprecd.sip.endpoint import DEFAULT_PORTS, Source
+from siprecd.sip.endpoint import DEFAULT_PORTS, ITransactionUser, Source
 from siprecd.sip.limits import Admission
 from siprecd.sip.message import make_response, new_tag, parse_uri
 from siprecd.siprec import guid as guidmod
@@ -46,6 +46,7 @@ def local_address_towards(host):
             return "127.0.0.1"
 
 
+@implementer(ITransactionUser)
 class RecordingServer:
     log = Logger()
 
@@ -67,7 +68,7 @@ class RecordingServer:
         self._timers = {}        # dialog id -> {name: DelayedCall}
         # Per-source rate, max_calls, max_streams (siprecd.sip.limits).
         self.admission = Admission.from_config(config, clock)
-        endpoint.ua = self
+        endpoint.bind(self)
 
     # -- addresses ------------------------------------------------------------
 
