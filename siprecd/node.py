@@ -111,14 +111,10 @@ def build_node(config, reactor):
     of what cannot be built (an unknown backend, TLS files that do not
     load, a link key that cannot be read)."""
     from siprecd.asr import AsrService
-    from siprecd.calls import CallListeners, CallRegistry
     from siprecd.cluster import ClusterService
     from siprecd.export import ExportService
-    from siprecd.media.manager import MediaManager, SocketAwarePorts
-    from siprecd.media.ports import RangePortAllocator
-    from siprecd.media.transport import MediaTransport
     from siprecd.recordings import RecordingStore
-    from siprecd.siprec.server import RecordingServer, RecordingService
+    from siprecd.siprec.server import RecordingService
     from siprecd.storage import StorageService
     from siprecd.transcribe import TranscriptionService
     from siprecd.webhooks import WebhookService
@@ -158,33 +154,9 @@ def build_node(config, reactor):
         on_utterance=(webhooks.notify,), on_stored=listener(lambda m: m.utterance_stored),
         on_asr_call=listener(lambda m: m.asr_call))
 
-    # SIP and RTP: one socket pair per stream, bound before the 200 OK.
-    from siprecd.sip.endpoint import SipEndpoint
-    from siprecd.sip.transport import Transports
-
-    sip = config.sip
-    transports = Transports(reactor)
-    endpoint = SipEndpoint(reactor, transports, max_message_size=sip.max_message_size)
-    ports = SocketAwarePorts(RangePortAllocator(
-        reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine,
-        probe_host=config.media.host,
-    ))
-    calls = CallRegistry()
-    media_transport = MediaTransport(reactor, config.media)
-
-    def hang_up(session, reason):
-        # The media manager hangs up a call whose streams all went silent,
-        # through the recording server made just below (which needs it).
-        return sip_server.hang_up(session, reason)
-
-    media = MediaManager(media_transport, transcription, ports, hang_up=hang_up)
-    sip_server = RecordingServer(
-        endpoint, reactor, config, CallListeners(calls, media, transcription), ports, readiness,
-        codecs=usable_codecs(config.media.codecs),
-    )
+    calls, media, media_transport, sip_server, sip_ports = _sip_and_media(
+        config, reactor, transcription, readiness)
     drain = Drain(readiness, sip_server, calls, reactor)
-    sip_ports = _sip_listeners(config, reactor, endpoint, transports)
-
     calls_controller = api = None
     api_ports = ()
     if config.api.enabled:
@@ -205,6 +177,40 @@ def build_node(config, reactor):
     return Node(config, reactor, readiness, storage, recordings, asr_service.backend,
                 transcription, webhooks, export, cluster, calls, media, media_transport,
                 sip_server, drain, calls_controller, api, metrics, tuple(services))
+
+
+def _sip_and_media(config, reactor, transcription, readiness):
+    """SIP and RTP: the recording server, the media plane (one socket pair
+    per stream, bound before the 200 OK names it) and the SIP listeners."""
+    from siprecd.calls import CallListeners, CallRegistry
+    from siprecd.media.manager import MediaManager, SocketAwarePorts
+    from siprecd.media.ports import RangePortAllocator
+    from siprecd.media.transport import MediaTransport
+    from siprecd.sip.endpoint import SipEndpoint
+    from siprecd.sip.transport import Transports
+    from siprecd.siprec.server import RecordingServer
+
+    transports = Transports(reactor)
+    endpoint = SipEndpoint(reactor, transports, max_message_size=config.sip.max_message_size)
+    ports = SocketAwarePorts(RangePortAllocator(
+        reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine,
+        probe_host=config.media.host,
+    ))
+    calls = CallRegistry()
+    media_transport = MediaTransport(reactor, config.media)
+
+    def hang_up(session, reason):
+        # The media manager hangs up a call whose streams all went silent,
+        # through the recording server made just below (which needs it).
+        return sip_server.hang_up(session, reason)
+
+    media = MediaManager(media_transport, transcription, ports, hang_up=hang_up)
+    sip_server = RecordingServer(
+        endpoint, reactor, config, CallListeners(calls, media, transcription), ports, readiness,
+        codecs=usable_codecs(config.media.codecs),
+    )
+    sip_ports = _sip_listeners(config, reactor, endpoint, transports)
+    return calls, media, media_transport, sip_server, sip_ports
 
 
 def _sip_listeners(config, reactor, endpoint, transports):
