@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from siprecd.testing import drills
-from siprecd.testing.api import create_app
-from siprecd.testing.daemon import write_config
+from harness import drills
+from harness.api import create_app
+from harness.daemon import write_config
 
 START = "/mg-autotranscribe/v1/start-streaming"
 STOP = "/mg-autotranscribe/v1/stop-streaming"

@@ -11,10 +11,10 @@ import struct
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from harness import drills
+from harness.api import ApiClient, create_app
+from harness.daemon import write_config
 from siprecd.media.rtp import build_rtp
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import write_config
 
 CALL_SECONDS = 8.0
 DATAGRAMS = 4000

@@ -15,7 +15,7 @@ things for real and to tell what was lost.
   :func:`media_ports` -- a media port range of the drills' own.
 - :func:`sip_options` -- an OPTIONS probe (UDP with retransmissions, or TCP);
   :func:`api_until` -- an API answer awaited with a bound.
-- :class:`DrillDaemon` -- :class:`~siprecd.testing.daemon.Daemon` that can
+- :class:`DrillDaemon` -- :class:`~harness.daemon.Daemon` that can
   also count what it has logged so far without waiting.
 - :class:`LogWatch` -- the same for a service tree in the test's process.
 - :class:`SmallDisk` -- a real, small file system (tmpfs) that can be
@@ -45,10 +45,10 @@ from twisted.internet import defer, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 
+from harness.daemon import Daemon
 from siprecd.asr.common import normalise_language
 from siprecd.interfaces import IASRBackend
 from siprecd.testing.asr import FakeAsrBackend, FakeRecognizer
-from siprecd.testing.daemon import Daemon
 
 __all__ = [
     "ASR_ENV", "DrillAsrBackend", "FailingRecognizer", "DrillAsrError", "asr_plugin_path",
@@ -56,7 +56,7 @@ __all__ = [
     "LogWatch", "SmallDisk", "DrillPostgres", "REPORT", "Drill", "record", "format_table",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ASR_ENV = "SIPRECD_DRILL_ASR"
 
 
@@ -145,7 +145,7 @@ def asr_plugin_path(directory):
     (info / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: siprecd-drill-asr\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
-        "[siprecd.asr]\ndrill = siprecd.testing.drills:DrillAsrBackend.from_config\n")
+        "[siprecd.asr]\ndrill = harness.drills:DrillAsrBackend.from_config\n")
     return str(directory)
 
 
