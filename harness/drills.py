@@ -4,7 +4,8 @@ things for real and to tell what was lost.
 - :class:`DrillAsrBackend` -- a TEST DOUBLE ASR backend found the real way,
   through the ``siprecd.asr`` entry-point group (:func:`asr_plugin_path`
   writes the packaging metadata of a throwaway distribution that declares
-  it; put that folder on ``PYTHONPATH`` or ``sys.path``). Its recognisers
+  it; put that folder on ``PYTHONPATH`` or ``sys.path``, or use
+  :func:`plugin_pythonpath`). Its recognisers
   are :class:`~siprecd.testing.asr.FakeRecognizer` (each loud stretch of
   audio is a word), so a drill needs no model and runs in seconds; chosen
   ones fail mid-stream (:class:`FailingRecognizer`) as told by the
@@ -52,6 +53,7 @@ from siprecd.testing.asr import FakeAsrBackend, FakeRecognizer
 
 __all__ = [
     "ASR_ENV", "DrillAsrBackend", "FailingRecognizer", "DrillAsrError", "asr_plugin_path",
+    "plugin_pythonpath",
     "bursts", "media_ports", "place_call", "api_until", "sip_options", "DrillDaemon",
     "LogWatch", "SmallDisk", "DrillPostgres", "REPORT", "Drill", "record", "format_table",
 ]
@@ -147,6 +149,15 @@ def asr_plugin_path(directory):
     (info / "entry_points.txt").write_text(
         "[siprecd.asr]\ndrill = harness.drills:DrillAsrBackend.from_config\n")
     return str(directory)
+
+
+def plugin_pythonpath(directory):
+    """``PYTHONPATH`` for a daemon that must find the ``drill`` ASR backend:
+    the folder :func:`asr_plugin_path` writes into *directory*, in front of
+    the ``PYTHONPATH`` already set (which may be what makes ``harness``
+    itself importable, as in a checkout that is not installed)."""
+    path = asr_plugin_path(directory)
+    return os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
 
 
 def bursts(seconds, on=0.6, off=1.0, frequency=440.0, amplitude=8000, offset=0.0):

@@ -50,7 +50,7 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api-fuzz")
     with pytest.MonkeyPatch.context() as mp:
         # The daemon and the siprecd CLI find the drill ASR backend.
-        mp.setenv("PYTHONPATH", drills.asr_plugin_path(tmp / "plugins"))
+        mp.setenv("PYTHONPATH", drills.plugin_pythonpath(tmp / "plugins"))
         path, cfg = write_config(tmp, asr={"backend": "drill"}, media=drills.media_ports(),
                                  api={"rate_limit": {"requests_per_second": 100000,
                                                      "burst": 100000}})

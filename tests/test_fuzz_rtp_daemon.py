@@ -67,7 +67,7 @@ def blast(ports, count, seed):
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_datagrams_at_a_live_call(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", drills.asr_plugin_path(tmp_path / "plugins"))
+    monkeypatch.setenv("PYTHONPATH", drills.plugin_pythonpath(tmp_path / "plugins"))
     path, cfg = write_config(tmp_path, asr={"backend": "drill"}, media=drills.media_ports())
     daemon = drills.DrillDaemon(path).start()
     placed = None
