@@ -85,8 +85,8 @@ def seeds(target):
     """Valid inputs to start from (mutating them reaches deeper than noise)."""
     from pathlib import Path
 
-    from siprecd.testing.fuzz import seed_messages
-    from siprecd.testing.siprec_samples import FLAVOURS, sample_invite, sample_sdp
+    from harness.fuzz import seed_messages
+    from siprecd.simulator.samples import FLAVOURS, sample_invite, sample_sdp
 
     if target == "sip":
         return seed_messages()

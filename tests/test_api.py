@@ -17,11 +17,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
+from harness.api import ApiClient, create_app
+from harness.inprocess import CallWatcher, start_service_tree
 from siprecd.simulator import CallSpec, Target, place_calls
-from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.asr import KO_LANGUAGE, korean_speech
 from siprecd.testing.doubles import GatedStorage
-from siprecd.testing.inprocess import CallWatcher, start_service_tree
 
 START = "/mg-autotranscribe/v1/start-streaming"
 STOP = "/mg-autotranscribe/v1/stop-streaming"

@@ -17,10 +17,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from harness.api import ApiClient
+from harness.inprocess import CallWatcher
 from siprecd.export.signing import load_key, sign
-from siprecd.testing.api import ApiClient
 from siprecd.testing.asr import KO_LANGUAGE
-from siprecd.testing.inprocess import CallWatcher
 from test_api import call, place_call, start_tree
 
 SIPRECD = str(Path(sys.executable).parent / "siprecd")

@@ -43,10 +43,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from twisted.internet import reactor, task, threads
 
+from harness.api import create_app
+from harness.inprocess import CallWatcher, start_service_tree
 from siprecd.simulator import CallSpec, Target, place_calls
-from siprecd.testing.api import create_app
 from siprecd.testing.asr import KO_LANGUAGE, korean_speech
-from siprecd.testing.inprocess import CallWatcher, start_service_tree
 
 START = "/mg-autotranscribe/v1/start-streaming"
 STOP = "/mg-autotranscribe/v1/stop-streaming"

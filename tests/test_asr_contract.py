@@ -12,12 +12,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from zope.interface.verify import verifyObject
 
+from harness.asr_server import AsrServerProcess
 from siprecd.asr.common import AsrNotReady, RecognizerBusy, RecognizerClosed
 from siprecd.asr.remote import RemoteBackend
 from siprecd.asr.results import AsrResult, Word
 from siprecd.asr.vosk import VoskBackend
 from siprecd.interfaces import IASRBackend, IRecognizer
-from siprecd.testing.asr import AsrServerProcess, feed, ko_model_dir, korean_speech
+from siprecd.testing.asr import feed, ko_model_dir, korean_speech
 
 SILENCE = np.zeros(8000, dtype=np.int16)
 

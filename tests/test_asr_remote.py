@@ -13,12 +13,13 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from harness.asr_server import AsrServerProcess
 from siprecd import config as configmod
 from siprecd.asr.common import AsrNotReady
 from siprecd.asr.remote import EOF, RemoteAsrError, RemoteBackend, backoff_delay
 from siprecd.asr.vosk import VoskBackend
 from siprecd.structure import ConfigError
-from siprecd.testing.asr import AsrServerProcess, feed, ko_model_dir, korean_speech
+from siprecd.testing.asr import feed, ko_model_dir, korean_speech
 
 SILENCE = np.zeros(8000, dtype=np.int16)
 WAIT = 60  # seconds: a bound on waits for real events, never a sleep

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
+from harness.api import ApiClient, create_app
+from harness.inprocess import CallWatcher, start_service_tree
+from harness.pki import Authority
 from siprecd.cluster import ClusterService
 from siprecd.storage.records import Call
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.inprocess import CallWatcher, start_service_tree
-from siprecd.testing.pki import Authority
 from test_api import call, place_call
 
 SECRET = "a-cluster-secret-for-tests"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.api import ApiClient, create_app
+from harness.daemon import Daemon, write_config
 from siprecd.config import EXIT_CONFIG
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import Daemon, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from harness.daemon import Daemon, write_config
 from siprecd import config as configmod
 from siprecd.crypto import (
     DecryptError,
@@ -33,7 +34,6 @@ from siprecd.recordings import RecordingStore
 from siprecd.storage.postgresql import PostgresStorage
 from siprecd.storage.records import Call, Message, Stream
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.daemon import Daemon, write_config
 
 SIPRECD = str(Path(sys.executable).parent / "siprecd")
 T0 = 1_700_000_000_000
@@ -395,8 +395,8 @@ def test_keygen_and_rekey_commands(tmp_path):
 async def test_the_api_serves_encrypted_recordings_decrypted(tmp_path):
     from twisted.internet import threads
 
-    from siprecd.testing.api import ApiClient, create_app
-    from siprecd.testing.inprocess import start_service_tree
+    from harness.api import ApiClient, create_app
+    from harness.inprocess import start_service_tree
 
     key = keyfile(tmp_path / "storage.key", KEY1)
     root, written = await start_service_tree(tmp_path, reactor, storage={
@@ -437,7 +437,7 @@ def test_daemon_log_never_holds_the_digits_or_the_key(tmp_path):
     the storage its own CLI uses), serves it, then meets a storage error on
     it (a value moved to another row) and a recording it cannot decrypt.
     Its whole log, at debug level, is searched for the digits and the key."""
-    from siprecd.testing.api import ApiClient, create_app
+    from harness.api import ApiClient, create_app
 
     key_text = new_key_text()
     key = tmp_path / "storage.key"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
+from harness.api import ApiClient, create_app
+from harness.daemon import Daemon, write_config
+from harness.pki import Authority
+from harness.receiver import WebhookReceiver
 from siprecd.simulator import CallSpec, Target, place_calls
-from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.asr import KO_LANGUAGE, korean_speech
-from siprecd.testing.daemon import Daemon, write_config
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import WebhookReceiver
 
 SECRET = "e2e-shared-secret"
 

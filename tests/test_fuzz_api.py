@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from siprecd.testing import drills
-from siprecd.testing.api import create_app
-from siprecd.testing.daemon import write_config
+from harness import drills
+from harness.api import create_app
+from harness.daemon import write_config
 
 START = "/mg-autotranscribe/v1/start-streaming"
 STOP = "/mg-autotranscribe/v1/stop-streaming"
@@ -50,7 +50,7 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api-fuzz")
     with pytest.MonkeyPatch.context() as mp:
         # The daemon and the siprecd CLI find the drill ASR backend.
-        mp.setenv("PYTHONPATH", drills.asr_plugin_path(tmp / "plugins"))
+        mp.setenv("PYTHONPATH", drills.plugin_pythonpath(tmp / "plugins"))
         path, cfg = write_config(tmp, asr={"backend": "drill"}, media=drills.media_ports(),
                                  api={"rate_limit": {"requests_per_second": 100000,
                                                      "burst": 100000}})

@@ -11,10 +11,10 @@ import struct
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from harness import drills
+from harness.api import ApiClient, create_app
+from harness.daemon import write_config
 from siprecd.media.rtp import build_rtp
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import write_config
 
 CALL_SECONDS = 8.0
 DATAGRAMS = 4000
@@ -67,7 +67,7 @@ def blast(ports, count, seed):
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_datagrams_at_a_live_call(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", drills.asr_plugin_path(tmp_path / "plugins"))
+    monkeypatch.setenv("PYTHONPATH", drills.plugin_pythonpath(tmp_path / "plugins"))
     path, cfg = write_config(tmp_path, asr={"backend": "drill"}, media=drills.media_ports())
     daemon = drills.DrillDaemon(path).start()
     placed = None

@@ -15,10 +15,10 @@ from test_siprec_server import Harness
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
+from harness.daemon import Daemon, write_config
+from siprecd.simulator.samples import sample_invite, sample_sdp
 from siprecd.sip.endpoint import Source
 from siprecd.sip.limits import Admission, BurstLog, SourceRateLimiter
-from siprecd.testing.daemon import Daemon, write_config
-from siprecd.testing.siprec_samples import sample_invite, sample_sdp
 
 OTHER = Source("UDP", "198.51.100.7", 5060, None, "192.0.2.1", 5070)
 

@@ -14,11 +14,11 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
+from harness.inprocess import start_service_tree
 from siprecd.interfaces import IStreamConsumer
 from siprecd.media import codecs
 from siprecd.simulator import CallSpec, Impairments, Target, place_calls
 from siprecd.simulator.wav import read_wav
-from siprecd.testing.inprocess import start_service_tree
 
 SECONDS = 4
 

@@ -20,16 +20,16 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, threads
 
+from harness.api import ApiClient, create_app
+from harness.daemon import free_port
+from harness.inprocess import CallWatcher, start_service_tree
+from harness.pki import Authority
+from harness.receiver import Reply, WebhookReceiver
 from siprecd import config as configmod
 from siprecd.metrics import MetricsService, ScrapeSources
 from siprecd.service import SiprecdService
 from siprecd.simulator import CallSpec, Target, place_calls
-from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.asr import KO_LANGUAGE, korean_speech
-from siprecd.testing.daemon import free_port
-from siprecd.testing.inprocess import CallWatcher, start_service_tree
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import Reply, WebhookReceiver
 
 
 def scrape(port, scheme="http", cafile=None):

@@ -15,11 +15,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from harness.daemon import Daemon, write_config
 from siprecd import config as configmod
 from siprecd.crypto import Keyring
 from siprecd.recordings import RecordingStore
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.daemon import Daemon, write_config
 
 SIPRECD = str(Path(sys.executable).parent / "siprecd")
 

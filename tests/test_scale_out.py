@@ -34,12 +34,12 @@ import psycopg
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
+from harness.api import ApiClient, create_app
+from harness.daemon import Daemon, write_config
+from harness.kamailio import Kamailio, node_uri
+from harness.pki import Authority
 from siprecd.simulator import CallSpec, Target, place_calls
-from siprecd.testing.api import ApiClient, create_app
 from siprecd.testing.asr import KO_LANGUAGE, korean_speech
-from siprecd.testing.daemon import Daemon, write_config
-from siprecd.testing.kamailio import Kamailio, node_uri
-from siprecd.testing.pki import Authority
 
 SECRET = "scale-out-cluster-secret-0123456789"
 NODES = ("node-a", "node-b")

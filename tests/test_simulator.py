@@ -26,12 +26,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import protocol
 
+from harness.daemon import Daemon, free_port, write_config
 from siprecd.media.codecs import g729_available, ulaw_encode
 from siprecd.simulator import CallSpec, Impairments, Target, place_calls, prepare
 from siprecd.simulator import rtp
 from siprecd.simulator.invite import FLAVOURS
 from siprecd.simulator.wav import WavError, read_wav, write_wav
-from siprecd.testing.daemon import Daemon, free_port, write_config
 from siprecd.tls import make_self_signed
 
 SPEED = 20

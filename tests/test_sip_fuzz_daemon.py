@@ -4,9 +4,9 @@ it still answers OPTIONS afterwards."""
 import re
 import socket
 
+from harness.daemon import Daemon, write_config
+from harness.fuzz import fuzz_messages
 from siprecd.sip.message import parse_message
-from siprecd.testing.daemon import Daemon, write_config
-from siprecd.testing.fuzz import fuzz_messages
 
 OPTIONS = (
     "OPTIONS sip:srs@127.0.0.1 SIP/2.0\r\n"

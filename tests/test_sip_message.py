@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import sip_strategies as sips
 from siprecd.sip.message import (
     REASON_PHRASES,
     Headers,
@@ -28,7 +29,6 @@ from siprecd.sip.message import (
     parse_uri,
     parse_via,
 )
-from siprecd.testing import sip_strategies as sips
 
 INVITE_LINES = [
     "INVITE sip:srs@10.0.0.2:5070 SIP/2.0",

@@ -15,9 +15,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import protocol, threads
 
+from harness.pki import Authority
 from siprecd import config, tls
 from siprecd.structure import ConfigError
-from siprecd.testing.pki import Authority
 
 ALLOWED = "ECDHE-ECDSA-AES256-GCM-SHA384"
 REFUSED = "ECDHE-ECDSA-AES128-GCM-SHA256"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from siprecd.testing.daemon import Daemon, write_config
-from siprecd.testing.sipp import run_sipp
+from harness.daemon import Daemon, write_config
+from harness.sipp import run_sipp
 
 SCENARIOS = Path(__file__).parent / "sipp"
 
@@ -86,8 +86,8 @@ def test_cancel_before_answer_over_real_sockets(tmp_path):
     """
     from twisted.internet import defer, reactor, threads
 
+    from harness.inprocess import start_service_tree
     from siprecd.testing.doubles import HeldCallListener
-    from siprecd.testing.inprocess import start_service_tree
 
     root, cfg = yield defer.ensureDeferred(start_service_tree(tmp_path, reactor))
     held = HeldCallListener()
@@ -125,8 +125,8 @@ def test_sigterm_hangs_up_running_calls_with_bye(tmp_path):
 def test_options_over_tls(tmp_path):
     import ssl
 
+    from harness.daemon import free_port
     from siprecd.sip.message import parse_message
-    from siprecd.testing.daemon import free_port
     from siprecd.tls import make_self_signed
 
     cert, key = make_self_signed("siprecd.test", ("127.0.0.1",))

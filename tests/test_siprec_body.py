@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from siprecd.simulator.samples import FLAVOURS, sample_invite
 from siprecd.siprec.metadata import parse_metadata
 from siprecd.siprec.multipart import (
     BodyError,
@@ -13,7 +14,6 @@ from siprecd.siprec.multipart import (
     parse_content_type,
     split_body,
 )
-from siprecd.testing.siprec_samples import FLAVOURS, sample_invite
 
 SDP = (
     b"v=0\r\no=SRC 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"

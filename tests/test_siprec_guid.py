@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from siprecd.config import Sip
+from siprecd.simulator.samples import FLAVOURS, sample_invite
 from siprecd.siprec.guid import (
     SOURCES,
     CallIdentifier,
@@ -18,7 +19,6 @@ from siprecd.siprec.guid import (
 )
 from siprecd.siprec.metadata import RecordingMetadata, parse_metadata
 from siprecd.siprec.multipart import find_siprec_parts, split_body
-from siprecd.testing.siprec_samples import FLAVOURS, sample_invite
 
 FIXTURES = Path(__file__).parent / "fixtures" / "siprec"
 

@@ -11,12 +11,12 @@ from siprecd.calls import CallRegistry
 from siprecd.interfaces import ICallListener, IMediaPortAllocator
 from siprecd.media.ports import RangePortAllocator
 from siprecd.service import Readiness
+from siprecd.simulator.samples import FLAVOURS, sample_invite, sample_sdp
 from siprecd.sip.endpoint import SipEndpoint, Source
 from siprecd.sip.message import parse_message
 from siprecd.siprec.sdp import parse_sdp
 from siprecd.siprec.server import RecordingServer
 from siprecd.testing.doubles import HeldCallListener, SentMessages
-from siprecd.testing.siprec_samples import FLAVOURS, sample_invite, sample_sdp
 
 SRC = Source("UDP", "192.0.2.10", 5060, None, "192.0.2.1", 5070)
 _branches = itertools.count(1)

@@ -8,12 +8,12 @@ import types
 import pytest
 from twisted.internet.task import Clock
 
+from harness.daemon import Daemon, write_config
 from siprecd.media import srtp
 from siprecd.simulator import CallSpec
 from siprecd.simulator.invite import offer_sdp
 from siprecd.simulator.uac import SiprecCall
 from siprecd.siprec.sdp import parse_sdp
-from siprecd.testing.daemon import Daemon, write_config
 from test_simulator import _cli, _running
 
 SHA1_80, SHA1_32 = "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"

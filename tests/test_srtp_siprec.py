@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
+from siprecd.simulator.samples import sample_invite, sample_sdp
 from siprecd.siprec.sdp import parse_sdp
-from siprecd.testing.siprec_samples import sample_invite, sample_sdp
 from test_siprec_server import Harness
 
 SHA1_80, SHA1_32 = "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"

@@ -19,10 +19,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from harness.inprocess import start_service_tree
 from siprecd.simulator import CallSpec, Target, place_calls
 from siprecd.simulator import rtp as simulator_rtp
 from siprecd.testing.asr import KO_LANGUAGE, ko_model_dir
-from siprecd.testing.inprocess import start_service_tree
 from siprecd.transcribe import TranscriptionService
 from test_transcribe_service import silence
 from test_transcribe_siprec import SPEED, StartOnOffer, g711, time_difference, words_of

@@ -17,13 +17,13 @@ from zope.interface.verify import verifyObject
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer, StorageError
 from siprecd.media.manager import StreamId
+from siprecd.simulator.samples import sample_metadata
 from siprecd.siprec.guid import CallIdentifier
 from siprecd.siprec.metadata import parse_metadata
 from siprecd.siprec.sdp import Codec
 from siprecd.siprec.session import RecordedStream, RecordingSession
 from siprecd.storage.sqlite import SqliteStorage
 from siprecd.testing.asr import FakeAsrBackend
-from siprecd.testing.siprec_samples import sample_metadata
 from siprecd.transcribe import StartRequest, no_redaction
 from siprecd.transcribe import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, NoSuchCall, NotAllowed,

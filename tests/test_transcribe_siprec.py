@@ -22,11 +22,11 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
+from harness.inprocess import start_service_tree
 from siprecd.interfaces import ICallListener, IStreamConsumer
 from siprecd.media import codecs
 from siprecd.simulator import CallSpec, Target, place_calls
 from siprecd.testing.asr import KO_LANGUAGE, ko_model_dir
-from siprecd.testing.inprocess import start_service_tree
 from siprecd.transcribe import StartRequest, TranscriptionService
 from test_transcribe_service import silence
 from test_transcribe_vosk import (  # noqa: F401 (backend, speech: fixtures)

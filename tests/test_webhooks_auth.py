@@ -17,12 +17,12 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
-from siprecd import config as configmod
-from siprecd.structure import ConfigError
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import (
+from harness.pki import Authority
+from harness.receiver import (
     Reply, TokenIssuer, WebhookReceiver, add_utterances, seed_streams, until, webhook_config,
 )
+from siprecd import config as configmod
+from siprecd.structure import ConfigError
 from siprecd.webhooks import WebhookService
 from siprecd.webhooks.auth import SecretToken, add_query_parameter, scrub_url
 from siprecd.webhooks.http import HttpResponse

@@ -11,10 +11,10 @@ import pytest_twisted
 import yaml
 from twisted.internet import reactor, utils
 
+from harness.pki import Authority
+from harness.receiver import Reply, WebhookReceiver, add_utterances, seed_streams, until
 from siprecd import config as configmod
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import Reply, WebhookReceiver, add_utterances, seed_streams, until
 from siprecd.webhooks import WebhookService
 
 FAST = {"backoff_initial": "20ms", "backoff_max": "100ms", "poll_interval": "100ms"}

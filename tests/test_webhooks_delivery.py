@@ -18,14 +18,14 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
+from harness.pki import Authority
+from harness.receiver import (
+    Reply, WebhookReceiver, add_utterances, seed_streams, until, webhook_config,
+)
 from siprecd.interfaces import IDrainable
 from siprecd.storage.postgresql import PostgresStorage
 from siprecd.storage.records import DELIVERED, PENDING
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import (
-    Reply, WebhookReceiver, add_utterances, seed_streams, until, webhook_config,
-)
 from siprecd.webhooks import WebhookService, encode_payload
 from siprecd.webhooks.state import TargetStates
 

@@ -15,11 +15,11 @@ import time
 import pytest_twisted
 from twisted.internet import reactor
 
-from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing.pki import Authority
-from siprecd.testing.receiver import (
+from harness.pki import Authority
+from harness.receiver import (
     Reply, WebhookReceiver, add_utterances, seed_streams, until, webhook_config,
 )
+from siprecd.storage.sqlite import SqliteStorage
 from siprecd.webhooks import WebhookService
 
 STREAMS, PER_STREAM = 100, 100

@@ -10,10 +10,10 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import reactor, ssl, threads
 
+from harness.pki import Authority, write_pem
+from harness.receiver import WebhookReceiver
 from siprecd import config as configmod
 from siprecd.structure import ConfigError
-from siprecd.testing.pki import Authority, write_pem
-from siprecd.testing.receiver import WebhookReceiver
 from siprecd.webhooks.sender import DELIVERED, RETRY, TargetSender
 from siprecd.webhooks.tls import ClientTLSPolicy
 

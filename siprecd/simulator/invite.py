@@ -1,7 +1,7 @@
 """What the simulated SRC offers: SDP, RFC 7865 metadata and call identifiers.
 
 The metadata and the vendor's identifying headers come from
-:mod:`siprecd.testing.siprec_samples` (one dialect per SBC vendor); this
+:mod:`siprecd.simulator.samples` (one dialect per SBC vendor); this
 module adds fresh identifiers for every call, the identifier header a
 chosen *guid style* sends, and our own SDP (the simulator's real ports,
 one codec, ``a=inactive`` for hold).
@@ -17,11 +17,11 @@ import uuid
 
 import attrs
 
+from siprecd.simulator.samples import FLAVOURS, sample_invite
 from siprecd.sip.message import Headers
 from siprecd.siprec import guid as guidmod
 from siprecd.siprec.metadata import MetadataError, parse_metadata
 from siprecd.siprec.multipart import build_multipart
-from siprecd.testing.siprec_samples import FLAVOURS, sample_invite
 
 __all__ = [
     "FLAVOURS",

@@ -1,5 +1,9 @@
-"""Test doubles for the SIP layer's neighbours, each implementing the real
-interface (verified in the tests)."""
+"""Test doubles for the neighbours of the SIP layer and of the API.
+
+Each stands in for a real part and offers that part's interface: the ones
+with a zope interface (``ICallListener``, ``IStorage``) are checked with
+``zope.interface.verify.verifyObject`` in the tests, :class:`SentMessages`
+against the signature of ``Transports.send``."""
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -29,7 +33,10 @@ class HeldCallListener(CallRegistry):
 
 
 class SentMessages:
-    """Test double for sip.transport.Transports: keeps what would be sent."""
+    """Test double for sip.transport.Transports: keeps what would be sent,
+    parsed, instead of sending it. ``send`` takes the same arguments as
+    ``Transports.send``; ``pop()`` returns the messages kept so far and
+    forgets them."""
 
     def __init__(self):
         self.sent = []
@@ -47,7 +54,9 @@ class GatedStorage:
     except those named in :meth:`hold`, whose calls wait until the test
     releases them. The only deterministic way to keep an API request "in
     progress" (409-202) or a BYE "being processed" (409-203) while a second
-    request arrives."""
+    request arrives. Attribute look-ups go to the wrapped storage, so the
+    double provides every interface it does (``IStorage`` for a real
+    backend)."""
 
     def __init__(self, storage):
         self._storage = storage

@@ -7,7 +7,7 @@ import os
 import pytest
 import pytest_twisted
 
-from siprecd.testing import drills
+from harness import drills
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -36,7 +36,7 @@ def asr_plugin(tmp_path, monkeypatch):
 
 @pytest.fixture
 def authority(tmp_path):
-    from siprecd.testing.pki import Authority
+    from harness.pki import Authority
 
     return Authority("drill CA", tmp_path / "pki")
 
@@ -45,7 +45,7 @@ def authority(tmp_path):
 def receiver(authority):
     from twisted.internet import reactor
 
-    from siprecd.testing.receiver import WebhookReceiver
+    from harness.receiver import WebhookReceiver
 
     r = WebhookReceiver(reactor, authority)
     r.start()

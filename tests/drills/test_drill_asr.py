@@ -6,9 +6,9 @@ import re
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import write_config
+from harness import drills
+from harness.api import ApiClient, create_app
+from harness.daemon import write_config
 
 CALL_SECONDS = 10.0
 FAIL_AFTER = 10      # chunks of 0.2 s: the failure comes about 2 s into the call

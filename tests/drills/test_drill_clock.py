@@ -21,6 +21,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from harness import drills
+from harness.receiver import Reply, add_utterances, seed_streams, until, webhook_config
 from siprecd import config as configmod
 from siprecd.ratelimit import RateLimiter
 from siprecd.calls import CallRegistry
@@ -29,13 +31,11 @@ from siprecd.media.ports import RangePortAllocator
 from siprecd.media.codecs import ulaw_encode
 from siprecd.media.rtp import build_rtp
 from siprecd.service import Readiness
+from siprecd.simulator.samples import sample_invite
 from siprecd.sip.endpoint import SipEndpoint, Source
 from siprecd.siprec.server import RecordingServer
 from siprecd.storage.sqlite import SqliteStorage
-from siprecd.testing import drills
 from siprecd.testing.doubles import SentMessages
-from siprecd.testing.receiver import Reply, add_utterances, seed_streams, until, webhook_config
-from siprecd.testing.siprec_samples import sample_invite
 from siprecd.webhooks import WebhookService
 
 HOUR = 3600.0

@@ -6,10 +6,10 @@ import sqlite3
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import write_config
-from siprecd.testing.receiver import Reply
+from harness import drills
+from harness.api import ApiClient, create_app
+from harness.daemon import write_config
+from harness.receiver import Reply
 
 CALL_SECONDS = 30.0
 STORED_BEFORE_KILL = 6

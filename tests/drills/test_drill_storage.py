@@ -2,7 +2,7 @@
 connections in the middle of a call.
 
 Both run the daemon's service tree in this process (the real tree, real
-sockets, real storage; siprecd.testing.inprocess) so that they can wait
+sockets, real storage; harness.inprocess) so that they can wait
 on each utterance being stored (the transcription service's ``on_stored``
 hook) rather than on log lines at debug level.
 
@@ -19,9 +19,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient
-from siprecd.testing.inprocess import start_service_tree
+from harness import drills
+from harness.api import ApiClient
+from harness.inprocess import start_service_tree
 
 STORE_FAILED = r"storing an utterance of stream \S+ failed"
 LOST = r"utterance \S+ of stream \S+ could not be stored"

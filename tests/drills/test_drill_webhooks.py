@@ -7,9 +7,9 @@ import pytest_twisted
 import yaml
 from twisted.internet import reactor, threads
 
-from siprecd.testing import drills
-from siprecd.testing.api import ApiClient, create_app
-from siprecd.testing.daemon import write_config
+from harness import drills
+from harness.api import ApiClient, create_app
+from harness.daemon import write_config
 
 CALL_SECONDS = 6.0
 BACKOFF_INITIAL, BACKOFF_MAX = 0.2, 2.0

@@ -6,7 +6,7 @@ SIPREC messages reach the header, body, SDP and XML code as well.
 
 import random
 
-from siprecd.testing.siprec_samples import FLAVOURS, sample_invite
+from siprecd.simulator.samples import FLAVOURS, sample_invite
 
 __all__ = ["seed_messages", "mutate", "fuzz_messages"]
 

@@ -3,13 +3,13 @@
 For tests that must reach inside the daemon (swap the layer above the
 media plane for a recording double, hold a call unanswered); sockets,
 threads and storage are all real. Everything else runs the daemon as a
-subprocess (siprecd.testing.daemon).
+subprocess (harness.daemon).
 """
 
 import attrs
 
+from harness.daemon import write_config
 from siprecd import config as configmod
-from siprecd.testing.daemon import write_config
 
 __all__ = ["start_service_tree", "CallWatcher"]
 

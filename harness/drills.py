@@ -4,7 +4,8 @@ things for real and to tell what was lost.
 - :class:`DrillAsrBackend` -- a TEST DOUBLE ASR backend found the real way,
   through the ``siprecd.asr`` entry-point group (:func:`asr_plugin_path`
   writes the packaging metadata of a throwaway distribution that declares
-  it; put that folder on ``PYTHONPATH`` or ``sys.path``). Its recognisers
+  it; put that folder on ``PYTHONPATH`` or ``sys.path``, or use
+  :func:`plugin_pythonpath`). Its recognisers
   are :class:`~siprecd.testing.asr.FakeRecognizer` (each loud stretch of
   audio is a word), so a drill needs no model and runs in seconds; chosen
   ones fail mid-stream (:class:`FailingRecognizer`) as told by the
@@ -15,7 +16,7 @@ things for real and to tell what was lost.
   :func:`media_ports` -- a media port range of the drills' own.
 - :func:`sip_options` -- an OPTIONS probe (UDP with retransmissions, or TCP);
   :func:`api_until` -- an API answer awaited with a bound.
-- :class:`DrillDaemon` -- :class:`~siprecd.testing.daemon.Daemon` that can
+- :class:`DrillDaemon` -- :class:`~harness.daemon.Daemon` that can
   also count what it has logged so far without waiting.
 - :class:`LogWatch` -- the same for a service tree in the test's process.
 - :class:`SmallDisk` -- a real, small file system (tmpfs) that can be
@@ -45,18 +46,19 @@ from twisted.internet import defer, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 
+from harness.daemon import Daemon
 from siprecd.asr.common import normalise_language
 from siprecd.interfaces import IASRBackend
 from siprecd.testing.asr import FakeAsrBackend, FakeRecognizer
-from siprecd.testing.daemon import Daemon
 
 __all__ = [
     "ASR_ENV", "DrillAsrBackend", "FailingRecognizer", "DrillAsrError", "asr_plugin_path",
+    "plugin_pythonpath",
     "bursts", "media_ports", "place_call", "api_until", "sip_options", "DrillDaemon",
     "LogWatch", "SmallDisk", "DrillPostgres", "REPORT", "Drill", "record", "format_table",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ASR_ENV = "SIPRECD_DRILL_ASR"
 
 
@@ -145,8 +147,17 @@ def asr_plugin_path(directory):
     (info / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: siprecd-drill-asr\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
-        "[siprecd.asr]\ndrill = siprecd.testing.drills:DrillAsrBackend.from_config\n")
+        "[siprecd.asr]\ndrill = harness.drills:DrillAsrBackend.from_config\n")
     return str(directory)
+
+
+def plugin_pythonpath(directory):
+    """``PYTHONPATH`` for a daemon that must find the ``drill`` ASR backend:
+    the folder :func:`asr_plugin_path` writes into *directory*, in front of
+    the ``PYTHONPATH`` already set (which may be what makes ``harness``
+    itself importable, as in a checkout that is not installed)."""
+    path = asr_plugin_path(directory)
+    return os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
 
 
 def bursts(seconds, on=0.6, off=1.0, frequency=440.0, amplitude=8000, offset=0.0):

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from siprecd.testing.daemon import Daemon, free_port_pair
+from harness.daemon import Daemon, free_port_pair
 
 __all__ = ["Kamailio", "kamailio_binary", "contrib_config", "node_uri", "KamailioError"]
 
@@ -62,7 +62,7 @@ def kamailio_binary():
 
 def contrib_config():
     """contrib/kamailio/kamailio.cfg of this source tree."""
-    path = Path(__file__).resolve().parents[2] / "contrib" / "kamailio" / "kamailio.cfg"
+    path = Path(__file__).resolve().parents[1] / "contrib" / "kamailio" / "kamailio.cfg"
     if not path.exists():
         raise KamailioError(f"{path} not found: Kamailio tests run from a source tree")
     return path
@@ -120,7 +120,7 @@ class Kamailio(Daemon):
         first, _, rest = text.partition("\n")
         if not first.startswith("#!KAMAILIO"):
             first, rest = "#!KAMAILIO", text
-        header = ["# Written by siprecd.testing.kamailio from " + str(template)]
+        header = ["# Written by harness.kamailio from " + str(template)]
         header += [_define(name, value) for name, value in settings.items()]
         cfg = self.directory / "kamailio.cfg"
         cfg.write_text("\n".join([first, *header, rest]), encoding="utf-8")

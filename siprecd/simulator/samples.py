@@ -1,10 +1,10 @@
 """Sample SIPREC INVITE bodies in each SRC vendor's flavour.
 
-For tests and the call simulator: :func:`sample_invite` returns the
-multipart body (SDP plus recording metadata), the Content-Type to send it
-with, the vendor's identifying SIP headers (User-to-User, Cisco-Guid, ...)
-and the guid siprecd should pick for it with the default
-``sip.guid_sources`` order. The metadata follows what each vendor documents
+What the call simulator (``siprecd-src``) offers, and what the tests
+parse: :func:`sample_invite` returns the multipart body (SDP plus
+recording metadata), the Content-Type to send it with, the vendor's
+identifying SIP headers (User-to-User, Cisco-Guid, ...) and the guid
+siprecd should pick for it with the default ``sip.guid_sources`` order. The metadata follows what each vendor documents
 (namespace, attribute spelling, where extension data goes); identifiers are
 derived from *call_key* so that two sample calls never collide.
 

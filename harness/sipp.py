@@ -12,7 +12,7 @@ from pathlib import Path
 
 import attrs
 
-from siprecd.testing.daemon import free_port
+from harness.daemon import free_port
 
 __all__ = ["SippResult", "run_sipp"]
 
