@@ -42,7 +42,8 @@ from siprecd.redact import detect
 from siprecd.redact import lexicon as lx
 from siprecd.redact import tokens as tk
 from siprecd.redact.engine import Slot, analyse, mask_content, should_mask
-from siprecd.redact.policy import EMAIL, Policy
+from siprecd.redact.failclosed import fail_closed
+from siprecd.redact.policy import EMAIL, FAIL_CLOSED, Policy
 
 __all__ = [
     "CallRedactor",
@@ -247,7 +248,13 @@ def make_hook(policy=None, language="en-US"):
     own. Tokens are what counts; *text* is their contents joined."""
 
     def redact(text, tokens):
-        result = redact_tokens(tokens, policy, language)
+        try:
+            result = redact_tokens(tokens, policy, language)
+        except Exception as e:  # noqa: BLE001 - fail closed, never lose an utterance
+            log.error("redaction failed ({error}): an utterance released fully masked",
+                      error=type(e).__name__)
+            masked_text, masked = fail_closed(tokens)
+            return masked_text, list(masked)
         return result.text, list(result.tokens)
 
     return redact
@@ -283,8 +290,11 @@ class CallRedactor:
         self._now = max(self._now, now)
         out = self.due(now)
         tokens = tuple(tokens)
-        words = [tk.shape(t.content, self.spanish).word for t in tokens]
-        own, changes_topic = detect.context_of(words)
+        try:
+            words = [tk.shape(t.content, self.spanish).word for t in tokens]
+            own, changes_topic = detect.context_of(words)
+        except Exception:  # noqa: BLE001 - the analysis fails closed on it below
+            words, own, changes_topic = [None], frozenset(), False
         ctx = self._context.note(self._seq, now, own, changes_topic)
         if not _backchannel(words):
             # The other party took the turn: what another stream was saying
@@ -360,9 +370,24 @@ class CallRedactor:
     def _settle(self, state, now, final=False, force=False):
         """Release what can go from the head of *state*'s queue: all of it
         when *final* (nothing more will come) or *force* (it must go now,
-        though more may come), else what is not held."""
+        though more may come), else what is not held. If the analysis
+        raises, every utterance of the queue goes out fully masked."""
         if not state.pending:
             return []
+        try:
+            count, out, lookback = self._judge(state, now, final, force)
+        except Exception as e:  # noqa: BLE001 - fail closed, never lose an utterance
+            return self._release_masked(state, now, e)
+        for _ in range(count):
+            state.pending.popleft()
+        state.lookback, state.lookback_end = lookback
+        for release in out:
+            self._count(release)
+        return out
+
+    def _judge(self, state, now, final, force):
+        """(how many to release, their Released, the new look-back), with
+        *state* left as it was."""
         slots, breaks, offsets = self._chain(state)
         options = {"region": self.region, "spanish": self.spanish, "breaks": breaks, "final": final}
         analysis = analyse(slots, self.policy, **options)
@@ -378,25 +403,42 @@ class CallRedactor:
                 break
             count += 1
         if not count:
-            return []
-        released = [state.pending.popleft() for _ in range(count)]
-        if not final and (analysis.open_run is not None or state.pending):
+            return 0, [], (state.lookback, state.lookback_end)
+        released = list(state.pending)[:count]
+        if not final and (analysis.open_run is not None or count < len(state.pending)):
             # Released before the number running through them was complete.
             analysis = analyse(slots, self.policy, cut_utts={p.seq for p in released},
                                **options)
+        out = [self._released(p, slots, offset, analysis, now)
+               for p, offset in zip(released, offsets)]
+        end = offsets[count - 1] + len(released[-1].tokens)
+        return count, out, self._lookback_of(slots, end, analysis, released)
+
+    def _release_masked(self, state, now, error):
+        """Fail closed: release all of *state*'s queue with every word masked."""
+        released = list(state.pending)
+        state.pending.clear()
+        state.lookback, state.lookback_end = [], 0
+        # The exception's type only: its message may quote the words.
+        log.error("redaction failed ({error}): {count} utterance(s) released fully masked",
+                  error=type(error).__name__, count=len(released), **self.log_context)
         out = []
-        for p, offset in zip(released, offsets):
-            out.append(self._released(p, slots, offset, analysis, now))
-        end = offsets[count - 1] + len(released[-1].tokens) if released else 0
-        self._keep_lookback(state, slots, end, analysis, released)
+        for p in released:
+            text, masked = fail_closed(p.tokens)
+            spans = ((Span(FAIL_CLOSED, 0, len(p.tokens) - 1, int(p.tokens[0].start),
+                           int(p.tokens[-1].end)),) if p.tokens else ())
+            release = Released(p.stream, p.role, p.tokens, _join(p.tokens), text, masked,
+                               spans, max(0.0, now - p.fed_at), p.ref)
+            self._count(release)
+            out.append(release)
         return out
 
-    def _keep_lookback(self, state, slots, end, analysis, released):
-        """Keep the number that ends the released part, if one does."""
-        state.lookback = []
+    def _lookback_of(self, slots, end, analysis, released):
+        """(look-back slots, end time) of the number that ends the released
+        part, if one does."""
         last = next((p for p in reversed(released) if p.tokens), None)
         if last is None:
-            return
+            return [], 0
         i = end - 1
         while i >= 0 and tk.shape(slots[i].content, self.spanish).kind == tk.FILLER:
             i -= 1
@@ -404,31 +446,33 @@ class CallRedactor:
                      if run.chars is None and not run.qty and run.kind != EMAIL
                      and run.first <= i <= run.last and i in run.members), None)
         if tail is None:
-            return
+            return [], 0
         keep = [j for j in tail.members if j < end][-40:]
-        state.lookback = [
+        lookback = [
             Slot(slots[j].content, slots[j].ctx, -1, readonly=True,
                  prior=tail.kind or slots[j].prior)
             for j in keep]
-        state.lookback_end = int(last.tokens[-1].end)
+        return lookback, int(last.tokens[-1].end)
 
     def _released(self, p, slots, offset, analysis, now):
         redacted, spans = _render(p.tokens, slots, offset, analysis, self.spanish)
         held = max(0.0, now - p.fed_at)
-        release = Released(p.stream, p.role, p.tokens, _join(p.tokens), _join(redacted),
-                           redacted, spans, held, p.ref)
+        return Released(p.stream, p.role, p.tokens, _join(p.tokens), _join(redacted),
+                        redacted, spans, held, p.ref)
+
+    def _count(self, release):
         self.stats["released"] += 1
-        if held > 0:
+        if release.held > 0:
             self.stats["held"] += 1
+        spans = release.spans
         for span in spans:
             self.stats[span.kind] += 1
         if spans:
             kinds = ",".join(sorted({s.kind for s in spans}))
             if self.policy.log_unredacted:
                 log.debug("redacted {count} span(s) ({kinds}) of {text!r} after {held:.3f} s",
-                          count=len(spans), kinds=kinds, text=release.text, held=held,
+                          count=len(spans), kinds=kinds, text=release.text, held=release.held,
                           **self.log_context)
             else:
                 log.debug("redacted {count} span(s) ({kinds}) after {held:.3f} s",
-                          count=len(spans), kinds=kinds, held=held, **self.log_context)
-        return release
+                          count=len(spans), kinds=kinds, held=release.held, **self.log_context)

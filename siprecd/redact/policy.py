@@ -41,6 +41,10 @@ address or an identifier ("$25", "3:30", "2 kids", "123 Main Street",
 9 and 10 digit numbers and valid phone numbers are redacted wherever
 they are.
 
+``fail_closed`` (not a policy kind)
+    The span of an utterance released with every word masked because its
+    redaction raised (see :func:`siprecd.redact.fail_closed`).
+
 "Always on" is enforced twice: the config schema refuses ``false`` for
 ``card_numbers``, ``ssn`` and ``nine_digit``, and :class:`Policy` has no
 switch for them.
@@ -52,6 +56,7 @@ __all__ = [
     "ALWAYS_ON",
     "CARD_NUMBER",
     "EMAIL",
+    "FAIL_CLOSED",
     "KINDS",
     "NINE_DIGIT",
     "PHONE_NUMBER",
@@ -70,6 +75,7 @@ SHORT_NUMERIC = "short_numeric"
 TEN_DIGIT = "ten_digit"
 PHONE_NUMBER = "phone_number"
 EMAIL = "email"
+FAIL_CLOSED = "fail_closed"
 KINDS = (CARD_NUMBER, SPOKEN_CARD_NUMBER, SSN, NINE_DIGIT, SHORT_NUMERIC, TEN_DIGIT,
          PHONE_NUMBER, EMAIL)
 # Config keys that cannot be turned off.
