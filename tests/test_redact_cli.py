@@ -63,7 +63,8 @@ def test_json_lines_with_calls_streams_and_roles(config):
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["text"] for o in out] == ["what's the security code", "123", "###", "okay"]
     assert out[2]["entities"] == [
-        {"kind": "short_numeric", "first": 0, "last": 0, "start": out[2]["entities"][0]["start"],
+        {"kind": "short_numeric", "entity": "cvv", "first": 0, "last": 0,
+         "start": out[2]["entities"][0]["start"],
          "end": out[2]["entities"][0]["end"]}]
     assert out[1]["entities"] == []
     assert out[3]["extra"] == [1, 2] and out[3]["call"] == "a" and out[3]["role"] == "customer"

@@ -141,7 +141,8 @@ def test_spans_give_token_indices_and_times():
     assert (card.kind, card.first, card.last) == (CARD_NUMBER, 3, 3)
     assert (card.start, card.end) == (tokens[3].start, tokens[3].end)
     assert (cvv.kind, cvv.first, cvv.last) == (SHORT_NUMERIC, 8, 8)
-    assert card.as_dict() == {"kind": CARD_NUMBER, "first": 3, "last": 3,
+    assert (card.entity, cvv.entity) == ("card", "cvv")
+    assert card.as_dict() == {"kind": CARD_NUMBER, "entity": "card", "first": 3, "last": 3,
                               "start": tokens[3].start, "end": tokens[3].end}
 
 

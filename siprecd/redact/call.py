@@ -75,17 +75,19 @@ def region_of(language):
 class Span:
     """A redacted part of one utterance: tokens ``first``..``last``
     (inclusive indices) and their time on the stream's timeline (ms), to
-    silence the audio with."""
+    silence the audio with; ``kind`` the policy kind that masked it,
+    ``entity`` what it was taken for (:data:`~siprecd.redact.policy.ENTITIES`)."""
 
     kind: str
     first: int
     last: int
     start: int
     end: int
+    entity: str = None
 
     def as_dict(self):
-        return {"kind": self.kind, "first": self.first, "last": self.last,
-                "start": self.start, "end": self.end}
+        return {"kind": self.kind, "entity": self.entity, "first": self.first,
+                "last": self.last, "start": self.start, "end": self.end}
 
 
 @attrs.frozen
@@ -196,21 +198,22 @@ def _render(tokens, slots, offset, analysis, spanish):
         if mark is None:
             continue
         kind, run = mark
-        first_last = runs.setdefault(id(run), [kind, k, k])
+        first_last = runs.setdefault(id(run), [kind, k, k, run.entity])
         first_last[2] = k
         if run.chars is not None:
             out[k] = _with_content(token, mask_content(token.content, run.chars))
         elif kind == EMAIL or should_mask(tk.shape(token.content, spanish).kind):
             out[k] = _with_content(token, mask_content(token.content, spanish=spanish))
     spans = []
-    for kind, first, last in sorted(runs.values(), key=lambda r: r[1]):
+    for kind, first, last, entity in sorted(runs.values(), key=lambda r: r[1]):
         # A span is what was masked: never just the filler inside a number.
         while first <= last and out[first] is tokens[first]:
             first += 1
         while last >= first and out[last] is tokens[last]:
             last -= 1
         if first <= last:
-            spans.append(Span(kind, first, last, int(tokens[first].start), int(tokens[last].end)))
+            spans.append(Span(kind, first, last, int(tokens[first].start), int(tokens[last].end),
+                              entity))
     return tuple(out), tuple(spans)
 
 

@@ -80,6 +80,8 @@ class Run:
     inherit: str = None
     # Offsets in digits where a piece of the number starts.
     starts: tuple = (0,)
+    # What the run was taken for (see policy.ENTITIES), when it is masked.
+    entity: str = None
 
     @property
     def first(self):
@@ -125,6 +127,8 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
             run.open or any(slots[i].utt not in cut_utts and not slots[i].readonly
                             for i in run.members))
         run.kind = classify(run, policy, region, cut=cut)
+        if run.kind is not None:
+            run.entity = entity_of(run)
     masked = {}
     for run in runs:
         if run.kind is None:
@@ -136,7 +140,7 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
         contents = [s.content for s in slots]
         words = [sh.word for sh in shapes]
         for first, last in detect.find_emails(contents, words, breaks):
-            run = Run(list(range(first, last + 1)), kind=EMAIL)
+            run = Run(list(range(first, last + 1)), kind=EMAIL, entity="email")
             runs.append(run)
             for i in run.members:
                 if not slots[i].readonly and i not in masked:
@@ -179,6 +183,29 @@ def classify(run, policy, region, cut=False):
         if cut and ok and n >= 8 and detect.card_prefix(d):
             return SPOKEN_CARD_NUMBER
     return run.inherit
+
+
+def entity_of(run):
+    """What a masked *run* is to a person (one of policy.ENTITIES)."""
+    kind, ctx = run.kind, run.ctx
+    if kind in (CARD_NUMBER, EMAIL):
+        return "card" if kind == CARD_NUMBER else "email"
+    if kind == PHONE_NUMBER:
+        return "phone"
+    if kind == SSN:
+        return "ssn"
+    if kind in (NINE_DIGIT, TEN_DIGIT):
+        return "account" if lx.ACCOUNT in ctx else "number"
+    if kind == SPOKEN_CARD_NUMBER:
+        return "account" if lx.ACCOUNT in ctx else "card"
+    if kind == SHORT_NUMERIC:
+        if run.month:
+            return "expiry"
+        for entity in (lx.CVV, lx.PIN, lx.EXPIRY):
+            if entity in ctx:
+                return entity
+        return "cvv" if len(run.digits) == 3 else "card" if lx.CARD in ctx else "pin"
+    return None
 
 
 def _numeric(slots, shapes, breaks):

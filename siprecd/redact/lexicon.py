@@ -86,43 +86,49 @@ MONTHS = {
 
 # -- context -------------------------------------------------------------------
 # Context kinds: "card" (a payment card is being talked about), "secret"
-# (a CVV, PIN, expiry, passcode is asked for or given), "ssn", "phone".
+# (a CVV, PIN, expiry, passcode is asked for or given), "ssn", "phone";
+# and what the secret or number is, when the words say ("expiry", "cvv",
+# "pin", "account").
 CARD, SECRET, SSN, PHONE = "card", "secret", "ssn", "phone"
+EXPIRY, CVV, PIN, ACCOUNT = "expiry", "cvv", "pin", "account"
 
 # Phrases (tuples of words) -> kinds. Single words are one-tuples.
+_CVV = {SECRET, CARD, CVV}
+_EXPIRY = {SECRET, CARD, EXPIRY}
 CONTEXT_PHRASES = {
     # card
     ("card",): {CARD}, ("cards",): {CARD}, ("credit",): {CARD}, ("debit",): {CARD},
     ("visa",): {CARD}, ("mastercard",): {CARD}, ("master", "card"): {CARD},
     ("amex",): {CARD}, ("american", "express"): {CARD}, ("discover", "card"): {CARD},
-    ("long", "number"): {CARD}, ("account", "number"): {CARD},
+    ("long", "number"): {CARD},
     ("tarjeta",): {CARD}, ("crédito",): {CARD}, ("credito",): {CARD},
-    ("débito",): {CARD}, ("debito",): {CARD}, ("número", "de", "cuenta"): {CARD},
+    ("débito",): {CARD}, ("debito",): {CARD},
+    # accounts
+    ("account", "number"): {CARD, ACCOUNT}, ("routing",): {CARD, ACCOUNT},
+    ("número", "de", "cuenta"): {CARD, ACCOUNT},
     # secrets that belong to a card
-    ("cvv",): {SECRET, CARD}, ("cvc",): {SECRET, CARD}, ("cvv2",): {SECRET, CARD},
-    ("cvc2",): {SECRET, CARD}, ("cid",): {SECRET, CARD}, ("csc",): {SECRET, CARD},
-    ("c", "v", "v"): {SECRET, CARD}, ("c", "v", "c"): {SECRET, CARD},
-    ("security", "code"): {SECRET, CARD}, ("security", "number"): {SECRET, CARD},
-    ("security", "digits"): {SECRET, CARD},
-    ("expiry",): {SECRET, CARD}, ("expiration",): {SECRET, CARD},
-    ("expires",): {SECRET, CARD}, ("expire",): {SECRET, CARD}, ("exp",): {SECRET, CARD},
-    ("expiring",): {SECRET, CARD}, ("valid", "thru"): {SECRET, CARD},
-    ("valid", "through"): {SECRET, CARD}, ("good", "thru"): {SECRET, CARD},
-    ("good", "through"): {SECRET, CARD}, ("on", "the", "back"): {SECRET, CARD},
+    ("cvv",): _CVV, ("cvc",): _CVV, ("cvv2",): _CVV, ("cvc2",): _CVV, ("cid",): _CVV,
+    ("csc",): _CVV, ("c", "v", "v"): _CVV, ("c", "v", "c"): _CVV,
+    ("security", "code"): _CVV, ("security", "number"): _CVV, ("security", "digits"): _CVV,
+    ("on", "the", "back"): _CVV,
+    ("expiry",): _EXPIRY, ("expiration",): _EXPIRY, ("expires",): _EXPIRY,
+    ("expire",): _EXPIRY, ("exp",): _EXPIRY, ("expiring",): _EXPIRY, ("expired",): _EXPIRY,
+    ("valid", "thru"): _EXPIRY, ("valid", "through"): _EXPIRY, ("good", "thru"): _EXPIRY,
+    ("good", "through"): _EXPIRY,
     ("last", "four"): {SECRET, CARD}, ("last", "4"): {SECRET, CARD},
     ("ending", "in"): {SECRET, CARD}, ("ends", "in"): {SECRET, CARD},
-    ("vencimiento",): {SECRET, CARD}, ("caducidad",): {SECRET, CARD},
-    ("vence",): {SECRET, CARD}, ("expira",): {SECRET, CARD},
-    ("código", "de", "seguridad"): {SECRET, CARD},
-    ("codigo", "de", "seguridad"): {SECRET, CARD},
+    ("vencimiento",): _EXPIRY, ("caducidad",): _EXPIRY,
+    ("vence",): _EXPIRY, ("expira",): _EXPIRY,
+    ("código", "de", "seguridad"): _CVV, ("codigo", "de", "seguridad"): _CVV,
     ("últimos", "cuatro"): {SECRET, CARD}, ("ultimos", "cuatro"): {SECRET, CARD},
     ("últimos", "4"): {SECRET, CARD}, ("ultimos", "4"): {SECRET, CARD},
     # secrets of their own
-    ("pin",): {SECRET}, ("nip",): {SECRET}, ("passcode",): {SECRET},
-    ("pass", "code"): {SECRET}, ("password",): {SECRET}, ("access", "code"): {SECRET},
-    ("verification", "code"): {SECRET}, ("verification", "number"): {SECRET},
-    ("one", "time", "code"): {SECRET}, ("otp",): {SECRET}, ("digits",): {SECRET},
-    ("digit", "code"): {SECRET}, ("contraseña",): {SECRET}, ("clave",): {SECRET},
+    ("pin",): {SECRET, PIN}, ("nip",): {SECRET, PIN}, ("passcode",): {SECRET, PIN},
+    ("pass", "code"): {SECRET, PIN}, ("password",): {SECRET, PIN},
+    ("access", "code"): {SECRET, PIN}, ("verification", "code"): {SECRET, PIN},
+    ("verification", "number"): {SECRET, PIN}, ("one", "time", "code"): {SECRET, PIN},
+    ("otp",): {SECRET, PIN}, ("digits",): {SECRET}, ("digit", "code"): {SECRET},
+    ("contraseña",): {SECRET, PIN}, ("clave",): {SECRET, PIN},
     ("dígitos",): {SECRET}, ("digitos",): {SECRET},
     # identity numbers
     ("social",): {SSN}, ("ssn",): {SSN}, ("s", "s", "n"): {SSN},

@@ -45,6 +45,11 @@ they are.
     The span of an utterance released with every word masked because its
     redaction raised (see :func:`siprecd.redact.fail_closed`).
 
+Every span also names the *entity* it was taken for, as a person would
+call it (:data:`ENTITIES`): a CVV and an expiry are both ``short_numeric``
+to the policy, ``cvv`` and ``expiry`` to the reader of ``siprecd redact``
+output and of the corpus scores.
+
 "Always on" is enforced twice: the config schema refuses ``false`` for
 ``card_numbers``, ``ssn`` and ``nine_digit``, and :class:`Policy` has no
 switch for them.
@@ -56,6 +61,7 @@ __all__ = [
     "ALWAYS_ON",
     "CARD_NUMBER",
     "EMAIL",
+    "ENTITIES",
     "FAIL_CLOSED",
     "KINDS",
     "NINE_DIGIT",
@@ -78,6 +84,11 @@ EMAIL = "email"
 FAIL_CLOSED = "fail_closed"
 KINDS = (CARD_NUMBER, SPOKEN_CARD_NUMBER, SSN, NINE_DIGIT, SHORT_NUMERIC, TEN_DIGIT,
          PHONE_NUMBER, EMAIL)
+# What a span is to a person: card number (or part of one), social
+# security number, phone number, card expiry, card security code, PIN or
+# passcode, bank/customer account number, e-mail address, any other
+# number masked for its length (nine_digit, ten_digit).
+ENTITIES = ("card", "ssn", "phone", "expiry", "cvv", "pin", "account", "email", "number")
 # Config keys that cannot be turned off.
 ALWAYS_ON = ("card_numbers", "ssn", "nine_digit")
 
