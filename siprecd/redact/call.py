@@ -153,25 +153,52 @@ class _Stream:
 
 
 class _Context:
-    """Which context kinds are active for the next utterance of a call."""
+    """Which context kinds are active for the next utterance of a call.
+
+    What an utterance asks for counts for ``utterances`` utterances after
+    it (within ``window`` seconds); a number found sensitive renews the
+    context it was found in, so a card read out group by group, each group
+    echoed by the other party, stays a card to the end. A question about
+    an identifier ("the zip code", "the order number", kind ``id``) counts
+    for the answer only; another topic ("and your address?") ends it all.
+    """
+
+    # The question and the answer to it (an "uh" between).
+    ID_UTTERANCES = 2
 
     def __init__(self, window, utterances):
         self.window = window
         self.utterances = utterances
-        self.entries = deque()
+        self.entries = []
 
     def note(self, seq, now, own, changes_topic):
-        if changes_topic and not own:
+        if changes_topic and not own & lx.SENSITIVE:
             self.entries.clear()
-        while self.entries and (seq - self.entries[0][0] > self.utterances
-                                or now - self.entries[0][1] > self.window):
-            self.entries.popleft()
+        if own & lx.SENSITIVE and lx.ID not in own:
+            # A new question about something sensitive: the identifier
+            # asked for before is answered.
+            self.entries = [(s, t, k - {lx.ID}) for s, t, k in self.entries]
+        self.entries = [(s, t, k) for s, t, k in self.entries
+                        if k and seq - s <= self.utterances and now - t <= self.window]
         active = set(own)
-        for _, _, kinds in self.entries:
-            active |= kinds
+        for s, _, kinds in self.entries:
+            active |= kinds if seq - s <= self.ID_UTTERANCES else kinds - {lx.ID}
         if own and self.utterances > 0:
             self.entries.append((seq, now, own))
         return frozenset(active)
+
+    def renew(self, seq, now, kinds):
+        """A number of utterance *seq* was masked in the context *kinds*."""
+        if kinds and self.utterances > 0:
+            self.entries.append((seq, now, frozenset(kinds)))
+
+
+# The context a masked entity renews.
+_RENEWS = {
+    "card": {lx.CARD}, "expiry": {lx.CARD, lx.SECRET, lx.EXPIRY},
+    "cvv": {lx.CARD, lx.SECRET, lx.CVV}, "pin": {lx.SECRET, lx.PIN},
+    "ssn": {lx.SSN}, "phone": {lx.PHONE}, "account": {lx.CARD, lx.ACCOUNT},
+}
 
 
 def _backchannel(words):
@@ -381,11 +408,14 @@ class CallRedactor:
             count, out, lookback = self._judge(state, now, final, force)
         except Exception as e:  # noqa: BLE001 - fail closed, never lose an utterance
             return self._release_masked(state, now, e)
-        for _ in range(count):
-            state.pending.popleft()
+        seqs = [state.pending.popleft().seq for _ in range(count)]
         state.lookback, state.lookback_end = lookback
-        for release in out:
+        for seq, release in zip(seqs, out):
             self._count(release)
+            renewed = set()
+            for span in release.spans:
+                renewed |= _RENEWS.get(span.entity, set())
+            self._context.renew(seq, now, renewed)
         return out
 
     def _judge(self, state, now, final, force):

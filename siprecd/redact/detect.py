@@ -170,6 +170,8 @@ def context_of(words):
             kinds.add(lx.SECRET)
         elif w in lx.NUMBER_WORDS and prev not in lx.ID_WORDS and prev not in lx.NOT_SECRET_CODE:
             kinds.add(lx.PHONE)
+    if any(w in lx.ID_ASKS for w in words):
+        kinds.add(lx.ID)
     changes_topic = any(w in lx.TOPIC_WORDS for w in words)
     return frozenset(kinds), changes_topic
 
@@ -248,9 +250,15 @@ def _spoken_local(words, j, breaks, at):
         if w in lx.LOCAL_JOINERS and start is not None:
             j -= 1
             continue
-        if not w or w in lx.NOT_LOCAL or not _LOCAL.fullmatch(w):
+        spelled = (len(w) == 1 and start is not None and len(words[start]) == 1
+                   and j > 0 and len(words[j - 1]) == 1)
+        if not w or (w in lx.NOT_LOCAL and not spelled) or w in lx.FILLERS \
+                or not _LOCAL.fullmatch(w):
+            # ("a" and "i" are words, except between letters: "m a r k").
             break
         start = j
-        pieces += 1
+        # Letters spelled one by one ("t h o m p s o n") are one piece together.
+        if len(w) > 1 or not (j > 0 and len(words[j - 1]) == 1):
+            pieces += 1
         j -= 1
     return start

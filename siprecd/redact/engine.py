@@ -82,6 +82,8 @@ class Run:
     starts: tuple = (0,)
     # What the run was taken for (see policy.ENTITIES), when it is masked.
     entity: str = None
+    # Said digit by digit ("four one five", "4 1 5"), not in compounds.
+    spelled: bool = False
 
     @property
     def first(self):
@@ -129,6 +131,7 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
         run.kind = classify(run, policy, region, cut=cut)
         if run.kind is not None:
             run.entity = entity_of(run)
+    _link_corrections(runs, shapes, breaks)
     masked = {}
     for run in runs:
         if run.kind is None:
@@ -148,6 +151,28 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
     return Analysis(runs, masked, open_run)
 
 
+def _link_corrections(runs, shapes, breaks):
+    """A number said, corrected and said again ("seven one eight two oh
+    four, um sorry I mean two oh six four eight one one") is one number
+    being read: when one side is sensitive, so is the other."""
+    numbers = [r for r in runs if r.chars is None and not r.qty]
+    for a, b in zip(numbers, numbers[1:]):
+        if (a.kind is None) == (b.kind is None):
+            continue
+        between = range(a.last + 1, b.first)
+        if len(between) > lx.CORRECTION_MAX_WORDS or any(i in breaks for i in range(
+                a.last + 1, b.first + 1)):
+            continue
+        words = [shapes[i].word for i in between if shapes[i].kind != tk.FILLER]
+        if not (words and all(w in lx.CORRECTION_WORDS for w in words)
+                and any(w in lx.CORRECTION_MARKS for w in words)):
+            continue
+        plain, sensitive = (a, b) if a.kind is None else (b, a)
+        if plain.excluded:
+            continue
+        plain.kind, plain.entity = sensitive.kind, sensitive.entity
+
+
 def classify(run, policy, region, cut=False):
     """The entity kind of a described *run*, or None."""
     d = run.digits
@@ -159,19 +184,25 @@ def classify(run, policy, region, cut=False):
         return None
     card_ctx = lx.CARD in ctx
     secret_ctx = lx.SECRET in ctx
-    ok = not run.excluded
+    # An identifier, an address or an amount by the words around it, or the
+    # answer to a question about one ("and the zip code for that card?").
+    ok = not run.excluded and lx.ID not in ctx
+    code = ok and not run.not_code
+    phone_ctx = lx.PHONE in ctx
+    # The first part of a number read out digit by digit, or one that had
+    # to go before the rest was heard.
+    part = cut or run.spelled
     if run.month and n <= 8 and (card_ctx or secret_ctx) and policy.short_numerics:
         return SHORT_NUMERIC
     if n == 9:
         return SSN if (lx.SSN in ctx or run.grouping == (3, 2, 4)) else NINE_DIGIT
-    if lx.SSN in ctx and 4 <= n <= 8 and ok:
+    if lx.SSN in ctx and ok and (4 <= n <= 8 or (n == 3 and part)):
         return SSN
-    if policy.phone_numbers and 7 <= n <= 15 and ok and detect.is_phone(
-            d, run.plus, region, lx.PHONE in ctx):
+    if policy.phone_numbers and 7 <= n <= 15 and ok and (
+            detect.is_phone(d, run.plus, region, phone_ctx) or (phone_ctx and code)):
         return PHONE_NUMBER
     if n == 10 and policy.ten_digit:
         return TEN_DIGIT
-    code = ok and not run.not_code
     if code and policy.short_numerics:
         if (card_ctx or secret_ctx) and 3 <= n <= 4:
             return SHORT_NUMERIC
@@ -182,6 +213,9 @@ def classify(run, policy, region, cut=False):
             return SPOKEN_CARD_NUMBER
         if cut and ok and n >= 8 and detect.card_prefix(d):
             return SPOKEN_CARD_NUMBER
+    if policy.phone_numbers and phone_ctx and code and 3 <= n <= 6 and part:
+        # An area code, "five five five" then a pause: part of a phone number.
+        return PHONE_NUMBER
     return run.inherit
 
 
@@ -213,6 +247,11 @@ def _numeric(slots, shapes, breaks):
     next to numbers ("oh", "double", "for", month names)."""
     n = len(slots)
     numeric = [sh.kind in (tk.LIT, tk.NUM) for sh in shapes]
+    for i, sh in enumerate(shapes):
+        # "a different one", "the new one": a pronoun.
+        if (sh.word == "one" and i > 0 and i not in breaks
+                and shapes[i - 1].word in lx.ONE_PRONOUN_AFTER):
+            numeric[i] = False
     conditional = [i for i, sh in enumerate(shapes)
                    if sh.kind in (tk.OH, tk.REPEAT, tk.HOMOPHONE, tk.MONTH)]
     if not conditional:
@@ -238,15 +277,26 @@ def _numeric(slots, shapes, breaks):
         kind = shapes[i].kind
         before, after = neighbour(i, -1), neighbour(i, 1)
         if kind == tk.OH:
+            if before is not None and shapes[before].kind == tk.REPEAT:
+                return True
+            if after is not None and not numeric[after] and shapes[after].word in lx.OH_NOT_AFTER:
+                # A number's last "oh" before "wait", "sorry": an interjection.
+                return False
             return ((before is not None and numeric[before])
                     or (after is not None and numeric[after]))
         if kind == tk.REPEAT:
             return after is not None and (numeric[after] or shapes[after].kind == tk.OH)
         if kind == tk.HOMOPHONE:
             return solid_beyond(i, -1) and solid_beyond(i, 1)
-        # A month is part of a number only in card context (an expiry).
+        # A month is part of a number only in card context (an expiry):
+        # "april twenty six", "twenty six april", "december of twenty seven".
         ctx = slots[i].ctx
-        return (lx.CARD in ctx or lx.SECRET in ctx) and (solid(before) or solid(after))
+        if not (lx.CARD in ctx or lx.SECRET in ctx):
+            return False
+        if solid(before) or solid(after):
+            return True
+        return (after is not None and shapes[after].word in lx.EXPIRY_JOINERS
+                and solid(neighbour(after, 1)))
 
     for order in (reversed(conditional), conditional, reversed(conditional)):
         for i in order:
@@ -288,12 +338,31 @@ def _runs(slots, shapes, numeric, breaks):
             elif kind == tk.FILLER or (kind == tk.AND and shapes[members[-1]].kind == tk.NUM
                                        and k + 1 < n and shapes[k + 1].kind == tk.NUM):
                 pending.append(k)
+            elif (shapes[k].word in lx.EXPIRY_JOINERS and not pending and k + 1 < n
+                  and k + 1 not in breaks and numeric[k + 1]
+                  and _expiry_context(slots[k].ctx) and _a_month(members, shapes)):
+                # "eleven of thirty two", "oh nine of twenty nine": an expiry.
+                pending.append(k)
             else:
                 break
             k += 1
         runs.append(Run(members))
         i = members[-1] + 1
     return runs
+
+
+def _expiry_context(ctx):
+    return lx.EXPIRY in ctx or (lx.CARD in ctx and lx.SECRET in ctx)
+
+
+def _a_month(members, shapes):
+    """Whether the number said by *members* can be a month ("oh nine",
+    "eleven", "09", "december")."""
+    if len(members) == 1 and shapes[members[0]].kind == tk.MONTH:
+        return True
+    atoms = [a for i in members for a in shapes[i].atoms]
+    digits = tk.spell(atoms)
+    return 1 <= len(digits) <= 2 and 1 <= int(digits) <= 12
 
 
 def _describe(run, slots, shapes, breaks):
@@ -317,6 +386,10 @@ def _describe(run, slots, shapes, breaks):
                 grouping.append(len(sh.atoms[0][1]))
             elif sh.kind in _WORD_NUMBERS:
                 grouping.append(0)
+        run.spelled = all(
+            shapes[i].kind in (tk.LIT, tk.OH, tk.REPEAT, tk.HOMOPHONE)
+            or (shapes[i].kind == tk.NUM and all(a[0] == "d" for a in shapes[i].atoms))
+            for i in members if shapes[i].kind in _DIGIT_KINDS)
         groups = tk.spell_groups(atoms)
         run.digits = "".join(groups)
         run.starts = tuple(tk.boundaries(groups))
@@ -336,10 +409,17 @@ def _describe(run, slots, shapes, breaks):
     j = run.first - 1
     while j >= 0 and j + 1 not in breaks and shapes[j].kind == tk.FILLER:
         j -= 1
-    run.not_code = j >= 0 and j + 1 not in breaks and shapes[j].word in lx.NOT_CODE_BEFORE
+    run.not_code = j >= 0 and j + 1 not in breaks and (
+        shapes[j].word in lx.NOT_CODE_BEFORE
+        # "in 2022", "in five days"; but "ending in 4242", and an expiry
+        # "sometime in 2026".
+        or (shapes[j].word in lx.IN_WORDS and not (j > 0 and shapes[j - 1].word in lx.ENDING)
+            and lx.EXPIRY not in run.ctx))
 
 
 def _excluded(run, shapes, breaks):
+    """Whether the words around *run* make it an identifier, an amount, a
+    time, a count or an address."""
     n = len(shapes)
     first, last = run.first, run.last
     before = []
@@ -348,7 +428,14 @@ def _excluded(run, shapes, breaks):
         j -= 1
         if shapes[j].kind != tk.FILLER:
             before.append(shapes[j].word)
-    if before and (before[0] in lx.CURRENCY_WORDS or any(w in lx.ID_WORDS for w in before)):
+    if before and (before[0] in lx.CURRENCY_WORDS or any(w in lx.ID_WORDS for w in before)
+                   or any(w in lx.STREET_BEFORE for w in before)):
+        return True
+    # Letters spelled before the digits ("w four five seven", "r e one
+    # eight", "c as in cat seven four"): an identifier, never a card,
+    # a phone or a social.
+    if before and (_a_letter(before[0]) and (before[0] not in "yoe" or (
+            len(before) > 1 and _a_letter(before[1]))) or before[1:3] == ["in", "as"]):
         return True
     after = []
     j = last + 1
@@ -356,10 +443,22 @@ def _excluded(run, shapes, breaks):
         if shapes[j].kind != tk.FILLER:
             after.append(shapes[j].word)
         j += 1
-    if after and after[0] in lx.UNIT_WORDS:
+    if after and (after[0] in lx.UNIT_WORDS or after[0] in lx.AMOUNT_AFTER):
+        return True
+    # "five to seven business days", "two more weeks"
+    if len(after) >= 2 and after[0] in lx.UNIT_QUALIFIERS and after[1] in lx.UNIT_WORDS:
+        return True
+    # "two forty seven thirteen on the visa": an amount put on a card.
+    if after[:2] == ["on", "the"] and len(after) == 3 and after[2] in lx.PAYMENT_WORDS:
         return True
     # "123 main street", "1600 north ..."
     return any(w in lx.STREET_WORDS for w in after[:2])
+
+
+def _a_letter(word):
+    # Not "a" and "i", English words; "y", "o", "e" are Spanish words
+    # alone, letters after another letter.
+    return len(word) == 1 and "a" <= word <= "z" and word not in ("a", "i")
 
 
 _EDGE_LEAD = "\"'“”‘’[{(<¿¡"

@@ -282,7 +282,8 @@ def word_tokens(entry):
 def required(entry, label, first, last):
     """The words of a mention that must be masked for it to count."""
     words = range(first, last + 1)
-    shapes = [tk.shape(entry.words[i]) for i in words]
+    spanish = entry.language.lower().startswith("es")
+    shapes = [tk.shape(entry.words[i], spanish) for i in words]
     if label == "email":
         return [i for i, sh in zip(words, shapes) if sh.kind != tk.FILLER]
     return [i for i, sh in zip(words, shapes) if sh.kind in _DIGIT_WORDS]

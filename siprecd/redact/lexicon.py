@@ -56,8 +56,29 @@ ES_NUMBER_WORDS = {
 }
 
 # Zero said as a letter: a digit only next to another number word or digit
-# ("oh four twenty six"), never in "oh I see".
+# ("oh four twenty six"), never in "oh I see", nor at the end of a number
+# before one of OH_NOT_AFTER ("one one four three oh wait").
 OH_WORDS = {"oh", "o"}
+OH_NOT_AFTER = {
+    "wait", "sorry", "no", "well", "yeah", "yes", "okay", "ok", "my", "god", "right",
+    "actually", "hold", "hang", "i", "i'm", "that", "that's", "it's", "and", "never", "hmm", "shoot", "darn", "gosh", "dear", "nevermind",
+}
+# "one" after these is a pronoun ("a different one", "the new one"), not a digit.
+ONE_PRONOUN_AFTER = {
+    "different", "new", "other", "another", "same", "old", "right", "wrong", "that", "this",
+    "which", "each", "every", "no", "any", "little", "big", "blue", "black", "red", "only",
+}
+# Said inside a number being read, these mark a correction: the digits on
+# each side of them are one number being read ("six oh double one, sorry I
+# mean six oh one one", "sixty-five, no wait, sixty-four").
+CORRECTION_MARKS = {"sorry", "mean", "meant", "wait", "actually", "scratch", "oops", "correction",
+                    "rather", "no", "nope", "lo", "siento", "perdón", "perdon", "digo"}
+CORRECTION_WORDS = CORRECTION_MARKS | {
+    "i", "that", "that's", "let", "me", "start", "again", "it's", "it", "is", "hold", "on",
+    "not", "right", "hang", "from", "the", "top", "beginning", "over", "um", "uh", "oh",
+    "sorry", "ok", "okay", "so", "quiero", "decir", "es",
+}
+CORRECTION_MAX_WORDS = 6
 # "double five" = 55; a digit only when a digit follows.
 REPEAT_WORDS = {"double": 2, "triple": 3, "treble": 3, "doble": 2}
 # What a recogniser writes for a digit it mis-hears: a digit only between
@@ -71,6 +92,9 @@ FILLERS = {
 # "and" / "y" only inside a spoken compound ("one hundred and five", "treinta y uno").
 AND_WORDS = {"and": "en", "y": "es"}
 PLUS_WORDS = {"plus", "más", "mas"}
+
+# Between the month and the year of an expiry ("eleven of thirty two").
+EXPIRY_JOINERS = {"of", "de", "del"}
 
 MONTHS = {
     "january": 1, "jan": 1, "february": 2, "feb": 2, "march": 3, "mar": 3, "april": 4,
@@ -91,6 +115,12 @@ MONTHS = {
 # "pin", "account").
 CARD, SECRET, SSN, PHONE = "card", "secret", "ssn", "phone"
 EXPIRY, CVV, PIN, ACCOUNT = "expiry", "cvv", "pin", "account"
+# "id": what is asked for is an identifier, a place or a date that is not
+# sensitive ("and the billing zip code for that card", "what's the order
+# number", "date of birth"): the answer is not masked by context.
+ID = "id"
+# Context kinds that ask for something sensitive.
+SENSITIVE = frozenset({CARD, SECRET, SSN, PHONE})
 
 # Phrases (tuples of words) -> kinds. Single words are one-tuples.
 _CVV = {SECRET, CARD, CVV}
@@ -100,7 +130,8 @@ CONTEXT_PHRASES = {
     ("card",): {CARD}, ("cards",): {CARD}, ("credit",): {CARD}, ("debit",): {CARD},
     ("visa",): {CARD}, ("mastercard",): {CARD}, ("master", "card"): {CARD},
     ("amex",): {CARD}, ("american", "express"): {CARD}, ("discover", "card"): {CARD},
-    ("long", "number"): {CARD},
+    ("long", "number"): {CARD}, ("sixteen", "digits"): {CARD}, ("16", "digits"): {CARD},
+    ("fifteen", "digits"): {CARD}, ("15", "digits"): {CARD},
     ("tarjeta",): {CARD}, ("crédito",): {CARD}, ("credito",): {CARD},
     ("débito",): {CARD}, ("debito",): {CARD},
     # accounts
@@ -139,8 +170,16 @@ CONTEXT_PHRASES = {
     ("cellphone",): {PHONE}, ("mobile",): {PHONE}, ("landline",): {PHONE},
     ("fax",): {PHONE}, ("callback",): {PHONE}, ("call", "back"): {PHONE},
     ("call", "me"): {PHONE}, ("reach", "me"): {PHONE}, ("reach", "you"): {PHONE},
-    ("text", "me"): {PHONE}, ("teléfono",): {PHONE}, ("telefono",): {PHONE},
+    ("text", "me"): {PHONE}, ("area", "code"): {PHONE}, ("teléfono",): {PHONE}, ("telefono",): {PHONE},
     ("celular",): {PHONE}, ("móvil",): {PHONE}, ("movil",): {PHONE},
+}
+# Words of a question about an identifier, a place or a date (see ID).
+ID_ASKS = {
+    "zip", "postal", "street", "address", "order", "confirmation", "tracking", "reference",
+    "member", "group", "claim", "invoice", "extension", "apartment", "suite", "room",
+    "flight", "ticket", "birth", "birthday", "born", "serial", "model", "item",
+    "sku", "policy", "student", "employee", "prescription", "rx", "booking",
+    "pedido", "orden", "factura", "nacimiento", "dirección", "direccion", "postal",
 }
 # "code" and "number" alone are context unless a word before says otherwise
 # ("zip code", "order number").
@@ -174,8 +213,21 @@ ID_WORDS = {
 NOT_CODE_BEFORE = {
     "at", "since", "of", "charge", "charged", "pay", "paid", "costs", "cost", "owe",
     "spent", "about", "around", "approximately", "roughly", "over", "under", "only",
-    "desde", "cuesta", "pagar", "pagué", "pague",
+    "for", "full", "process", "processed", "processing", "charging", "refund", "refunded",
+    "after", "before", "until", "till", "by", "from", "between", "than", "plus", "minus",
+    "desde", "cuesta", "pagar", "pagué", "pague", "por",
 }
+# "in 2022", "in two days" (a year, a time); "ending in", "ends in" are not.
+IN_WORDS = {"in", "en"}
+ENDING = {"ending", "ends", "end", "termina", "terminada"}
+# A number right before one of these is an amount.
+AMOUNT_AFTER = {"charged", "plus", "each", "tax", "total", "apiece", "refunded", "off"}
+# "five to seven business days", "two more weeks".
+UNIT_QUALIFIERS = {"business", "working", "more", "extra", "other", "full", "whole", "calendar"}
+# "... on the visa": what an amount is put on.
+PAYMENT_WORDS = {"visa", "mastercard", "amex", "card", "discover", "account", "bill"}
+# A number right after one of these (within three words) is an address.
+STREET_BEFORE = {"calle", "avenida", "carrera", "colonia", "boulevard", "bulevar"}
 # A number right before one of these is an amount, a time, a count.
 UNIT_WORDS = {
     "dollars", "dollar", "bucks", "cents", "cent", "percent", "pesos", "peso", "euros",
@@ -225,7 +277,7 @@ BACKCHANNEL = {
     "ok", "okay", "uh", "huh", "uh-huh", "mhm", "mm", "mmhmm", "mm-hmm", "hmm", "yes", "yeah",
     "yep", "right", "got", "it", "go", "ahead", "sure", "alright", "all", "thanks", "thank",
     "you", "great", "perfect", "continue", "i", "see", "so", "um", "next", "then", "fine",
-    "good", "keep", "going", "and", "sí", "si", "claro", "vale", "bueno", "ajá", "aja",
+    "good", "keep", "going", "on", "and", "sí", "si", "claro", "vale", "bueno", "ajá", "aja",
     "gracias", "adelante", "listo", "siga", "ok.",
 }
 BACKCHANNEL_MAX_WORDS = 4
