@@ -172,17 +172,27 @@ class _Context:
         self.entries = []
 
     def note(self, seq, now, own, changes_topic):
+        self.entries = [(s, t, k) for s, t, k in self.entries
+                        if k and seq - s <= self.utterances and now - t <= self.window]
+        # An identifier named in the utterance itself ("my zip is ...") is
+        # left to the words next to its number; asked for, it covers the answer.
+        active = set(own - {lx.ID})
+        for s, _, kinds in self.entries:
+            active |= kinds if seq - s <= self.ID_UTTERANCES else kinds - {lx.ID}
+        if own & lx.SENSITIVE:
+            # Its own words say what its numbers are ("... the card ending in").
+            active.discard(lx.ID)
+        # What this utterance changes counts from the next one on: it still
+        # answers the question before it ("it's 921 and my zip is ..."),
+        # unless it speaks of money ("your total comes to ...").
         if changes_topic and not own & lx.SENSITIVE:
+            if lx.MONEY in own:
+                active = set(own - {lx.ID})
             self.entries.clear()
-        if own & lx.SENSITIVE and lx.ID not in own:
+        elif own & lx.SENSITIVE and lx.ID not in own:
             # A new question about something sensitive: the identifier
             # asked for before is answered.
             self.entries = [(s, t, k - {lx.ID}) for s, t, k in self.entries]
-        self.entries = [(s, t, k) for s, t, k in self.entries
-                        if k and seq - s <= self.utterances and now - t <= self.window]
-        active = set(own)
-        for s, _, kinds in self.entries:
-            active |= kinds if seq - s <= self.ID_UTTERANCES else kinds - {lx.ID}
         if own and self.utterances > 0:
             self.entries.append((seq, now, own))
         return frozenset(active)

@@ -172,6 +172,8 @@ def context_of(words):
             kinds.add(lx.PHONE)
     if any(w in lx.ID_ASKS for w in words):
         kinds.add(lx.ID)
+    if any(w in lx.MONEY_WORDS for w in words):
+        kinds.add(lx.MONEY)
     changes_topic = any(w in lx.TOPIC_WORDS for w in words)
     return frozenset(kinds), changes_topic
 
@@ -210,6 +212,9 @@ def find_emails(contents, words, breaks=frozenset()):
         start = _spoken_local(words, i - 1, breaks, i)
         if start is None:
             continue
+        # "my work one jpatel at ...": a number word does not start an address.
+        while start < i - 1 and (words[start] in lx.NUMBER_WORDS_EN or words[start] in lx.LOCAL_JOINERS):
+            start += 1
         spans.append((start, end))
         taken = end
     return spans

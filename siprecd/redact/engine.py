@@ -84,6 +84,8 @@ class Run:
     entity: str = None
     # Said digit by digit ("four one five", "4 1 5"), not in compounds.
     spelled: bool = False
+    # All its utterance says, give or take "it's", "um".
+    alone: bool = False
 
     @property
     def first(self):
@@ -120,8 +122,14 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
     while last_meaningful >= 0 and shapes[last_meaningful].kind == tk.FILLER:
         last_meaningful -= 1
     open_run = None
+    words_in = {}
+    for slot, sh in zip(slots, shapes):
+        if sh.kind != tk.FILLER:
+            words_in[slot.utt] = words_in.get(slot.utt, 0) + 1
     for run in runs:
         _describe(run, slots, shapes, breaks)
+        said = sum(1 for i in run.members if shapes[i].kind != tk.FILLER)
+        run.alone = words_in.get(slots[run.first].utt, 0) - said <= 2
         if not final and run.chars is None and not run.qty and run.last >= last_meaningful:
             run.open = True
             open_run = run
@@ -207,6 +215,9 @@ def classify(run, policy, region, cut=False):
         if (card_ctx or secret_ctx) and 3 <= n <= 4:
             return SHORT_NUMERIC
         if secret_ctx and 5 <= n <= 8:
+            return SHORT_NUMERIC
+        if n == 2 and run.alone and (lx.CVV in ctx or lx.PIN in ctx):
+            # Part of a code, or one the recogniser heard short ("sixty three").
             return SHORT_NUMERIC
     if policy.spoken_card_numbers:
         if card_ctx and n >= 5 and code:
@@ -340,7 +351,8 @@ def _runs(slots, shapes, numeric, breaks):
                 pending.append(k)
             elif (shapes[k].word in lx.EXPIRY_JOINERS and not pending and k + 1 < n
                   and k + 1 not in breaks and numeric[k + 1]
-                  and _expiry_context(slots[k].ctx) and _a_month(members, shapes)):
+                  and _expiry_context(slots[k].ctx) and _a_month(members, shapes)
+                  and _a_year(k + 1, slots, shapes, numeric, breaks)):
                 # "eleven of thirty two", "oh nine of twenty nine": an expiry.
                 pending.append(k)
             else:
@@ -352,7 +364,19 @@ def _runs(slots, shapes, numeric, breaks):
 
 
 def _expiry_context(ctx):
-    return lx.EXPIRY in ctx or (lx.CARD in ctx and lx.SECRET in ctx)
+    return lx.EXPIRY in ctx or lx.CARD in ctx or lx.SECRET in ctx
+
+
+def _a_year(k, slots, shapes, numeric, breaks):
+    """Whether the number starting at slot *k* is the year of an expiry
+    ("thirty two", "twenty twenty nine", "29", "2029")."""
+    atoms = []
+    while k < len(slots) and numeric[k] and (not atoms or k not in breaks):
+        atoms.extend(shapes[k].atoms)
+        k += 1
+    digits = tk.spell(atoms)
+    return (len(digits) == 2 and "20" <= digits <= "49") or (
+        len(digits) == 4 and "2000" <= digits <= "2049")
 
 
 def _a_month(members, shapes):
@@ -407,7 +431,9 @@ def _describe(run, slots, shapes, breaks):
     run.ctx = frozenset(ctx)
     run.excluded = _excluded(run, shapes, breaks)
     j = run.first - 1
-    while j >= 0 and j + 1 not in breaks and shapes[j].kind == tk.FILLER:
+    while j >= 0 and j + 1 not in breaks and (
+            shapes[j].kind == tk.FILLER or shapes[j].word in lx.DETERMINERS):
+        # "refund the thirty nine ninety nine": the word before "the" says.
         j -= 1
     run.not_code = j >= 0 and j + 1 not in breaks and (
         shapes[j].word in lx.NOT_CODE_BEFORE

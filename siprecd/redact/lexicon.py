@@ -27,6 +27,8 @@ EN_NUMBER_WORDS = {
     "hundred": ("hundred", 100), "thousand": ("thousand", 1000),
 }
 
+NUMBER_WORDS_EN = frozenset(EN_NUMBER_WORDS)
+
 ES_NUMBER_WORDS = {
     "cero": ("d", 0), "uno": ("d", 1), "dos": ("d", 2), "tres": ("d", 3),
     "cuatro": ("d", 4), "cinco": ("d", 5), "seis": ("d", 6), "siete": ("d", 7),
@@ -119,6 +121,8 @@ EXPIRY, CVV, PIN, ACCOUNT = "expiry", "cvv", "pin", "account"
 # sensitive ("and the billing zip code for that card", "what's the order
 # number", "date of birth"): the answer is not masked by context.
 ID = "id"
+# "money": the utterance speaks of an amount ("your total comes to").
+MONEY = "money"
 # Context kinds that ask for something sensitive.
 SENSITIVE = frozenset({CARD, SECRET, SSN, PHONE})
 
@@ -191,10 +195,15 @@ NOT_SECRET_CODE = {
     "dress", "error", "source", "tax",
 }
 
+# Words of an utterance about an amount: card context from earlier
+# utterances does not reach its numbers.
+MONEY_WORDS = {"total", "amount", "balance", "owe", "payments", "price", "costs", "fee",
+               "comes", "saldo", "monto", "total", "precio"}
 # A question on another topic ends card context from earlier utterances.
 TOPIC_WORDS = {
     "address", "street", "zip", "postal", "email", "e-mail", "birthday", "born", "birth",
     "name", "spell", "amount", "total", "balance", "order", "delivery", "shipping",
+    "payments", "owe", "price", "fee",
     "dirección", "direccion", "correo", "nombre", "cumpleaños",
 }
 
@@ -217,6 +226,9 @@ NOT_CODE_BEFORE = {
     "after", "before", "until", "till", "by", "from", "between", "than", "plus", "minus",
     "desde", "cuesta", "pagar", "pagué", "pague", "por",
 }
+# Looked past for the word before a number.
+DETERMINERS = {"the", "a", "an", "that", "this", "your", "my", "those", "these", "el", "la",
+               "los", "las", "un", "una"}
 # "in 2022", "in two days" (a year, a time); "ending in", "ends in" are not.
 IN_WORDS = {"in", "en"}
 ENDING = {"ending", "ends", "end", "termina", "terminada"}
