@@ -188,12 +188,20 @@ def _domain_ok(labels):
     return labels[-1] in lx.TLDS or labels[0] in lx.MAIL_PROVIDERS
 
 
-def find_emails(contents, words, breaks=frozenset()):
+def find_emails(contents, words, breaks=frozenset(), about_email=None):
     """[(first, last)] token index ranges (inclusive) of e-mail addresses.
 
     *contents* are the tokens as written, *words* their bare forms; no
     address is taken across an index in *breaks* (a new utterance after a
-    long pause)."""
+    long pause). *about_email* (a function of a token index): whether
+    e-mail is being talked about there, when a mail provider without its
+    domain ("kevin at gmail") counts; by default wherever an e-mail word
+    is among *words*."""
+    if about_email is None:
+        mentioned = any(w in lx.EMAIL_WORDS for w in words)
+
+        def about_email(i):
+            return mentioned
     spans = []
     n = len(words)
     taken = -1
@@ -206,7 +214,7 @@ def find_emails(contents, words, breaks=frozenset()):
             continue
         if w not in lx.AT_WORDS:
             continue
-        end = _spoken_domain(words, i + 1, n, breaks)
+        end = _spoken_domain(words, i + 1, n, breaks, about_email(i))
         if end is None:
             continue
         start = _spoken_local(words, i - 1, breaks, i)
@@ -220,7 +228,7 @@ def find_emails(contents, words, breaks=frozenset()):
     return spans
 
 
-def _spoken_domain(words, j, n, breaks):
+def _spoken_domain(words, j, n, breaks, about_email):
     if j < n and j not in breaks and words[j] in ("sign", "symbol"):
         j += 1
     if j >= n or j in breaks:
@@ -240,7 +248,7 @@ def _spoken_domain(words, j, n, breaks):
         k += 2
     if len(labels) >= 2 and _domain_ok(labels):
         return end
-    if len(labels) == 1 and labels[0] in lx.MAIL_PROVIDERS:
+    if len(labels) == 1 and labels[0] in lx.MAIL_PROVIDERS and about_email:
         return end
     return None
 
@@ -255,8 +263,7 @@ def _spoken_local(words, j, breaks, at):
         if w in lx.LOCAL_JOINERS and start is not None:
             j -= 1
             continue
-        spelled = (len(w) == 1 and start is not None and len(words[start]) == 1
-                   and j > 0 and len(words[j - 1]) == 1)
+        spelled = len(w) == 1 and j > 0 and len(words[j - 1]) == 1 and words[j - 1].isalpha()
         if not w or (w in lx.NOT_LOCAL and not spelled) or w in lx.FILLERS \
                 or not _LOCAL.fullmatch(w):
             # ("a" and "i" are words, except between letters: "m a r k").

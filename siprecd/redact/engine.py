@@ -150,7 +150,9 @@ def analyse(slots, policy, *, region="US", spanish=False, breaks=frozenset(), fi
     if policy.email:
         contents = [s.content for s in slots]
         words = [sh.word for sh in shapes]
-        for first, last in detect.find_emails(contents, words, breaks):
+        # E-mail talked about in the utterance, or asked for just before.
+        about = [lx.EMAIL in s.ctx for s in slots]
+        for first, last in detect.find_emails(contents, words, breaks, about.__getitem__):
             run = Run(list(range(first, last + 1)), kind=EMAIL, entity="email")
             runs.append(run)
             for i in run.members:
@@ -288,11 +290,6 @@ def _numeric(slots, shapes, breaks):
         kind = shapes[i].kind
         before, after = neighbour(i, -1), neighbour(i, 1)
         if kind == tk.OH:
-            if before is not None and shapes[before].kind == tk.REPEAT:
-                return True
-            if after is not None and not numeric[after] and shapes[after].word in lx.OH_NOT_AFTER:
-                # A number's last "oh" before "wait", "sorry": an interjection.
-                return False
             return ((before is not None and numeric[before])
                     or (after is not None and numeric[after]))
         if kind == tk.REPEAT:

@@ -58,13 +58,9 @@ ES_NUMBER_WORDS = {
 }
 
 # Zero said as a letter: a digit only next to another number word or digit
-# ("oh four twenty six"), never in "oh I see", nor at the end of a number
-# before one of OH_NOT_AFTER ("one one four three oh wait").
+# ("oh four twenty six"), never in "oh I see". (A number's last "oh" before
+# "wait" stays a digit: "... four three oh, and ..." may end a card.)
 OH_WORDS = {"oh", "o"}
-OH_NOT_AFTER = {
-    "wait", "sorry", "no", "well", "yeah", "yes", "okay", "ok", "my", "god", "right",
-    "actually", "hold", "hang", "i", "i'm", "that", "that's", "it's", "and", "never", "hmm", "shoot", "darn", "gosh", "dear", "nevermind",
-}
 # "one" after these is a pronoun ("a different one", "the new one"), not a digit.
 ONE_PRONOUN_AFTER = {
     "different", "new", "other", "another", "same", "old", "right", "wrong", "that", "this",
@@ -121,6 +117,8 @@ EXPIRY, CVV, PIN, ACCOUNT = "expiry", "cvv", "pin", "account"
 # sensitive ("and the billing zip code for that card", "what's the order
 # number", "date of birth"): the answer is not masked by context.
 ID = "id"
+# "email": an e-mail address is asked for or given.
+EMAIL = "email"
 # "money": the utterance speaks of an amount ("your total comes to").
 MONEY = "money"
 # Context kinds that ask for something sensitive.
@@ -176,6 +174,9 @@ CONTEXT_PHRASES = {
     ("call", "me"): {PHONE}, ("reach", "me"): {PHONE}, ("reach", "you"): {PHONE},
     ("text", "me"): {PHONE}, ("area", "code"): {PHONE}, ("teléfono",): {PHONE}, ("telefono",): {PHONE},
     ("celular",): {PHONE}, ("móvil",): {PHONE}, ("movil",): {PHONE},
+    # e-mail
+    ("email",): {EMAIL}, ("e-mail",): {EMAIL}, ("mail",): {EMAIL}, ("emails",): {EMAIL},
+    ("correo",): {EMAIL}, ("inbox",): {EMAIL},
 }
 # Words of a question about an identifier, a place or a date (see ID).
 ID_ASKS = {
@@ -281,7 +282,20 @@ NOT_LOCAL = {
     "and", "or", "at", "send", "sent", "to", "from", "of", "on", "in", "home", "work",
     "least", "all", "once", "night", "noon", "school", "store", "office", "please",
     "so", "yes", "yeah", "no", "okay", "ok", "correo", "es", "mi", "el", "la", "con",
+    "sure", "yep", "well", "right", "just", "also", "actually", "thanks", "hi", "hello",
+    "then", "now", "like", "oh", "one", "that's", "he", "she", "he's", "she's", "works",
+    "worked", "working", "job", "lives", "living", "stays", "staying", "shop", "shopping",
+    "bought", "bank", "banking", "meet", "meeting", "arrive", "arrived", "stop", "stopped",
+    "good", "great", "better", "best", "bad", "nothing", "something", "anything", "every",
+    "should", "could", "would", "will", "can", "do", "does", "did", "has", "have", "had",
+    "what's", "who", "where", "when", "how", "why", "which", "for", "with", "by", "about",
+    "account", "number", "name", "called", "try", "use", "using", "found", "him", "sí", "si",
+    "y", "o", "de", "en", "del", "pues", "bueno",
 }
+# Words of a question or an answer about an e-mail address: a mail
+# provider alone ("john smith at gmail") is an address only after them.
+EMAIL_WORDS = {"email", "e-mail", "mail", "emails", "inbox", "correo", "electrónico",
+               "electronico", "gmail", "yahoo", "hotmail", "outlook"}
 
 # What the other party says while someone reads a number out, without
 # taking the turn ("uh huh", "okay go ahead"): a number goes on across it.

@@ -31,9 +31,14 @@ Entity kinds (the ``kind`` of every redacted span):
     number, an account number); and a number being read in groups that
     starts like a card and already has 8 digits when its first part must
     be released before the rest is heard.
-``email`` (``email``, default off)
+``email`` (``email``, default on)
     Written (``john@example.com``) and spoken ("john dot smith at gmail
-    dot com", "arroba", "punto") addresses.
+    dot com", "j underscore smith at yahoo dot com", "m a r k at outlook
+    dot com", "arroba", "punto") addresses: words joined by "dot",
+    "underscore", "dash" or spelled letter by letter, then "at", then a
+    mail provider or a domain ending in a known top-level domain. The
+    "at" of ordinary speech ("I'm at work", "look at google dot com")
+    is not an address: the words before it must be able to be a mailbox.
 
 Numbers next to words that make them an amount, a time, a count, an
 address or an identifier ("$25", "3:30", "2 kids", "123 Main Street",
@@ -110,7 +115,7 @@ class Policy:
     ten_digit: bool = True
     phone_numbers: bool = True
     spoken_card_numbers: bool = True
-    email: bool = False
+    email: bool = True
     # Longest wait of an utterance ending in a number for the rest of it.
     hold_back: float = attrs.field(default=3.0, validator=_non_negative)
     # Numbers split by at most this pause (timeline) are one number.
