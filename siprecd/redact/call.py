@@ -28,7 +28,20 @@ Context
     by either party count for the numbers said after them, for
     ``policy.context_window`` seconds and ``policy.context_utterances``
     utterances of the call, unless someone changes the topic ("and your
-    address?").
+    address?"). Each number masked in a context renews it, so a card read
+    group by group, each group echoed by the other party, stays a card to
+    the end. A question about an identifier ("the billing zip code for
+    that card?", "the order number?") makes its answer not sensitive by
+    context. Context and hold-back are per call (one CallRedactor each)
+    and per stream: calls may interleave in any order.
+Never losing an utterance
+    If the analysis raises (a bug, odd input), every utterance waiting in
+    that stream is released with every word masked
+    (:func:`~siprecd.redact.failclosed.fail_closed`, span kind
+    ``fail_closed``), one error line is logged with the exception's type
+    and no text, and the redactor goes on with the rest of the call.
+    :meth:`CallRedactor.feed`, :meth:`~CallRedactor.due` and
+    :meth:`~CallRedactor.flush` never raise for what the tokens hold.
 """
 
 import re

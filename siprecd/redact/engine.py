@@ -18,6 +18,18 @@ How a number is found
     SSN context; phone numbers; 10 digits; short codes and card parts in
     card/secret context. A sensitive run is masked whole: a card read with
     its CVV or a stray digit goes entirely.
+
+What joins a number, what leaves it alone
+    "of" joins a month and a year in card context ("eleven of thirty
+    two"); a correction ("six oh double one, sorry I mean six oh one
+    one") makes the numbers on each side one number being read, masked
+    together; a part of a phone number or a social said digit by digit,
+    or cut by the hold-back, is masked in phone or SSN context. Words
+    around a number make it an amount, a time, a count, an address or an
+    identifier ("for one twenty nine ninety nine", "in five to seven
+    business days", "r e one eight eight two"), which context alone never
+    masks; card numbers, 9- and 10-digit numbers and valid phone numbers
+    are masked wherever they are.
 """
 
 import re
