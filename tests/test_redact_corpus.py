@@ -23,9 +23,13 @@ POLICY = Policy()
 
 DEV_RECALL = {"card": 0.99, "ssn": 0.99, "phone": 0.97, "expiry": 0.97, "cvv": 0.97, "pin": 0.97}
 DEV_WORD_PRECISION = 0.97
-# The held-out part's first score (see README.rst there), rounded down.
-HELDOUT_RECALL = {}
-HELDOUT_WORD_PRECISION = None
+# The held-out part's first score (see README.rst there), rounded down:
+# card 49/49, ssn 7/7, phone 18/18, expiry 12/14, cvv 13/13, pin 5/5,
+# account 7/9, e-mail 6/7; word precision 626/645. Expiry (85.7%) is
+# under the 97% goal there, and stays as it first scored.
+HELDOUT_RECALL = {"card": 1.0, "ssn": 1.0, "phone": 1.0, "expiry": 0.85, "cvv": 1.0, "pin": 1.0,
+                  "account": 0.77, "email": 0.85}
+HELDOUT_WORD_PRECISION = 0.97
 
 
 @pytest.fixture(scope="module")
