@@ -32,30 +32,74 @@ class StartupError(Exception):
 
 @implementer(IReadiness)
 class Readiness:
-    """Component name -> reason it is not ready; ready when empty."""
+    """Component name -> reason it is not ready; ready when empty.
+
+    A reason may be a string or a function returning one (asked each time
+    it is shown, for reasons that change: a model being fetched). A
+    pending item marked with :meth:`fail` will not clear by itself (a
+    missing model): the node is *settled* once it is ready or everything
+    still pending has failed, which is when ``systemd`` is told start-up
+    is over. Parts add sections to /v1/health with :meth:`add_details`.
+    """
 
     def __init__(self):
         self._pending = {}
+        self._failed = set()
         self._watchers = []
+        self._settled_watchers = []
+        self._details = {}
 
     def wait_for(self, name, reason):
         self._pending[name] = reason
+        self._failed.discard(name)
+
+    def fail(self, name, reason):
+        """*name* is not ready and will not be without the operator."""
+        self._pending[name] = reason
+        self._failed.add(name)
+        self._tell_settled()
 
     def done(self, name):
+        self._failed.discard(name)
         if self._pending.pop(name, None) is not None and not self._pending:
             for watcher in list(self._watchers):
                 watcher()
+        self._tell_settled()
 
     def when_ready(self, callback):
         """Call *callback* each time the last pending item is done."""
         self._watchers.append(callback)
+
+    def when_settled(self, callback):
+        """Call *callback* once, when the node is ready or every pending
+        item has failed (at once if that is so already)."""
+        self._settled_watchers.append(callback)
+        self._tell_settled()
+
+    @property
+    def settled(self):
+        return set(self._pending) <= self._failed
+
+    def _tell_settled(self):
+        if self._settled_watchers and self.settled:
+            watchers, self._settled_watchers = self._settled_watchers, []
+            for watcher in watchers:
+                watcher()
 
     @property
     def ready(self):
         return not self._pending
 
     def pending(self):
-        return dict(self._pending)
+        return {name: reason() if callable(reason) else reason
+                for name, reason in self._pending.items()}
+
+    def add_details(self, name, report):
+        """/v1/health gets a section *name* with what *report()* returns."""
+        self._details[name] = report
+
+    def details(self):
+        return {name: report() for name, report in self._details.items()}
 
 
 class ListeningPort(service.Service):

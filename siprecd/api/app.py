@@ -446,7 +446,8 @@ class ControlApi:
     @route("/v1/health", ["GET"])
     async def health(self, request, app):
         pending = self.readiness.pending()
-        details = {"ready": not pending, "node": self.node_name, "pending": pending}
+        details = {"ready": not pending, "node": self.node_name, "pending": pending,
+                   **self.readiness.details()}
         if pending:
             why = "; ".join(pending)
             raise errors.ServiceUnavailable(f"not ready: {why}",
