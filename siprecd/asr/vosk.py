@@ -270,6 +270,17 @@ class VoskBackend:
                                     + "; ".join(str(e) for e in failures))
             self._first.errback(error)
 
+    def can_fetch(self, language):
+        """Whether the model of *language* is given by a name Vosk's model
+        list may have (a path cannot be fetched)."""
+        return _is_name(self._wanted[normalise_language(language)][1])
+
+    def missing_message(self, language):
+        """What to do about the missing model of *language*: one line,
+        without the key path."""
+        _, value = self._wanted[normalise_language(language)]
+        return self._missing(self.model_path(language), value)
+
     def _missing(self, path, value):
         if _is_name(value):
             return (
