@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "siprecd.redact.cli",
     "siprecd.export.cli",
     "siprecd.storage.cli",
+    "siprecd.asr.cli",
 )
 
 
