@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "siprecd.export.cli",
     "siprecd.storage.cli",
     "siprecd.asr.cli",
+    "siprecd.demo.cli",
 )
 
 
