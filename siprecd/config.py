@@ -103,7 +103,7 @@ class Sip:
     max_message_size: Annotated[ByteSize, Range(1024, 16 * 1024 * 1024)] = 65536
     max_call_duration: Duration = 4 * 3600.0
     session_expires: Annotated[Duration, Range(90, None)] = 1800.0
-    # Order in which call identifiers are looked for (SPEC §1).
+    # Order in which call identifiers are looked for (README, "SIP and SIPREC").
     guid_sources: Annotated[
         list[
             Literal[

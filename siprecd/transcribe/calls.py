@@ -5,7 +5,7 @@ of them is stored.
 work in flight on them, for a clean drain). :class:`CallControl` is
 the ``ICallListener`` that keeps it (a call is stored when it is offered,
 and the 200 OK waits for that; updated on re-INVITEs; finalised and ended
-on BYE) and carries out start-streaming and stop-streaming as SPEC §3
+on BYE) and carries out start-streaming and stop-streaming as docs/api.rst
 defines them, with its error codes as :mod:`siprecd.transcribe.errors`
 exceptions.
 
