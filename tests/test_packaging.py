@@ -350,3 +350,30 @@ def test_version_and_license(wheel):
     text = zipfile.ZipFile(wheel).read(licenses[0]).decode()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert (REPO / "LICENSE").read_text() == text
+
+
+# -- the documents refer only to what ships -----------------------------------------------------
+
+DOCUMENTS = ["README.rst", "etc/siprecd.yaml", *(str(p.relative_to(REPO))
+                                                 for p in sorted((REPO / "docs").glob("*.rst")))]
+
+
+def test_the_documents_refer_only_to_files_that_ship():
+    mentioned = set()
+    for name in DOCUMENTS:
+        text = (REPO / name).read_text(encoding="utf-8")
+        assert not re.search(r"\bSPEC\b", text), f"{name} refers to a SPEC that does not ship"
+        mentioned |= set(re.findall(
+            r"(?<![/\w.~$-])((?:docs|contrib|etc|bench|tests|scripts|harness|fuzz|siprecd|twisted)/"
+            r"[\w./-]*\w)", text))
+    missing = sorted(path for path in mentioned
+                     if not any(ch in path for ch in "<*") and not (REPO / path).exists()
+                     and not (REPO / path).with_suffix(".py").exists())
+    assert missing == []
+    assert "docs/api.rst" in mentioned and "contrib/logrotate/siprecd" in mentioned
+
+
+def test_no_shipped_module_refers_to_a_spec_that_does_not_ship():
+    offenders = [str(p.relative_to(REPO)) for p in sorted((REPO / "siprecd").rglob("*"))
+                 if p.suffix in (".py", ".yaml") and re.search(r"\bSPEC\b", p.read_text())]
+    assert offenders == []
