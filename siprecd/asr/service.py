@@ -55,8 +55,10 @@ class AsrService(service.Service):
         self.readiness.wait_for(READINESS_KEY, reason)
         if ILanguageStates.providedBy(self.backend):
             self.readiness.add_details("languages", self.backend.language_states)
-        self.log.info("asr: {reason}", reason=reason() if callable(reason) else reason)
         self.starting = defer.maybeDeferred(self.backend.start)
+        # After start(): what it is doing now (loading, or fetching first).
+        if not self.starting.called:
+            self.log.info("asr: {reason}", reason=reason() if callable(reason) else reason)
         self.starting.addCallbacks(self._started, self._failed)
         # Nothing returned on purpose: the next stages start meanwhile.
 

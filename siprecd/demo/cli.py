@@ -276,13 +276,15 @@ class Demo:
         call = await answered.addTimeout(30, reactor)
         guid = call.guid
         w(f"  SIPREC call answered (guid {guid}); {seconds:.1f} s of speech")
+        receiver.started = reactor.seconds()  # webhook times count from the start
         status, body = await api.call("POST", START, {
             "namespace": "siprec", "guid": guid, "customerId": CUSTOMER_ID,
             "agentId": AGENT_ID, "autotranscribeParams": {"language": self.voice.language}})
         if status != 200:
             raise RuntimeError(f"start-streaming answered {status}: {body}")
         streams = {role: v["streamId"] for role, v in body["autotranscribeResponse"].items()}
-        w(f"  start-streaming: 200 (streams: {', '.join(f'{r} {s}' for r, s in streams.items())})")
+        w(f"  start-streaming: 200 (streams: {', '.join(f'{r} {s}' for r, s in streams.items())}); "
+          f"each utterance as its webhook arrives, seconds after the start:")
 
         # Stop just before the end of the speech: what is still open ends there.
         await task.deferLater(reactor, max(0.0, seconds - 0.5))
