@@ -49,21 +49,27 @@ class Readiness:
     A reason may be a string or a function returning one (asked each time
     it is shown, for reasons that change: a model being fetched). A
     pending item marked with :meth:`fail` will not clear by itself (a
-    missing model): the node is *settled* once it is ready or everything
-    still pending has failed, which is when ``systemd`` is told start-up
-    is over. Parts add sections to /v1/health with :meth:`add_details`.
+    missing model), and one waited for with ``external=True`` waits on
+    something outside the node (ASR servers not up yet): the node is
+    *settled* once it is ready or everything still pending is one of
+    those, which is when ``systemd`` is told start-up is over. Parts add
+    sections to /v1/health with :meth:`add_details`.
     """
 
     def __init__(self):
         self._pending = {}
-        self._failed = set()
+        self._failed = set()        # failed, or waiting on something outside
         self._watchers = []
         self._settled_watchers = []
         self._details = {}
 
-    def wait_for(self, name, reason):
+    def wait_for(self, name, reason, external=False):
         self._pending[name] = reason
-        self._failed.discard(name)
+        if external:
+            self._failed.add(name)
+            self._tell_settled()
+        else:
+            self._failed.discard(name)
 
     def fail(self, name, reason):
         """*name* is not ready and will not be without the operator."""

@@ -99,3 +99,24 @@ def test_the_watchdog_is_pinged_by_the_reactor_so_a_stuck_one_stops_the_pings(li
     # No turn of the reactor, no ping, however long the wall clock runs.
     assert received() == 3
     assert set(pings) == {b"WATCHDOG=1"}
+
+
+def test_start_up_is_over_for_systemd_once_only_the_operator_or_the_outside_can_help():
+    from siprecd.service import Readiness
+
+    readiness = Readiness()
+    settled = []
+    readiness.wait_for("startup", "starting")
+    readiness.wait_for("asr", "loading a model")
+    readiness.when_settled(lambda: settled.append("settled"))
+    readiness.done("startup")
+    assert settled == []  # a model loading: work in progress
+    readiness.fail("asr", "no model")
+    assert settled == ["settled"] and not readiness.ready
+    # Waiting on servers outside the node is not start-up work either.
+    remote = Readiness()
+    remote.wait_for("asr", "connecting to ASR servers", external=True)
+    remote.when_settled(lambda: settled.append("remote"))
+    assert settled == ["settled", "remote"] and not remote.ready
+    remote.done("asr")
+    assert remote.ready

@@ -29,8 +29,7 @@ class AsrService(service.Service):
     """Starts and stops one IASRBackend; see the module doc.
 
     *backend* is an IASRBackend not yet started; *readiness* the root
-    service's ``Readiness`` (anything with ``wait_for(name, reason)`` and
-    ``done(name)``).
+    service's ``Readiness`` (``wait_for``, ``fail``, ``done``, ``add_details``).
     """
 
     log = Logger()
@@ -52,8 +51,12 @@ class AsrService(service.Service):
         self.error = None
         describe = getattr(self.backend, "describe", None)
         reason = describe if describe is not None else f"starting ASR backend {self.backend.name}"
-        self.readiness.wait_for(READINESS_KEY, reason)
-        if ILanguageStates.providedBy(self.backend):
+        # A backend with per-language states (Vosk) loads or fetches: work
+        # that ends. Others may wait on servers that are not up yet, which
+        # is no reason for systemd to think start-up is still going on.
+        finite = ILanguageStates.providedBy(self.backend)
+        self.readiness.wait_for(READINESS_KEY, reason, external=not finite)
+        if finite:
             self.readiness.add_details("languages", self.backend.language_states)
         self.starting = defer.maybeDeferred(self.backend.start)
         # After start(): what it is doing now (loading, or fetching first).
