@@ -94,6 +94,24 @@ class SipRateLimit:
 
 
 @attrs.frozen
+class SipConnections:
+    """SIP over TCP and TLS: what one connection and one source may hold."""
+
+    # Connections open at once, from every source; refused past it (the
+    # SBCs of trusted_sources get the last tenth). null: derived at start
+    # from the process's file limit (see README, "Limits").
+    max: Optional[Positive] = None
+    # Connections open at once from one address; trusted_sources exempt.
+    per_source: Optional[Positive] = 32
+    # A message must be complete this long after its first byte arrived,
+    # or its connection is closed (slow or stalled senders).
+    message_timeout: Annotated[Duration, Range(0.1, 600)] = 10.0
+    # A connection that carries no dialog and has sent nothing for this
+    # long is closed (trusted_sources exempt). null: never.
+    idle_timeout: Optional[Annotated[Duration, Range(1, None)]] = 120.0
+
+
+@attrs.frozen
 class Sip:
     udp: Listener = Listener()
     tcp: Listener = Listener()
@@ -122,8 +140,10 @@ class Sip:
     # they get 503 with Retry-After. Requests in a dialog and responses
     # are never limited. null: no limit.
     rate_limit: Optional[SipRateLimit] = SipRateLimit()
-    # Sources (CIDR, or single addresses) that skip rate_limit: the SBCs.
+    # Sources (CIDR, or single addresses) that skip rate_limit, the
+    # per-source connection cap and the idle timeout: the SBCs.
     trusted_sources: list[Annotated[str, NonEmpty()]] = ()
+    connections: SipConnections = SipConnections()
 
     def validate(self, path):
         import ipaddress

@@ -25,7 +25,9 @@ from siprecd import config as configmod
 from siprecd import tls
 from siprecd.service import ListeningPort, Readiness
 
-__all__ = ["Node", "Drain", "build_node", "usable_codecs"]
+__all__ = ["Node", "Drain", "build_node", "usable_codecs", "connection_limits"]
+
+log = Logger()
 
 
 @attrs.frozen
@@ -190,7 +192,8 @@ def _sip_and_media(config, reactor, transcription, readiness):
     from siprecd.sip.transport import Transports
     from siprecd.siprec.server import RecordingServer
 
-    transports = Transports(reactor)
+    tls_client = (tls.sip_client_options(config.sip.tls) if config.sip.tls.enabled else None)
+    transports = Transports(reactor, tls_client_options=tls_client)
     endpoint = SipEndpoint(reactor, transports, max_message_size=config.sip.max_message_size)
     ports = SocketAwarePorts(RangePortAllocator(
         reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine,
@@ -209,17 +212,44 @@ def _sip_and_media(config, reactor, transcription, readiness):
         endpoint, reactor, config, CallListeners(calls, media, transcription), ports, readiness,
         codecs=usable_codecs(config.media.codecs),
     )
-    sip_ports = _sip_listeners(config, reactor, endpoint, transports)
+    sip_ports = _sip_listeners(config, reactor, endpoint, transports,
+                               in_use=sip_server.connection_in_use)
     return calls, media, media_transport, sip_server, sip_ports
 
 
-def _sip_listeners(config, reactor, endpoint, transports):
+def connection_limits(config, reactor):
+    """The caps of SIP stream connections (``sip.connections``), the total
+    kept below what the file limit leaves for them; logged."""
+    from siprecd import resources
+    from siprecd.sip.limits import ConnectionLimits
+
+    wanted = config.sip.connections
+    soft, hard = resources.file_limit()
+    cap, budget = resources.connection_cap(wanted.max, soft, config.media.max_streams)
+    if wanted.max is not None and budget is not None and wanted.max > budget:
+        log.warn(
+            "sip.connections.max {wanted} is more than the file limit leaves for SIP "
+            "connections ({budget} of {soft} descriptors, after {streams} media streams); "
+            "using {cap}", wanted=wanted.max, budget=budget, soft=soft,
+            streams=config.media.max_streams, cap=cap)
+    log.info(
+        "SIP connections: at most {cap} open ({per_source} per source), file limit {soft} "
+        "(hard {hard})", cap=cap, per_source=wanted.per_source or "no cap", soft=soft, hard=hard)
+    return ConnectionLimits(reactor, max_connections=cap, per_source=wanted.per_source,
+                            trusted=config.sip.trusted_sources)
+
+
+def _sip_listeners(config, reactor, endpoint, transports, in_use=lambda connection: False):
     from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory
 
     sip = config.sip
+    limits = connection_limits(config, reactor) if (sip.tcp.enabled or sip.tls.enabled) else None
 
     def stream_factory(kind):
-        factory = SipStreamFactory(endpoint, transports, kind, sip.max_message_size)
+        factory = SipStreamFactory(
+            endpoint, transports, kind, sip.max_message_size, clock=reactor, limits=limits,
+            message_timeout=sip.connections.message_timeout,
+            idle_timeout=sip.connections.idle_timeout, in_use=in_use)
         transports.stream_factories[kind] = factory
         return factory
 

@@ -11,6 +11,7 @@ import socket
 from zope.interface import implementer
 
 from siprecd.interfaces import IMediaPortAllocator, PortsExhausted
+from siprecd.resources import EXHAUSTION_ERRNOS
 
 __all__ = ["RangePortAllocator"]
 
@@ -43,7 +44,13 @@ class RangePortAllocator:
             if not self._free:
                 break
             port = self._free.popleft()
-            if self.probe_host is None or _bindable(self.probe_host, port):
+            try:
+                usable = self.probe_host is None or _bindable(self.probe_host, port)
+            except OSError as e:
+                # Out of descriptors: the port is not to blame.
+                self._free.appendleft(port)
+                raise PortsExhausted(f"cannot open sockets to probe RTP ports: {e}") from e
+            if usable:
                 self._in_use.add(port)
                 return port
             # Taken by someone else: try it again after a quarantine.
@@ -61,7 +68,10 @@ class RangePortAllocator:
 
 
 def _bindable(host, port):
-    """Whether UDP *port* and *port* + 1 can be bound on *host* right now."""
+    """Whether UDP *port* and *port* + 1 can be bound on *host* right now.
+
+    Raises OSError when the process is out of descriptors or buffers (a
+    socket cannot even be made): that says nothing about the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets = []
     try:
@@ -70,7 +80,9 @@ def _bindable(host, port):
             sockets.append(s)
             s.bind((host, p))
         return True
-    except OSError:
+    except OSError as e:
+        if e.errno in EXHAUSTION_ERRNOS:
+            raise
         return False
     finally:
         for s in sockets:

@@ -8,6 +8,7 @@ it refuses new calls (503) and, when the grace period is over, hangs up
 the calls still running with a BYE of its own.
 """
 
+import collections
 import socket
 
 from twisted.application import service
@@ -16,7 +17,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from siprecd.clock import monotonic_for
-from siprecd.interfaces import IDrainable, PortsExhausted
+from siprecd.interfaces import IDrainable, PortsExhausted, StorageError
+from siprecd.resources import is_exhaustion
 from siprecd.sip.dialog import Dialog, OutOfOrder
 from siprecd.sip.endpoint import DEFAULT_PORTS, ITransactionUser, Source
 from siprecd.sip.limits import Admission
@@ -66,6 +68,9 @@ class RecordingServer:
         self.draining = False
         self._drained = []
         self._timers = {}        # dialog id -> {name: DelayedCall}
+        # Stream connections -> calls (pending or up) that came on them:
+        # a connection a dialog uses is never closed for being idle.
+        self._connections = collections.Counter()
         # Per-source rate, max_calls, max_streams (siprecd.sip.limits).
         self.admission = Admission.from_config(config, clock)
         endpoint.bind(self)
@@ -122,6 +127,20 @@ class RecordingServer:
         calls = len(self.calls) + len(self.pending)
         streams = self._streams_in_progress() if request.method == "INVITE" else 0
         return self.admission.check(request, source.host, calls, streams)
+
+    def connection_in_use(self, connection):
+        """Whether a call (offered or up) came on the stream *connection*."""
+        return self._connections.get(connection, 0) > 0
+
+    def _use_connection(self, session, delta):
+        connection = getattr(getattr(session, "source", None), "connection", None)
+        if connection is None:
+            return
+        count = self._connections[connection] + delta
+        if count > 0:
+            self._connections[connection] = count
+        else:
+            self._connections.pop(connection, None)
 
     def _streams_in_progress(self):
         return (sum(len(s.streams) for s in self.calls.values())
@@ -205,6 +224,7 @@ class RecordingServer:
         session.timer = timer
         session.source = source
         self.pending[txn.key] = session
+        self._use_connection(session, 1)
         self.log.info(
             "recording session offered: guid {guid} from {address} ({n} stream(s))",
             guid=chosen.value, call_id=request.call_id, address=f"{source.host}:{source.port}",
@@ -244,7 +264,13 @@ class RecordingServer:
 
     def _refuse(self, request, txn, session, failure):
         self.pending.pop(txn.key, None)
-        self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
+        if failure.check(StorageError, PortsExhausted) or is_exhaustion(failure.value):
+            # Expected under an outage or overload, and answered 503: a
+            # warning (the storage layer logs the outage itself), no traceback.
+            self.log.warn("refusing call {call_id} with 503: {error}",
+                          call_id=request.call_id, error=_phrase(failure.value))
+        else:
+            self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
         if txn.state == "proceeding":
             txn.respond(self._unavailable(request, "Cannot Record"))
         # Listeners that did take the call get to forget it again.
@@ -511,6 +537,7 @@ class RecordingServer:
             return
         session.state = "ended"
         session.ended_reason = reason
+        self._use_connection(session, -1)
         if session.dialog is not None:
             self.calls.pop(session.dialog.id, None)
             self._cancel_timers(session)
