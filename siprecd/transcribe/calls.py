@@ -203,10 +203,10 @@ class CallControl:
         except ValueError as e:
             _close_all(recognizers)
             raise NotAllowed(str(e)) from None
-        except Exception as e:
+        except Exception:
             _close_all(recognizers)
             self.log.failure("making recognisers for guid {guid}", guid=call.guid)
-            raise AsrUnavailable(f"speech recognition is unavailable: {e}") from None
+            raise AsrUnavailable("speech recognition is unavailable; try again") from None
         try:
             await self._leg_streams(call, params, roles)
         except Exception as e:
@@ -214,7 +214,7 @@ class CallControl:
             if isinstance(e, StorageError):
                 self.log.error("cannot store the leg of guid {guid}: {error}", guid=call.guid,
                                error=str(e))
-                raise AsrUnavailable(f"cannot store the transcription: {e}") from None
+                raise AsrUnavailable("cannot store the transcription now; try again") from None
             raise
         if call.phase != "active":
             _close_all(recognizers)
