@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from siprecd.hooks import Hook
+from siprecd.outage import OutageLog
 
 __all__ = ["ClusterService", "advertise_url"]
 
@@ -63,6 +64,8 @@ class ClusterService(service.Service):
         self.reaped = {}            # dead node -> (its last heartbeat, guids ended)
         # Told ``(node, guids)`` when a dead node's calls were ended.
         self.on_reaped = Hook("on_reaped", *on_reaped)
+        self.heartbeats = OutageLog(clock, self.log, "cluster: heartbeat", state="failed",
+                                    ongoing="still failing", back="working again")
 
     @classmethod
     def from_config(cls, config, storage, clock, on_reaped=()):
@@ -106,8 +109,9 @@ class ClusterService(service.Service):
             if await self.storage.try_lease(_LEASE, self.node, ttl):
                 await self._reap(nodes)
         except Exception as e:
-            self.log.warn("cluster: heartbeat failed ({error}); trying again in {interval}s",
-                          error=str(e), interval=self.heartbeat_interval)
+            self.heartbeats.failed(str(e), retry_in=self.heartbeat_interval)
+        else:
+            self.heartbeats.succeeded()
 
     def _observe(self, nodes):
         now = self.monotonic()
@@ -149,6 +153,7 @@ class ClusterService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self.heartbeats.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self._beating

@@ -89,7 +89,8 @@ class BurstLog:
     SIP connections...), for the two lines."""
 
     def __init__(self, clock, log, what, quiet=10.0, subject="new SIP requests",
-                 answer=" with 503"):
+                 answer=" with 503", kind="overload"):
+        self.kind = kind
         self.clock = clock
         self.log = log
         self.what = what
@@ -110,7 +111,7 @@ class BurstLog:
         if self._count == 0:
             self._started = now
             self.log.warn(
-                "overload: refusing {subject}{answer} ({what}{detail}); more "
+                self.kind + ": refusing {subject}{answer} ({what}{detail}); more "
                 "refusals are counted and summed up when they stop",
                 subject=self.subject, answer=self.answer, what=self.what,
                 detail=f": {detail}" if detail else "", source=source,
@@ -138,7 +139,7 @@ class BurstLog:
             return
         top = ", ".join(f"{s} ({n})" for s, n in self._sources.most_common(3))
         self.log.warn(
-            "overload over: {count} {subject} refused{answer} ({what}) in "
+            self.kind + " over: {count} {subject} refused{answer} ({what}) in "
             "{seconds:.1f}s{sources}",
             count=self._count, subject=self.subject, answer=self.answer, what=self.what,
             seconds=self._last - self._started,

@@ -21,7 +21,7 @@ from siprecd.interfaces import IDrainable, PortsExhausted, StorageError
 from siprecd.resources import is_exhaustion
 from siprecd.sip.dialog import Dialog, OutOfOrder
 from siprecd.sip.endpoint import DEFAULT_PORTS, ITransactionUser, Source
-from siprecd.sip.limits import Admission
+from siprecd.sip.limits import Admission, BurstLog
 from siprecd.sip.message import make_response, new_tag, parse_uri
 from siprecd.siprec import guid as guidmod
 from siprecd.siprec.metadata import MetadataError, parse_metadata
@@ -73,6 +73,10 @@ class RecordingServer:
         self._connections = collections.Counter()
         # Per-source rate, max_calls, max_streams (siprecd.sip.limits).
         self.admission = Admission.from_config(config, clock)
+        # Calls refused because storage or resources failed them: logged
+        # once when it starts and summed up when it stops.
+        self._cannot_record = BurstLog(clock, self.log, "the call could not be taken",
+                                       subject="new calls", kind="cannot record")
         endpoint.bind(self)
 
     # -- addresses ------------------------------------------------------------
@@ -215,8 +219,9 @@ class RecordingServer:
         except NotAcceptable as e:
             txn.respond(_not_acceptable(request, e))
             return
-        except PortsExhausted:
-            self.log.warn("no free RTP port; refusing call {call_id}", call_id=request.call_id)
+        except PortsExhausted as e:
+            self._cannot_record.refused(source.host, _phrase(e))
+            self.log.info("no free RTP port; refusing call {call_id}", call_id=request.call_id)
             txn.respond(self._unavailable(request, "Media Ports Exhausted"))
             return
         session.dialog = dialog
@@ -265,9 +270,10 @@ class RecordingServer:
     def _refuse(self, request, txn, session, failure):
         self.pending.pop(txn.key, None)
         if failure.check(StorageError, PortsExhausted) or is_exhaustion(failure.value):
-            # Expected under an outage or overload, and answered 503: a
-            # warning (the storage layer logs the outage itself), no traceback.
-            self.log.warn("refusing call {call_id} with 503: {error}",
+            # Expected under an outage or overload, and answered 503: one
+            # warning per burst (storage logs its outage itself), no traceback.
+            self._cannot_record.refused(session.source.host, _phrase(failure.value))
+            self.log.info("refusing call {call_id} with 503: {error}",
                           call_id=request.call_id, error=_phrase(failure.value))
         else:
             self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
@@ -599,6 +605,7 @@ class RecordingService(service.Service):
     def stopService(self):
         service.Service.stopService(self)
         self.server.admission.flush()
+        self.server._cannot_record.flush()
         if not self.server.calls:
             return None
         d = self.server.hang_up_all("shutdown")

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from siprecd.crypto import DecryptError, Keyring
 from siprecd.interfaces import IStorage, RecordNotFound, StorageError, StorageUnavailable
+from siprecd.outage import OutageLog
 from siprecd.storage import migrate
 from siprecd.storage.records import (
     ACTIVE, DEAD, DELIVERED, ENDED, IN_FLIGHT, PENDING,
@@ -95,6 +96,7 @@ class SqlStorage:
         self._in_flight = set()
         self._closed = False
         self._verified = {}
+        self.outage = OutageLog(reactor, self.log, f"{self.name} storage")
         # siprecd.crypto.Keyring when storage.encryption has a key: then
         # messages.unredacted_text, and the tokens of messages that keep
         # unredacted text, are stored encrypted (see _seal/_unseal).
@@ -155,19 +157,20 @@ class SqlStorage:
         claim_due took twice are claimable again when their lease ends."""
         for delay in (*self.retry_delays, None):
             try:
-                return await pool.runInteraction(fn, *args)
+                result = await pool.runInteraction(fn, *args)
             except Exception as e:
                 error = self._error(e)
+                if isinstance(error, StorageUnavailable):
+                    # Logged once per outage, with a periodic summary.
+                    self.outage.failed(str(error), retry_in=None if self._closed else delay)
                 if isinstance(error, StorageUnavailable) and delay is not None and not self._closed:
-                    self.log.warn(
-                        "{backend} storage: {error}; retrying in {delay}s",
-                        backend=self.name, error=str(error), delay=delay,
-                    )
                     await task.deferLater(self.reactor, delay, lambda: None)
                     continue
                 if error is e:
                     raise
                 raise error from e
+            self.outage.succeeded()
+            return result
 
     def _off_reactor(self, fn, *args):
         return threads.deferToThreadPool(self.reactor, self._reader.threadpool, fn, *args)
@@ -200,6 +203,7 @@ class SqlStorage:
         while self._in_flight:
             await self.drain()
         self._closed = True
+        self.outage.stop()
         await self._close_pools()
 
     async def _close_pools(self):

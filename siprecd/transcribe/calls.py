@@ -295,8 +295,11 @@ class CallControl:
 
         def failed(failure):
             self._forget(call)
-            self.log.error("cannot store call {guid}; refusing it: {error}", guid=call.guid,
-                           call_id=call.call_id, error=failure.getErrorMessage())
+            # An outage is logged by storage, and the refusal by the SIP
+            # layer; an error of any other kind is worth its own line.
+            level = self.log.info if failure.check(StorageError) else self.log.error
+            level("cannot store call {guid}; refusing it: {error}", guid=call.guid,
+                  call_id=call.call_id, error=failure.getErrorMessage())
             return failure
 
         d.addCallbacks(stored, failed)
