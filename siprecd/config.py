@@ -169,9 +169,20 @@ class Media:
     mixed_role: Role = "customer"
     # New INVITEs that would take the streams in progress past this get 503.
     max_streams: Positive = 1000
+    # Latch each stream to the address and port of its first valid packet
+    # (with SRTP: its first authenticated one); others are dropped and
+    # counted. false: take packets from anyone (not safe).
+    latch: bool = True
+    # With a host in the SDP: how long a first valid packet from another
+    # host waits for one from the SDP's host before it may latch.
+    latch_wait: Annotated[Duration, Range(0, 30)] = 1.0
+    # A stream whose latched source has been silent this long while another
+    # source sends latches to the newcomer. null: never (a re-INVITE or
+    # UPDATE naming the new address moves it). See README, "Media sources".
+    relatch_after: Optional[Annotated[Duration, Range(1, None)]] = None
+    # Take packets only from the host in the SDP (the hint is a rule).
     check_source: bool = False
-    # After a stream's first packet, take packets only from that address and
-    # port (or from the SDP's host when it names one); others are counted.
+    # The older name for latch and check_source together.
     strict_source: bool = False
     # SDES-SRTP (RFC 4568): "allowed" takes SRTP when offered and plain RTP
     # when not; "required" answers 488 to an offer without keys; "off"
