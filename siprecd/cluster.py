@@ -11,6 +11,8 @@ lease) marks its active calls ended ("node lost"), so the API stops
 offering them and their transcripts are kept and served by the others.
 At start a node also ends the calls it owned before it restarted (a
 SIGKILL or a crash leaves them active in the database, but they are gone).
+Either way ``on_node_gone(node, reason, before_ms)`` is told, so that the
+SBCs of those calls get a BYE (:mod:`siprecd.orphans`).
 
 With SQLite there is one node; the same code runs and finds nobody else.
 """
@@ -49,7 +51,7 @@ class ClusterService(service.Service):
     name = "cluster"
 
     def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0,
-                 monotonic=time.monotonic, on_reaped=()):
+                 monotonic=time.monotonic, on_reaped=(), on_node_gone=()):
         self.storage = storage
         self.node = node
         self.clock = clock
@@ -64,14 +66,19 @@ class ClusterService(service.Service):
         self.reaped = {}            # dead node -> (its last heartbeat, guids ended)
         # Told ``(node, guids)`` when a dead node's calls were ended.
         self.on_reaped = Hook("on_reaped", *on_reaped)
+        # Told ``(node, reason, before_ms)`` when the calls a node had were
+        # ended without it: this node's own after a restart (those stored
+        # before *before_ms*), a dead node's (before_ms None).
+        self.on_node_gone = Hook("on_node_gone", *on_node_gone)
         self.heartbeats = OutageLog(clock, self.log, "cluster: heartbeat", state="failed",
                                     ongoing="still failing", back="working again")
 
     @classmethod
-    def from_config(cls, config, storage, clock, on_reaped=()):
+    def from_config(cls, config, storage, clock, on_reaped=(), on_node_gone=()):
         c = config.cluster
         return cls(storage, config.node.name, clock, advertise_url(config),
-                   c.heartbeat_interval, c.dead_after, on_reaped=on_reaped)
+                   c.heartbeat_interval, c.dead_after, on_reaped=on_reaped,
+                   on_node_gone=on_node_gone)
 
     def startService(self):
         service.Service.startService(self)
@@ -79,10 +86,12 @@ class ClusterService(service.Service):
 
     async def _start(self):
         # Calls this node had before it restarted are gone with it.
+        started_ms = int(self.clock.seconds() * 1000)
         ended = await self.storage.end_calls_of_node(self.node, "node restarted")
         if ended:
             self.log.warn("ended {count} calls this node had before it restarted",
                           count=len(ended))
+        self.on_node_gone(self.node, "node restarted", started_ms)
         await self.storage.heartbeat_node(self.node, self.address)
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = self.clock
@@ -135,6 +144,7 @@ class ClusterService(service.Service):
                 continue        # already ended what it had at this heartbeat
             guids = await self.storage.end_calls_of_node(info.id, "node lost")
             self.reaped[info.id] = (info.heartbeat_ms, guids)
+            self.on_node_gone(info.id, "node lost", None)
             if guids:
                 self.on_reaped(info.id, guids)
                 self.log.warn(

@@ -166,6 +166,10 @@ class Media:
     receive_buffer: Annotated[ByteSize, Range(65536, None)] = 1024 * 1024
     jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
     port_quarantine: Duration = 5.0
+    # Ports in use when the node last stopped without hanging up (a crash,
+    # kill -9; kept in state_dir/media-ports) are not handed out for this
+    # long after the next start.
+    restart_quarantine: Duration = 300.0
     mixed_role: Role = "customer"
     # New INVITEs that would take the streams in progress past this get 503.
     max_streams: Positive = 1000

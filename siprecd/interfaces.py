@@ -177,9 +177,10 @@ class IStorage(Interface):
     def forget_dialog(call_id, local_tag, remote_tag):
         """Delete a dialog (its call ended). Fires with True if it was there."""
 
-    def take_dialogs_of_node(node):
-        """Delete and return every DialogRecord of *node*, oldest first: the
-        node that gets them hangs them up (once, however many nodes ask)."""
+    def take_dialogs_of_node(node, before_ms=None):
+        """Delete and return the DialogRecords of *node* (those created
+        before *before_ms* when given), oldest first: the node that gets
+        them hangs them up (once, however many nodes ask)."""
 
     # Calls, legs, streams ---------------------------------------------------
 

@@ -45,6 +45,8 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
         self.endpoint.datagram_received(data, source)
 
     def send(self, data, addr):
+        if self.transport is None:
+            return      # the listener has stopped (a retransmission after shutdown)
         try:
             self.transport.write(data, addr)
         except OSError as e:

@@ -434,11 +434,15 @@ class SqlStorage:
             "DELETE FROM dialogs WHERE call_id = ? AND local_tag = ? AND remote_tag = ?",
             (call_id, local_tag, remote_tag)) > 0
 
-    def take_dialogs_of_node(self, node):
-        return self._write(self._tx_take_dialogs, node)
+    def take_dialogs_of_node(self, node, before_ms=None):
+        return self._write(self._tx_take_dialogs, node, before_ms)
 
-    def _tx_take_dialogs(self, tx, node):
-        rows = tx.rows("DELETE FROM dialogs WHERE node = ? RETURNING *", (node,))
+    def _tx_take_dialogs(self, tx, node, before_ms):
+        if before_ms is None:
+            rows = tx.rows("DELETE FROM dialogs WHERE node = ? RETURNING *", (node,))
+        else:
+            rows = tx.rows("DELETE FROM dialogs WHERE node = ? AND created_ms < ? RETURNING *",
+                           (node, int(before_ms)))
         return sorted((self._dialog(r) for r in rows), key=lambda d: (d.created_ms, d.key))
 
     def ping(self):
