@@ -17,13 +17,14 @@ import time
 import uuid
 
 import pytest
+import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 
 from harness.daemon import Daemon, write_config
-from siprecd import config, resources
+from siprecd import config, resources, tls
 from siprecd.media.ports import RangePortAllocator
 from siprecd.interfaces import PortsExhausted
 from siprecd.sip.endpoint import SipEndpoint, Source
@@ -429,3 +430,63 @@ def test_daemon_survives_a_flood_of_idle_connections(tmp_path):
         for s in socks:
             s.close()
         daemon.kill()
+
+
+# -- connections we open ---------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_to_a_peer_with_no_open_connection_opens_one_over_tls(tmp_path):
+    """A BYE to an SBC whose connection is gone (after a restart) opens a new
+    SIP/TLS connection, the SBC's certificate verified against
+    sip.tls.client_ca; an SBC whose certificate does not verify gets nothing."""
+    from twisted.internet import defer, protocol, reactor
+
+    from harness.pki import Authority
+
+    ca = Authority("sip outgoing tls CA", tmp_path / "pki")
+    stranger_ca = Authority("another CA", tmp_path / "pki-other")
+    ours = ca.issue_server(("127.0.0.1",), name="srs")
+    sip_tls = config.from_dict({"sip": {"tls": {
+        "enabled": True, "certificate": str(ours.certificate_path),
+        "private_key": str(ours.key_path), "client_ca": str(ca.certificate_path)}}}).sip.tls
+    transports = Transports(reactor, tls_client_options=tls.sip_client_options(sip_tls))
+    transports.stream_factories["TLS"] = SipStreamFactory(Recorded(), transports, "TLS",
+                                                         clock=reactor)
+    listening, peers = [], []
+
+    def sbc(authority, name):
+        received = defer.Deferred()
+
+        class Sbc(protocol.Protocol):
+            def connectionMade(self):
+                peers.append(self)
+
+            def dataReceived(self, data):
+                if not received.called:
+                    received.callback(data)
+
+            def connectionLost(self, reason):
+                if not received.called:
+                    received.callback(None)
+
+        cert = authority.issue_server(("127.0.0.1",), name=name)
+        port = reactor.listenSSL(0, protocol.Factory.forProtocol(Sbc),
+                                 tls.server_options(cert.certificate_path, cert.key_path,
+                                                    where="test"), interface="127.0.0.1")
+        listening.append(port)
+        return port.getHost().port, received
+
+    try:
+        message = OPTIONS.format(n="tls").encode()
+        good_port, good = sbc(ca, "sbc")
+        transports.send("TLS", "127.0.0.1", good_port, message)
+        assert (yield good.addTimeout(10, reactor)) == message
+        bad_port, bad = sbc(stranger_ca, "impostor")
+        transports.send("TLS", "127.0.0.1", bad_port, message)
+        assert (yield bad.addTimeout(10, reactor)) is None
+    finally:
+        for peer in peers:
+            peer.transport.loseConnection()
+        for port in listening:
+            yield port.stopListening()
