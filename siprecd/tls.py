@@ -198,8 +198,12 @@ def sip_client_options(listener, where="sip.tls"):
     the client certificate."""
     chain = load_certificates(listener.certificate, f"{where}.certificate")
     key_data = _read(listener.private_key, f"{where}.private_key")
-    leaf = ssl.PrivateCertificate.fromCertificateAndKeyPair(
-        chain[0], ssl.KeyPair.load(key_data, crypto.FILETYPE_PEM))
+    try:
+        leaf = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            chain[0], ssl.KeyPair.load(key_data, crypto.FILETYPE_PEM))
+    except Exception:
+        raise ConfigError(f"no usable private key for the certificate in {listener.certificate}",
+                          f"{where}.private_key") from None
     trust = None
     if listener.client_ca is not None:
         trust = ssl.trustRootFromCertificates(
