@@ -101,19 +101,24 @@ def test_strict_takes_only_the_sdp_host_latched_and_a_move_unlatches():
         assert stream._source.latched == friend.getsockname()
         friend_too.sendto(packets[1], address)  # the SDP's host, another port: refused
         yield until(reactor, lambda: stream.stats()["foreign_packets"] == 4)
-        # Hold by c=0.0.0.0, then resume without a usable host: the next
-        # packet's source is latched from then on.
+        # Hold by c=0.0.0.0 and resume: no move, the latch stays (a hold
+        # is no opening for anyone else).
         stream.set_remote("0.0.0.0", 4000)
-        stream.set_remote(None, 4000)
+        stream.set_remote("127.0.0.2", 4000)
         stranger.sendto(packets[2], address)
-        yield consumer.wait_samples(320)
-        friend.sendto(packets[3], address)
         yield until(reactor, lambda: stream.stats()["foreign_packets"] == 5)
+        assert stream._source.latched == friend.getsockname()
+        # A re-INVITE naming another address moves the source: the next
+        # packet from the new address latches.
+        stream.set_remote("127.0.0.1", 4000)
+        assert stream._source.latched is None
+        stranger.sendto(packets[3], address)
+        yield consumer.wait_samples(320)
         assert stream._source.latched == stranger.getsockname()
         # The same remote again (a refresh) keeps the latch; a new port drops it.
-        stream.set_remote(None, 4000)
+        stream.set_remote("127.0.0.1", 4000)
         assert stream._source.latched == stranger.getsockname()
-        stream.set_remote(None, 5000)
+        stream.set_remote("127.0.0.1", 5000)
         assert stream._source.latched is None
     finally:
         for s in (friend, friend_too, stranger):
@@ -282,4 +287,29 @@ def test_relatch_after_a_silence_only_when_configured():
     finally:
         old.close()
         new.close()
+        yield t.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hold_keeps_the_latch():
+    from twisted.internet import reactor
+
+    t = _transport(reactor)
+    consumer = Waiting(reactor)
+    stream = t.open_stream("s", consumer, "PCMU", remote_host="127.0.0.1")
+    packets = _packets(ulaw_encode(np.zeros(160 * 6, dtype=np.int16)), 0)
+    sbc, attacker = _sender(), _sender("127.0.0.2")
+    address = ("127.0.0.1", stream.port)
+    try:
+        sbc.sendto(packets[0], address)
+        yield consumer.wait_samples(160)
+        stream.set_remote("0.0.0.0", None)        # hold: the SBC falls silent
+        for p in packets[1:4]:
+            attacker.sendto(p, address)
+        yield until(reactor, lambda: stream.stats()["refused"] == 3)
+        stream.set_remote("127.0.0.1", None)      # resume
+        assert stream._source.latched == sbc.getsockname()
+    finally:
+        sbc.close()
+        attacker.close()
         yield t.stopService()

@@ -308,6 +308,7 @@ class MediaStream:
         self._allocated = allocated
         self._closed = None
         self.remote = (None, None)
+        self._named = None        # the last usable address the SDP named
         self.srtp = None          # SrtpReceiver while the stream is SRTP
         self._srtp_stats = None   # its counters, kept if the stream turns plain
         receiver.on_end = self._receiver_ended
@@ -328,15 +329,19 @@ class MediaStream:
         """Where the SDP says the stream comes from (again on every
         re-INVITE or UPDATE): the hint for latching (with
         ``media.check_source``, the only host taken). An offer that names
-        another host or port opens the latch again; the same one (a
-        refresh) keeps it. A host of None or an unspecified address (hold
-        by ``c=0.0.0.0``) gives no hint."""
-        old_host, old_port = self.remote
-        moved = (_normal_host(host) != _normal_host(old_host)
-                 or (old_port is not None and port != old_port))
+        another address, or another port, opens the latch again; the same
+        one (a refresh) keeps it. A host of None or an unspecified address
+        (hold by ``c=0.0.0.0``) is no move: the latch and the last address
+        named stay, so a hold is no opening for anyone else."""
+        old_port = self.remote[1]
+        named = _normal_host(host)
+        moved = ((named is not None and self._named is not None and named != self._named)
+                 or (port is not None and old_port is not None and port != old_port))
         self.remote = (host, port)
+        if named is not None:
+            self._named = named
         if self._source is not None:
-            self._source.host = _normal_host(host)
+            self._source.host = self._named
             if moved:
                 self._source.reopen()
             self.rtp_listener.protocol.update_source()
