@@ -490,3 +490,27 @@ def test_a_request_to_a_peer_with_no_open_connection_opens_one_over_tls(tmp_path
             peer.transport.loseConnection()
         for port in listening:
             yield port.stopListening()
+
+
+def test_the_soft_file_limit_is_raised_to_the_hard_one_and_logged():
+    """In a process of its own (the limit is per process): soft 512, hard
+    as it is; makeService's step raises it and logs both."""
+    import subprocess
+
+    script = (
+        "import resource, sys\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))\n"
+        "from twisted.logger import globalLogPublisher, formatEvent\n"
+        "globalLogPublisher.addObserver(lambda e: print(formatEvent(e)))\n"
+        "from siprecd import tap\n"
+        "tap._raise_file_limit()\n"
+        "print('now', resource.getrlimit(resource.RLIMIT_NOFILE)[0], 'hard', hard)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    now, hard = lines[-1].split()[1], lines[-1].split()[3]
+    assert now == hard or int(hard) > 1 << 20
+    assert any(f"file limit raised from 512 to {now} open files (hard limit" in line
+               for line in lines), lines
