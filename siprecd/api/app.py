@@ -41,7 +41,7 @@ from siprecd.transcribe.request import StartRequest, stop_guid
 from siprecd.api.http import write_json
 from siprecd.hooks import Hook
 from siprecd.ratelimit import RateLimiter
-from siprecd.interfaces import StorageError
+from siprecd.interfaces import StorageError, StorageUnavailable
 from siprecd.messages import api_message, iso_ms
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
 
@@ -622,9 +622,15 @@ def openapi_document():
 
 
 def _unavailable(error):
-    # The details (host, database, path) are for the log, where storage
-    # puts them once per outage; the client learns only to try again.
-    return errors.ServiceUnavailable("storage is unavailable; try again",
+    """The answer to a storage failure. Its details (host, database, path,
+    row) are for the log: an outage is logged there by storage itself,
+    once; anything else (a value that does not decrypt) here, as it
+    happens. The client learns only what it can do."""
+    if isinstance(error, StorageUnavailable):
+        return errors.ServiceUnavailable("storage is unavailable; try again",
+                                         headers={"Retry-After": 5})
+    ControlApi.log.warn("a stored value cannot be read: {error}", error=str(error))
+    return errors.ServiceUnavailable("a stored value cannot be read; the node's log says why",
                                      headers={"Retry-After": 5})
 
 
