@@ -17,7 +17,7 @@ from siprecd.cluster import ClusterService
 from siprecd.orphans import DialogKeeper, OrphanReaper, dialog_record
 from siprecd.siprec.orphans import CSEQ_MARGIN, OrphanedDialogs
 from siprecd.sip.endpoint import Source
-from siprecd.sip.message import make_response, parse_message
+from siprecd.sip.message import make_response
 from siprecd.storage.records import DialogRecord
 from siprecd.storage.sqlite import SqliteStorage
 from test_siprec_server import Harness
@@ -181,11 +181,3 @@ async def test_a_restart_and_a_dead_node_hand_their_dialogs_to_the_reaper(tmp_pa
     finally:
         await storage.close()
 
-
-def test_responses_parse():
-    # The BYE's answer is matched by its Via branch (a sanity check of the double).
-    h = Harness()
-    _, _, record = _record(h)
-    OrphanedDialogs(h.endpoint, h.clock, h.config).hang_up(record, "x")
-    ((_, bye),) = h.wire.sent
-    assert parse_message(bye.to_bytes()).top_via.branch.startswith("z9hG4bK")

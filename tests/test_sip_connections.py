@@ -27,7 +27,7 @@ from harness.daemon import Daemon, write_config
 from siprecd import config, resources, tls
 from siprecd.media.ports import RangePortAllocator
 from siprecd.interfaces import PortsExhausted
-from siprecd.sip.endpoint import SipEndpoint, Source
+from siprecd.sip.endpoint import Source
 from siprecd.sip.limits import ConnectionLimits
 from siprecd.sip.message import parse_message
 from siprecd.sip.transport import SipStreamFactory, Transports
