@@ -40,8 +40,8 @@ from siprecd.asr import models as modelfiles
 from siprecd.asr.common import (
     AsrNotReady, LanguageUnavailable, OneCallAtATime, Waiters, languages_of, normalise_language,
 )
-from siprecd.asr.results import from_vosk_json
-from siprecd.interfaces import IASRBackend, ILanguageStates, IRecognizer
+from siprecd.asr.results import from_vosk_json, partial_from_vosk_json
+from siprecd.interfaces import IASRBackend, ILanguageStates, IPartialResults, IRecognizer
 from siprecd.structure import ConfigError
 
 __all__ = ["VoskBackend", "VoskRecognizer", "ModelNotFound", "ModelUnusable", "MODEL_LIST"]
@@ -371,7 +371,7 @@ class VoskBackend:
         return self._pool
 
 
-@implementer(IRecognizer)
+@implementer(IRecognizer, IPartialResults)
 class VoskRecognizer(OneCallAtATime):
     """One stream's ``KaldiRecognizer``, made on the pool by the first call.
 
@@ -393,6 +393,9 @@ class VoskRecognizer(OneCallAtATime):
     def accept(self, pcm):
         return self._call(self._backend._run, self._accept, bytes(pcm))
 
+    def accept_partial(self, pcm):
+        return self._call(self._backend._run, self._accept, bytes(pcm), True)
+
     def finish(self):
         return self._call(self._backend._run, self._finish)
 
@@ -408,14 +411,19 @@ class VoskRecognizer(OneCallAtATime):
         if self._kaldi is None:
             kaldi = vosk.KaldiRecognizer(self._model, self.sample_rate)
             kaldi.SetWords(True)
+            # Word times in interim results too (they place a partial on
+            # the stream's timeline); costs nothing until one is asked for.
+            kaldi.SetPartialWords(True)
             self._kaldi = kaldi
         return self._kaldi
 
-    def _accept(self, pcm):
+    def _accept(self, pcm, partial=False):
         kaldi = self._recognizer()
-        if kaldi.AcceptWaveform(pcm):
-            return from_vosk_json(kaldi.Result())
-        return []
+        results = from_vosk_json(kaldi.Result()) if kaldi.AcceptWaveform(pcm) else []
+        if partial:
+            # In the same pool call: one hop off the reactor per chunk.
+            results.append(partial_from_vosk_json(kaldi.PartialResult()))
+        return results
 
     def _finish(self):
         if self._kaldi is None:

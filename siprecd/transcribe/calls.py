@@ -23,8 +23,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from siprecd.asr.common import AsrNotReady
+from siprecd.hooks import Hook
 from siprecd.interfaces import ICallListener, StorageError
 from siprecd.storage.records import Call, Stream
+from siprecd.transcribe.events import call_event
 from siprecd.transcribe.errors import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, Conflict, NoSuchCall,
     NotAllowed, RequestInProgress,
@@ -99,13 +101,16 @@ class CallTable:
 class CallControl:
     """See the module docstring. *windows* opens and closes the audio
     windows, *writer* is the UtteranceWriter (its per-call redaction is
-    ended with the call); *accepting()* is false once the node stops."""
+    ended with the call); *accepting()* is false once the node stops;
+    *on_call_event(CallEvent)* listeners are told what happens to calls
+    (siprecd.transcribe.events)."""
 
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
-                 recordings=None, accepting=lambda: True):
+                 recordings=None, accepting=lambda: True, on_call_event=()):
         self.calls = calls
+        self.on_call_event = Hook("on_call_event", *on_call_event)
         self.storage = storage
         self.backend = backend
         self.clock = clock
@@ -231,6 +236,7 @@ class CallControl:
             self.windows.open(call, key, role, recognizers[key])
         for leg_stream in call.roles.values():
             leg_stream.open_time(now)
+        self._tell("streaming-started", call)
         self.log.info("transcription started for guid {guid} (leg {leg}, {language})",
                       guid=call.guid, call_id=call.call_id, leg=call.leg.number,
                       language=params.language)
@@ -244,6 +250,7 @@ class CallControl:
         windows, call.windows = list(call.windows.values()), {}
         await self.windows.close(windows, call)
         await self._save_stats(call, call.roles.values())
+        self._tell("streaming-stopped", call)
         self.log.info("transcription stopped for guid {guid}", guid=call.guid,
                       call_id=call.call_id)
         return {role: {"streamId": ls.id, "status": dict(OK_STATUS), "summary": ls.summary()}
@@ -296,6 +303,7 @@ class CallControl:
         def stored(_):
             if call.phase == "offered":
                 call.phase = "active"
+                self._tell("call-started", call)
             return None
 
         def failed(failure):
@@ -356,6 +364,8 @@ class CallControl:
                 leg_stream.close_time(now)
             windows, call.windows = list(call.windows.values()), {}
             await self.windows.close(windows, call)
+            # Windows closed before the call (their streams ended first).
+            await self.windows.closing(call)
             self.writer.close_call(call)
             if self.recordings is not None:
                 await self.recordings.close_call(call.guid)
@@ -370,9 +380,14 @@ class CallControl:
                 except StorageError as e:
                     self.log.error("cannot mark call {guid} ended: {error}", guid=call.guid,
                                    error=str(e))
+            self._tell("call-ended", call, reason)
         finally:
             call.phase = "ended"
             self._forget(call)
+
+    def _tell(self, kind, call, reason=None):
+        if self.on_call_event:
+            self.on_call_event(call_event(kind, call, self._now_ms(), reason), guid=call.guid)
 
     def _forget(self, call):
         self.writer.close_call(call)

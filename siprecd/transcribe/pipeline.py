@@ -11,6 +11,12 @@ If the recogniser falls behind, audio waits in the queue; past
 ``warn_backlog`` samples that is logged, and past ``max_backlog`` new audio
 is dropped (logged, counted, and marked as a gap so no utterance spans it)
 rather than let memory grow without end. Order is never changed.
+
+Interim results (optional, for live output): with an
+:class:`~siprecd.transcribe.interim.InterimResults` and a recogniser that
+offers ``IPartialResults``, some chunks are fed with ``accept_partial``
+instead of ``accept``; partials are handed to it in the order the
+recogniser gives them, and a final takes the id of the partials it closes.
 """
 
 import time
@@ -23,6 +29,7 @@ from twisted.python.failure import Failure
 
 from siprecd.asr.results import Token
 from siprecd.hooks import Hook
+from siprecd.interfaces import IPartialResults
 from siprecd.transcribe.segment import SAMPLE_RATE, Feed, Finish
 from siprecd.transcribe.timeline import Timeline
 
@@ -38,14 +45,19 @@ class RawUtterance:
     start: int           # ms
     end: int             # ms
     reason: str          # what ended it: "endpoint" (the recogniser), or a Finish reason
+    # The id of the partials it closes (its messageId), when some were shown.
+    id: str | None = None
 
 
 class StreamPipeline:
     log = Logger()
 
     def __init__(self, recognizer, segmenter, on_utterance, *, warn_backlog=10 * SAMPLE_RATE,
-                 max_backlog=120 * SAMPLE_RATE, log_context=None, on_asr_call=()):
+                 max_backlog=120 * SAMPLE_RATE, log_context=None, on_asr_call=(),
+                 interim=None):
         self.recognizer = recognizer
+        # siprecd.transcribe.interim.InterimResults, when partials are wanted.
+        self.interim = interim if IPartialResults.providedBy(recognizer) else None
         self.segmenter = segmenter
         self.on_utterance = on_utterance
         self.warn_backlog = warn_backlog
@@ -142,7 +154,10 @@ class StreamPipeline:
                     self._unfinished = True
                     self._backlog -= len(op)
                     self.timeline.fed_at(op.position, len(op))
-                    d = defer.maybeDeferred(self.recognizer.accept, op.samples.tobytes())
+                    accept = self.recognizer.accept
+                    if self.interim is not None and self.interim.ask(len(op), self._backlog):
+                        accept = self.recognizer.accept_partial
+                    d = defer.maybeDeferred(accept, op.samples.tobytes())
                 elif self._unfinished:
                     self._busy = True
                     self._unfinished = False
@@ -175,10 +190,19 @@ class StreamPipeline:
             reason = op.reason if isinstance(op, Finish) else "endpoint"
             for result in results or ():
                 self._result(result, reason)
+        if self.interim is not None and isinstance(op, Finish):
+            self.interim.withdraw()  # finished, and no final came for it
         self._pump()
 
     def _result(self, result, reason):
-        if not getattr(result, "final", True) or not result.words:
+        if not getattr(result, "final", True):
+            if self.interim is not None:
+                try:
+                    self.interim.partial(result, self.timeline)
+                except Exception:
+                    self.log.failure("handling a partial of stream {stream_id}", **self.context)
+            return
+        if not result.words:
             return
         tl = self.timeline
         tokens = []
@@ -187,7 +211,8 @@ class StreamPipeline:
             tokens.append(Token(w.word, start, max(start, tl.ms(w.end, end=True)), float(w.conf)))
         tokens = tuple(tokens)
         self.results += 1
-        utterance = RawUtterance(result.text, tokens, tokens[0].start, tokens[-1].end, reason)
+        utterance = RawUtterance(result.text, tokens, tokens[0].start, tokens[-1].end, reason,
+                                 self.interim.close() if self.interim is not None else None)
         try:
             self.on_utterance(utterance)
         except Exception:

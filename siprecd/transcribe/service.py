@@ -11,7 +11,10 @@ one job:
   recogniser's :class:`~siprecd.transcribe.pipeline.StreamPipeline`;
 - :class:`~siprecd.transcribe.utterances.UtteranceWriter` (utterances):
   formats, redacts, stores each finished utterance, then tells
-  ``on_utterance`` and ``on_stored``.
+  ``on_utterance`` and ``on_stored``;
+- :class:`~siprecd.transcribe.partials.PartialWriter` (partials): formats
+  and redacts each interim result for live output and tells
+  ``on_partial``; never stores.
 
 It is what the rest of the node sees: the call listener and stream
 consumer the SIP and media layers report to, the ``start``/``stop`` the
@@ -23,6 +26,7 @@ from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
 from siprecd.transcribe.calls import CallControl, CallTable
+from siprecd.transcribe.partials import PartialWriter
 from siprecd.transcribe.segment import SAMPLE_RATE
 from siprecd.transcribe.utterances import UtteranceWriter
 from siprecd.transcribe.windows import CUSTOMER, ROLES, Windows
@@ -42,7 +46,10 @@ class TranscriptionService(service.Service):
     *on_utterance(message)* gets every stored Message (with its sequence,
     guid, leg, role and externalId filled in), *on_stored(message, now
     ms)* the same for metrics, *on_asr_call(audio s, busy s, ok)* every
-    recogniser call.
+    recogniser call, *on_partial(LivePartial)* every interim result (at
+    most one per *partial_interval* seconds of audio per stream, while
+    *partials_wanted(guid, app_id, webhook_target)* says someone wants
+    them), *on_call_event(CallEvent)* what happens to calls.
     """
 
     name = "transcription"
@@ -51,7 +58,8 @@ class TranscriptionService(service.Service):
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
-                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0):
+                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
+                 on_partial=(), on_call_event=(), partial_interval=0.25, partials_wanted=None):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
@@ -67,6 +75,9 @@ class TranscriptionService(service.Service):
             storage, clock, format_numbers=format_numbers, redaction=redaction, redact=redact,
             recordings=recordings, on_utterance=on_utterance, on_stored=on_stored,
             running=lambda: self.running)
+        self.partials = PartialWriter(
+            self.utterances, clock, format_numbers=format_numbers, interval=partial_interval,
+            wanted=partials_wanted, on_partial=on_partial)
         self.windows = Windows(
             self.calls, backend, self.utterances, clock,
             segmenter_options=dict(
@@ -75,10 +86,11 @@ class TranscriptionService(service.Service):
                 skip_silence=skip_silence),
             warn_backlog=int(warn_backlog * SAMPLE_RATE),
             max_backlog=int(max_backlog * SAMPLE_RATE), mixed_role=mixed_role,
-            on_asr_call=on_asr_call)
+            on_asr_call=on_asr_call, partials=self.partials)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting)
+            recordings=recordings, accepting=lambda: self.accepting,
+            on_call_event=on_call_event)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -87,6 +99,7 @@ class TranscriptionService(service.Service):
             from siprecd.redact import Policy
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
+        options.setdefault("partial_interval", config.live.partial_interval)
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
@@ -102,6 +115,14 @@ class TranscriptionService(service.Service):
     @property
     def on_stored(self):
         return self.utterances.on_stored
+
+    @property
+    def on_partial(self):
+        return self.partials.on_partial
+
+    @property
+    def on_call_event(self):
+        return self.control.on_call_event
 
     # -- the control API -----------------------------------------------------------------
 

@@ -113,14 +113,19 @@ class Windows:
     *calls* is the :class:`~siprecd.transcribe.calls.CallTable` the windows
     belong to; *backend* the IASRBackend recognisers come from; *writer*
     the :class:`~siprecd.transcribe.utterances.UtteranceWriter` utterances
-    go to; *on_asr_call* listeners of every recogniser call (metrics).
+    go to; *on_asr_call* listeners of every recogniser call (metrics);
+    *partials* the :class:`~siprecd.transcribe.partials.PartialWriter`
+    interim results go to (None: none are asked for).
     """
 
     log = Logger()
 
     def __init__(self, calls, backend, writer, clock, *, segmenter_options, warn_backlog,
-                 max_backlog, mixed_role=CUSTOMER, on_asr_call=()):
+                 max_backlog, mixed_role=CUSTOMER, on_asr_call=(), partials=None):
         self.calls = calls
+        self.partials = partials
+        # call id -> Deferreds of closes in flight (see closing()).
+        self._closing = {}
         self.backend = backend
         self.writer = writer
         self.clock = clock
@@ -191,7 +196,8 @@ class Windows:
             recognizer, Segmenter(**self.segmenter_options),
             lambda utterance: self.writer.utterance(call, window, utterance),
             warn_backlog=self.warn_backlog, max_backlog=self.max_backlog, log_context=context,
-            on_asr_call=self.on_asr_call)
+            on_asr_call=self.on_asr_call,
+            interim=self.partials.interim(call, window) if self.partials is not None else None)
         call.windows[key] = window
         leg_stream.windows += 1
         return window
@@ -199,6 +205,25 @@ class Windows:
     async def close(self, windows, call):
         """Close *windows* of *call*: every utterance of theirs is stored
         before this returns, and their counters added to their streams."""
+        done = defer.Deferred()
+        self._closing.setdefault(call.call_id, set()).add(done)
+        try:
+            await self._close(windows, call)
+        finally:
+            closing = self._closing.get(call.call_id, set())
+            closing.discard(done)
+            if not closing:
+                self._closing.pop(call.call_id, None)
+            done.callback(None)
+
+    def closing(self, call):
+        """Fires once every close of *call*'s windows in flight is done
+        (a stream that ended before the call, a stop): the call ends after
+        the last utterance of each is stored."""
+        return defer.gatherResults(list(self._closing.get(call.call_id, ())),
+                                   consumeErrors=True)
+
+    async def _close(self, windows, call):
         # consumeErrors: at shutdown these may be cancelled; the failure is
         # the caller's, not an unhandled one per pipeline.
         await defer.gatherResults([w.pipeline.close() for w in windows], consumeErrors=True)
