@@ -58,8 +58,8 @@ class LiveSession:
         self._queued = 0          # bytes held or queued
         self._replay = None       # LiveEvents of the replay still to send
         self._replayed_ids = set()
-        # stream id -> (guid, last final sequence sent)
-        self._sent = {}
+        # stream id -> (guid, last final sequence sent, or the client had)
+        self._sent = {stream: (None, n) for stream, n in self.positions.items()}
 
     # -- from the hub ------------------------------------------------------------------
 
