@@ -69,7 +69,9 @@ class LiveEndpoint(service.Service):
         self.factory.setProtocolOptions(
             maxFramePayloadSize=MAX_CLIENT_FRAME, maxMessagePayloadSize=MAX_CLIENT_FRAME,
             autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
-            openHandshakeTimeout=10.0, closeHandshakeTimeout=close_timeout)
+            openHandshakeTimeout=10.0, closeHandshakeTimeout=close_timeout,
+            # A client that breaks the rules is told why (a close frame).
+            failByDrop=False)
 
     @classmethod
     def from_config(cls, config, hub, storage, reactor):
@@ -246,8 +248,15 @@ class _LiveProtocol(WebSocketServerProtocol):
         pass  # clients have nothing to say; control frames are autobahn's
 
     def send_text(self, payload):
-        if self.state == self.STATE_OPEN:
+        if self.state != self.STATE_OPEN:
+            return
+        # autobahn applies one payload limit both ways: the small one is
+        # for what clients send; what we send is bounded by the session.
+        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
             self.sendMessage(payload, isBinary=False)
+        finally:
+            self.maxMessagePayloadSize = limit
 
     def cut(self, code, reason):
         """Close with *code* and *reason*; the peer has closeHandshakeTimeout
