@@ -28,6 +28,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from siprecd.hooks import Hook
 from siprecd.messages import partial_payload
 from siprecd.webhooks.sender import DELIVERED
 
@@ -47,13 +48,15 @@ class _Stream:
 class PartialWebhooks(service.Service):
     """See the module docstring. *senders*: target name -> TargetSender of
     the targets that want partials; *intervals*: target name -> seconds;
-    *disabled(name)*: whether a target is disabled (410 Gone)."""
+    *disabled(name)*: whether a target is disabled (410 Gone);
+    *on_outcome(partial, outcome)* listeners are told how each POST went."""
 
     name = "webhook-partials"
     log = Logger()
 
-    def __init__(self, senders, intervals, clock, disabled=lambda name: False):
+    def __init__(self, senders, intervals, clock, disabled=lambda name: False, on_outcome=()):
         self.senders = dict(senders)
+        self.on_outcome = Hook("on_outcome", *on_outcome)
         self.intervals = dict(intervals)
         self.clock = clock
         self.disabled = disabled
@@ -137,11 +140,12 @@ class PartialWebhooks(service.Service):
         self.stats["sent"] += 1
         d = state.sending = self.senders[target].send(
             body, f"{partial.utterance_id}.{partial.revision}")
-        d.addCallbacks(lambda outcome: self._done(key, state, outcome),
+        d.addCallbacks(lambda outcome: self._done(key, state, partial, outcome),
                        lambda f: self._failed(key, state, f))
 
-    def _done(self, key, state, outcome):
+    def _done(self, key, state, partial, outcome):
         state.sending = None
+        self.on_outcome(partial, outcome)
         target = key[0]
         if outcome.kind == DELIVERED:
             self.stats["delivered"] += 1
