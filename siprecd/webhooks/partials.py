@@ -145,7 +145,6 @@ class PartialWebhooks(service.Service):
 
     def _done(self, key, state, partial, outcome):
         state.sending = None
-        self.on_outcome(partial, outcome)
         target = key[0]
         if outcome.kind == DELIVERED:
             self.stats["delivered"] += 1
@@ -160,6 +159,7 @@ class PartialWebhooks(service.Service):
                 self.log.warn("webhook target {target}: a partial was not delivered ({error}); "
                               "partials are not retried, further failures are counted",
                               target=target, error=outcome.error)
+        self.on_outcome(partial, outcome)
         self._after(key, state)
 
     def _failed(self, key, state, failure):
