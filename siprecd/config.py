@@ -316,7 +316,7 @@ class Live:
 
     enabled: bool = True
     # Seconds of audio between two interim results of a stream, at most.
-    partial_interval: Annotated[Duration, Range(0.05, 10)] = 0.25
+    partial_interval: Annotated[Duration, Range(0.05, 10)] = 0.2
     max_connections: Annotated[int, Range(1, 100000)] = 500
     max_connections_per_app: Annotated[int, Range(1, 100000)] = 100
     # A client's queue while it does not read; past either bound it is cut off.

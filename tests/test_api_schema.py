@@ -58,12 +58,14 @@ RECORDINGS = "/conversation/v1/conversations/{conversationId}/recordings"
 RECORDING = "/conversation/v1/conversations/{conversationId}/recordings/{legFile}"
 HEALTH = "/v1/health"
 OPENAPI = "/openapi.yaml"
+LIVE = "/conversation/v1/live"
 FEED_LISTINGS = ("listfeeds", "listfeedversions", "listfeedformats", "listfeeddates",
                  "listfeedintervals", "listfeedfiles", "getfeedfile")
 DOWNLOAD = "/fileexporter/v1/download/{file}"
 OPERATIONS = {("POST", START), ("POST", STOP), ("GET", MESSAGES), ("GET", CONVERSATIONS),
               ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", RECORDINGS),
-              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD)} | {
+              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD),
+              ("GET", LIVE)} | {
               ("POST", f"/fileexporter/v1/static/{name}") for name in FEED_LISTINGS}
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -229,7 +231,8 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
                  CONVERSATION: {"path_parameters": some_id},
                  CONVERSATION_MESSAGES: {"path_parameters": some_id},
                  RECORDINGS: {"path_parameters": some_id},
-                 RECORDING: {"path_parameters": dict(some_id, legFile="x.wav")}}
+                 RECORDING: {"path_parameters": dict(some_id, legFile="x.wav")},
+                 LIVE: {"query": {"externalId": "g"}}}
         for method, path in sorted(OPERATIONS - {("GET", DOWNLOAD)}):
             await in_thread(live.exchange, method, path, "401 401-01", credentials=False,
                             **valid.get(path, {"body": {"feed": "utterances", "version": "1",

@@ -77,7 +77,7 @@ class PartialWriter:
 
     log = Logger()
 
-    def __init__(self, utterances, clock, *, format_numbers=True, interval=0.25, wanted=None,
+    def __init__(self, utterances, clock, *, format_numbers=True, interval=0.2, wanted=None,
                  on_partial=()):
         self.utterances = utterances
         self.clock = clock

@@ -59,7 +59,7 @@ class TranscriptionService(service.Service):
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
-                 on_partial=(), on_call_event=(), partial_interval=0.25, partials_wanted=None):
+                 on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
