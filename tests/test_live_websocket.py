@@ -74,9 +74,10 @@ class Rig:
         self.service.startService()
         self.live = LiveEndpoint(self.hub, self.storage, reactor, **live_options)
         self.live.startService()
+        self.requests = defer.DeferredQueue()
         api = ControlApi(self.storage, LocalCalls(self.service, self.storage, {}, isolation),
                          Readiness(), reactor, "node-a", app_isolation=isolation,
-                         live=self.live)
+                         live=self.live, on_request=(self._request,))
         cert, key, _ = tls.ensure_self_signed(tmp_path / "tls")
         self.cafile = str(cert)
         self.port = reactor.listenSSL(0, make_site(api.resource(), 64 * 1024),
@@ -84,6 +85,10 @@ class Rig:
         self.apps = [await self.storage.create_app(None, label=f"app-{n}") for n in (1, 2)]
         self.clients = []
         return self
+
+    def _request(self, request, route):
+        # As siprecd.metrics does: the request's end, once it comes.
+        request.notifyFinish().addBoth(lambda _: self.requests.put((route, request.code)))
 
     def connect(self, app=0, **options):
         api, secret = self.apps[app]
@@ -345,6 +350,16 @@ async def test_connection_limits_and_stopping_the_node(rig):
     for client in (first, other):
         code, reason = await client.closed.addTimeout(TIMEOUT, reactor)
         assert code == GOING_AWAY and "stopping" in reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upgraded_request_ends_for_those_who_wait_on_it(rig):
+    rig = await rig()
+    client = await rig.connect()
+    await client.queue.until("subscribed")
+    # The WebSocket lives on; the HTTP request that became it is over.
+    assert await rig.requests.get().addTimeout(TIMEOUT, reactor) == ("live_transcripts", 101)
+    assert client.state == client.STATE_OPEN
 
 
 @pytest_twisted.ensureDeferred

@@ -26,9 +26,12 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from siprecd.interfaces import StorageError
@@ -196,9 +199,22 @@ class _Upgrade(Resource):
     def render(self, request):
         self.factory.next_context = self.context
         try:
-            return WebSocketResource(self.factory).render(request)
+            result = WebSocketResource(self.factory).render(request)
         finally:
             self.factory.next_context = None
+        # The connection is the WebSocket's now (autobahn answered the
+        # handshake): the HTTP request is over, for whoever waits on it
+        # (metrics), and lets go of the channel. On the next turn: this
+        # render runs inside the API's own chain for the request.
+        if result == NOT_DONE_YET:
+            request.setResponseCode(101)
+            self.factory.endpoint.reactor.callLater(0, _request_over, request)
+        return result
+
+
+def _request_over(request):
+    if not request._disconnected:
+        request.connectionLost(Failure(ConnectionDone("the connection is a WebSocket now")))
 
 
 @implementer(IPushProducer)
