@@ -276,3 +276,43 @@ def test_what_a_client_may_ask_for():
             assert e.status == 400 and str(e)
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+# -- siprecd watch's screen ----------------------------------------------------------------
+
+
+def _utterance(kind, role, text, **more):
+    body = {"event": kind, "sender": {"role": role, "externalId": "x"},
+            "autotranscribeResponse": {"utterance": [{"text": text}]}, **more}
+    return body
+
+
+def test_watch_shows_partials_in_place_and_finals_as_lines():
+    from siprecd.live.cli import Screen
+
+    screen = Screen(terminal=True, width=80)
+    out = screen.feed(_utterance("partial", "customer", "my card"))
+    assert out == Screen.CLEAR + "… customer: my card"
+    out = screen.feed(_utterance("partial", "agent", "okay"))
+    assert out == Screen.CLEAR + "… agent: okay | customer: my card"
+    out = screen.feed(_utterance("final", "customer", "my card is ####",
+                                 timestamp="2024-05-02T14:03:11.482Z"))
+    # The final as a line of its own, then what is still being said.
+    assert out.startswith(Screen.CLEAR) and "customer: my card is ####\n" in out
+    assert out.endswith("… agent: okay")
+    assert screen.feed({"event": "call-ended", "timestamp": "t"}).startswith(Screen.CLEAR)
+    assert screen.ended
+    long = screen.feed(_utterance("partial", "agent", "word " * 100))
+    assert len(long) <= len(Screen.CLEAR) + 80
+
+
+def test_watch_without_a_terminal_prints_lines_only():
+    from siprecd.live.cli import Screen
+
+    screen = Screen(terminal=False)
+    assert screen.feed(_utterance("partial", "customer", "my card")) == ""
+    assert screen.feed(_utterance("final", "customer", "my card is ####",
+                                  timestamp="2024-05-02T14:03:11.482Z")) == \
+        "14:03:11 customer: my card is ####\n"
+    chatty = Screen(terminal=False, partials=True)
+    assert chatty.feed(_utterance("partial", "agent", "okay")) == "~  agent: okay\n"

@@ -244,7 +244,7 @@ class _LiveProtocol(WebSocketServerProtocol):
     _cut = False
 
     def onConnect(self, request):
-        self.peer = getattr(request, "peer", "?")
+        self.peer = request.peer
         return None
 
     def onOpen(self):
