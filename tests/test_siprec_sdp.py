@@ -239,11 +239,11 @@ def test_on_hold(hold):
     pytest.param(sdp(*HEAD, "c=IN IP4 -bad-.example"), id="c-bad-hostname"),
     pytest.param(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "c=IN IP4 10.0.0.1 extra"),
                  id="media-c-extra-field"),
-    pytest.param(sdp(*HEAD, "garbage"), id="no-equals"),
-    pytest.param(sdp(*HEAD, "=abc"), id="no-type"),
-    pytest.param(sdp(*HEAD, "1=abc"), id="digit-type"),
-    pytest.param(sdp(*HEAD, " a=sendonly"), id="leading-space"),
-    pytest.param(sdp(*HEAD, "\u00e9=x"), id="non-ascii-type"),
+    pytest.param(sdp(*HEAD, "garbage", "m=audio 4000 RTP/AVP 0"), id="no-equals"),
+    pytest.param(sdp(*HEAD, "=abc", "m=audio 4000 RTP/AVP 0"), id="no-type"),
+    pytest.param(sdp(*HEAD, "1=abc", "m=audio 4000 RTP/AVP 0"), id="digit-type"),
+    pytest.param(sdp(*HEAD, " a=sendonly", "m=audio 4000 RTP/AVP 0"), id="leading-space"),
+    pytest.param(sdp(*HEAD, "\u00e9=x", "m=audio 4000 RTP/AVP 0"), id="non-ascii-type"),
     pytest.param(sdp(*HEAD) + b"a=label:1\x00", id="nul"),
     pytest.param(sdp(*HEAD, "a=label:1\rm=audio 1 RTP/AVP 0"), id="stray-cr"),
     pytest.param(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "a=rtpmap:x PCMU/8000"), id="rtpmap-pt"),
@@ -736,3 +736,18 @@ def test_offer_answer_round_trip(text, preference, accept_srtp, address):
         else:
             assert not any(c.name == "TELEPHONE-EVENT" and c.clock_rate == 8000
                            for c in off.codecs)
+
+
+def test_junk_after_the_last_valid_line_is_ignored():
+    """A multipart delimiter and the metadata part pasted into the SDP part
+    (seen from SRCs that miscount a part's Content-Length): the lines before
+    it are a whole description."""
+    junk = ("--uniqueBoundary", "Content-Type: application/rs-metadata+xml", "",
+            "<?xml version='1.0'?>", "<recording xmlns='urn:ietf:params:xml:ns:recording:1'/>")
+    offer = parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "a=label:1", "a=sendonly", *junk))
+    assert [m.label for m in offer.media] == ["1"] and offer.media[0].direction == "sendonly"
+    assert offer.ignored_lines == 4
+    assert parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0")).ignored_lines == 0
+    # Junk with an m-line after it would lose a stream: refused.
+    with pytest.raises(SdpError):
+        parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "junk", "m=audio 4002 RTP/AVP 0"))

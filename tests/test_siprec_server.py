@@ -37,7 +37,7 @@ class Harness:
                                       self.ports, self.readiness)
 
     def request(self, method, *, call_id="c1@192.0.2.10", cseq=1, to_tag=None, body=b"",
-                content_type=None, headers=(), branch=None, from_tag="src1"):
+                content_type=None, headers=(), branch=None, from_tag="src1", cseq_method=None):
         branch = branch or f"z9hG4bK{next(_branches)}"
         to = "<sip:srs@192.0.2.1>" + (f";tag={to_tag}" if to_tag else "")
         lines = [
@@ -46,7 +46,7 @@ class Harness:
             f"From: <sip:src@192.0.2.10>;tag={from_tag}",
             f"To: {to}",
             f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
+            f"CSeq: {cseq} {cseq_method or method}",
             "Contact: <sip:src@192.0.2.10:5060>;+sip.src",
             "Max-Forwards: 70",
             *[f"{k}: {v}" for k, v in headers],
@@ -338,7 +338,7 @@ def test_responses_go_to_received_and_rport():
 def test_a_bad_header_found_late_gets_400_not_500():
     h = Harness()
     r = h.request("INVITE", body=sample_sdp(), content_type="application/sdp",
-                  headers=[("Record-Route", "<sip:unterminated")])[-1]
+                  headers=[("Record-Route", "<not a uri>")])[-1]
     assert r.status == 400
     assert h.endpoint.counters["errors"] == 0
 
@@ -373,3 +373,78 @@ def test_g729_is_not_offered_without_libbcg729():
     ok = h.request("INVITE", body=sdp, content_type="application/sdp")[-1]
     assert ok.status == 200
     assert [c.name for c in parse_sdp(ok.body).media[0].codecs] == ["PCMA", "TELEPHONE-EVENT"]
+
+
+# -- tolerance where nothing is at stake ----------------------------------------
+
+
+def test_ack_whose_cseq_says_invite_still_confirms_the_call():
+    """Some SRCs write ``CSeq: n INVITE`` on the ACK: it is matched to its
+    INVITE by number, so the 200 is not retransmitted to a timeout and the
+    call is not ended as "no ACK"."""
+    h = Harness()
+    sample, responses = h.invite()
+    ok = responses[-1]
+    h.request("ACK", call_id=sample.call_id, to_tag=ok.to.tag, cseq_method="INVITE")
+    h.clock.advance(64 * 0.5 + 1)
+    assert h.listener.get(sample.guid) is not None
+    assert h.endpoint.counters["tolerated"] == 1
+    assert not [r for r in h.wire.sent if getattr(r[1], "status", 0) == 200]
+
+
+def test_bye_whose_cseq_says_invite_ends_the_call():
+    h = Harness()
+    sample, ok = h.established()
+    r = h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=2, cseq_method="INVITE")
+    assert r[-1].status == 200 and r[-1].cseq == (2, "INVITE")
+    assert h.listener.get(sample.guid) is None
+
+
+def test_bye_without_to_tag_ends_the_one_dialog_it_names():
+    h = Harness()
+    sample, ok = h.established()
+    r = h.request("BYE", call_id=sample.call_id, cseq=2)[-1]
+    assert r.status == 200 and r.to.tag == ok.to.tag
+    assert h.listener.get(sample.guid) is None
+
+
+def test_bye_without_to_tag_never_guesses_between_two_dialogs():
+    h = Harness()
+    sample, responses = h.invite()
+    ok1 = responses[-1]
+    h.request("ACK", call_id=sample.call_id, to_tag=ok1.to.tag)
+    # A second dialog with the same Call-ID and From tag (a forked INVITE seen twice).
+    again = h.request("INVITE", call_id=sample.call_id, body=sample.body, cseq=5,
+                      content_type=sample.content_type, headers=[("Require", "siprec")])[-1]
+    assert again.status == 200 and again.to.tag != ok1.to.tag
+    r = h.request("BYE", call_id=sample.call_id, cseq=6)[-1]
+    assert r.status == 481
+    assert len(h.server.calls) == 2
+
+
+def test_bye_without_to_tag_and_another_from_tag_is_481():
+    h = Harness()
+    sample, ok = h.established()
+    assert h.request("BYE", call_id=sample.call_id, cseq=2, from_tag="other")[-1].status == 481
+    assert h.listener.get(sample.guid) is not None
+
+
+def test_bye_numbered_below_the_dialog_is_still_500_and_equal_is_taken():
+    h = Harness()
+    sample, ok = h.established()
+    h.request("INVITE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=5)
+    assert h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=4)[-1].status == 500
+    assert h.listener.get(sample.guid) is not None
+    assert h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=5)[-1].status == 200
+    assert h.listener.get(sample.guid) is None
+
+
+def test_unclosed_contact_and_junk_after_the_sdp_are_recorded():
+    h = Harness()
+    sample = sample_invite("rfc7865")
+    junk = b"--stray-boundary\r\nContent-Type: text/plain\r\n\r\nnot sdp\r\n"
+    body = sample.sdp + junk
+    r = h.request("INVITE", call_id=sample.call_id, body=body, content_type="application/sdp",
+                  headers=[("Require", "siprec")])[-1]
+    assert r.status == 200
+    assert len(parse_sdp(r.body).media) == 2

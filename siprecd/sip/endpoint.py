@@ -108,7 +108,8 @@ class SipEndpoint:
         # (Call-ID, CSeq number) of INVITEs answered 2xx and not yet ACKed:
         # the ACK for a 2xx has a branch of its own, so it is matched here.
         self._accepted = {}
-        self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0}
+        self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0,
+                         "tolerated": 0}
 
     def bind(self, ua):
         """Hand requests to *ua* (an ITransactionUser) from now on."""
@@ -201,6 +202,11 @@ class SipEndpoint:
 
     def _receive_request(self, request, source):
         self._mark_via(request, source)
+        if request.tolerated:
+            self.counters["tolerated"] += 1
+            self.log.info("tolerated from {address} in {method} {call_id}: {what}",
+                          address=f"{source.host}:{source.port}", method=request.method,
+                          call_id=request.call_id, what="; ".join(request.tolerated))
         key = server_key(request)
         txn = self.server_txns.get(key)
         if request.method == "ACK":

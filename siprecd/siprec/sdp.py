@@ -4,7 +4,8 @@ write the answer (RFC 8866 SDP, RFC 3264 offer/answer, RFC 7866 SRS rules).
 Sans-IO: text in, frozen objects or answer bytes out.
 
 The parser is tolerant where real SBCs are sloppy (LF-only line ends, trailing
-blanks, lines out of order, unknown lines and attributes, no ``s=``/``t=``)
+blanks, lines out of order, unknown lines and attributes, no ``s=``/``t=``,
+junk after the last valid line when no m-line follows it)
 and strict where a misreading would record the wrong thing or echo garbage
 (``v=0``, the shape of ``o=``, ``m=``, ``c=``, ``a=rtpmap``, ``a=fmtp``,
 ``a=rtcp``). Anything it refuses raises :class:`SdpError`, and nothing else,
@@ -138,6 +139,8 @@ class SessionDescription:
     direction: str | None
     attributes: tuple[tuple[str, str | None], ...] = attrs.field(repr=_attributes_repr)
     media: tuple[MediaDescription, ...] = attrs.field()
+    # Lines of junk after the last valid line, left unread (0: none).
+    ignored_lines: int = attrs.field(default=0, eq=False)
 
     def audio(self):
         """The audio m-lines in SDP order (roles are assigned by this order)."""
@@ -289,7 +292,10 @@ def _ptime(value):
     return None
 
 
-def _lines(data, max_size):
+_M_LINE = re.compile(r"[ \t]*m=")
+
+
+def _lines(data, max_size, ignored=None):
     if isinstance(data, str):
         # Lone surrogates cannot be encoded later; they become U+FFFD.
         data = data.encode("utf-8", "surrogatepass")
@@ -301,16 +307,26 @@ def _lines(data, max_size):
     if b"\0" in data:
         raise SdpError("SDP contains a NUL byte")
     text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-    for number, line in enumerate(text.split("\n"), 1):
+    lines = text.split("\n")
+    valid = 0
+    for number, line in enumerate(lines, 1):
         line = line.rstrip()
         if not line:
             continue
+        if len(line) < 2 or line[1] != "=" or not line[0].isascii() or not line[0].isalpha():
+            if valid and not any(_M_LINE.match(rest) for rest in lines[number:]):
+                # Junk after the last valid line (a multipart delimiter and
+                # the next part pasted into the SDP part, as some SRCs send):
+                # the description before it is whole, so it is used.
+                if ignored is not None:
+                    ignored.append(len([r for r in lines[number - 1:] if r.strip()]))
+                return
+            raise SdpError(f"line {number}: expected 'x=value', got {_show(line)}")
         if "\r" in line:
             # A CR inside a line would end the line for some peers: echoing
             # the rest of it (a label, say) could inject lines into our answer.
             raise SdpError(f"line {number}: stray carriage return")
-        if len(line) < 2 or line[1] != "=" or not line[0].isascii() or not line[0].isalpha():
-            raise SdpError(f"line {number}: expected 'x=value', got {_show(line)}")
+        valid += 1
         yield number, line[0], line[2:]
 
 
@@ -333,7 +349,8 @@ def parse_sdp(data, *, max_size=65536, max_media=64):
     session = _Section()
     sections = []
     current = session
-    for number, kind, value in _lines(data, max_size):
+    ignored = []
+    for number, kind, value in _lines(data, max_size, ignored):
         try:
             if version is None:
                 if kind != "v":
@@ -384,6 +401,7 @@ def parse_sdp(data, *, max_size=65536, max_media=64):
         direction=session_direction,
         attributes=tuple(session.attributes),
         media=media,
+        ignored_lines=ignored[0] if ignored else 0,
     )
 
 

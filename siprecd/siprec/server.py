@@ -100,6 +100,8 @@ class RecordingServer:
 
     def handle_request(self, request, txn, source):
         to_tag = request.to.tag
+        if to_tag is None and request.method == "BYE":
+            to_tag = self._untagged_bye(request, source)
         if to_tag is not None:
             self._in_dialog(request, txn, source, to_tag)
             return
@@ -112,6 +114,20 @@ class RecordingServer:
             txn.respond(make_response(request, 481))
         else:
             txn.respond(make_response(request, 405, headers=[("Allow", ALLOWED)]))
+
+    def _untagged_bye(self, request, source):
+        """Our tag for a BYE that came without a To tag, when its Call-ID and
+        From tag name exactly one dialog (some SRCs drop the tag on BYE);
+        never a guess between two."""
+        from_tag = request.from_.tag
+        matches = [s for s in self.calls.values()
+                   if s.dialog.call_id == request.call_id and s.dialog.remote_tag == from_tag]
+        if len(matches) != 1:
+            return None
+        self.log.info("tolerated from {address}: BYE without To tag taken for the one dialog "
+                      "of call {call_id} with that From tag", call_id=request.call_id,
+                      address=f"{source.host}:{source.port}")
+        return matches[0].dialog.local_tag
 
     def admit(self, request, source):
         """Called by the endpoint before it makes a transaction: a 503 to
@@ -261,7 +277,7 @@ class RecordingServer:
         if sdp_bytes is None:
             raise _BadBody(488, "No SDP Offer")
         try:
-            offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
+            offer = self._parse_sdp(sdp_bytes, request)
         except SdpError as e:
             raise _BadBody(400, f"Bad SDP: {_phrase(e)}") from None
         metadata = None
@@ -274,6 +290,14 @@ class RecordingServer:
                 self.log.warn("unusable recording metadata in {call_id}: {error}",
                               call_id=request.call_id, error=str(e))
         return offer, metadata
+
+    def _parse_sdp(self, sdp_bytes, request):
+        offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
+        if offer.ignored_lines:
+            self.log.info("tolerated in {method} {call_id}: {n} line(s) of junk after the SDP "
+                          "part's last valid line, ignored", method=request.method,
+                          call_id=request.call_id, n=offer.ignored_lines)
+        return offer
 
     def _session_timer(self, request):
         """(expires, refresher) when the SBC asked for a session timer;
@@ -335,7 +359,7 @@ class RecordingServer:
             return
         method = request.method
         if method == "BYE":
-            txn.respond(make_response(request, 200))
+            txn.respond(make_response(request, 200, to_tag=to_tag))
             self._ended(session, "bye from SRC", notify=True)
         elif method in ("INVITE", "UPDATE"):
             self._modify(request, txn, source, session)
@@ -367,7 +391,7 @@ class RecordingServer:
                                   call_id=request.call_id, error=str(e))
             if sdp_bytes is not None:
                 try:
-                    offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
+                    offer = self._parse_sdp(sdp_bytes, request)
                     body, streams_changed = session.apply_offer(
                         offer, codecs=self.codecs, ports=self.ports,
                         address=self._media_address(source), srtp=self.config.media.srtp,
