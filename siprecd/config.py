@@ -36,7 +36,7 @@ Port = Annotated[int, Range(1, 65535)]
 Positive = Annotated[int, Range(1, None)]
 Host = Annotated[str, NonEmpty()]
 Role = Literal["customer", "agent"]
-Codec = Literal["PCMU", "PCMA", "G729"]
+Codec = Literal["PCMU", "PCMA", "G729", "G722", "opus"]
 TlsVersion = Literal["1.2", "1.3"]
 
 
@@ -142,11 +142,16 @@ class Media:
     advertised_host: Optional[Host] = None
     port_min: Annotated[int, Range(1024, 65534)] = 20000
     port_max: Annotated[int, Range(1025, 65535)] = 29999
-    codecs: Annotated[list[Codec], NonEmpty()] = ("PCMU", "PCMA", "G729")
+    # The codecs taken; which one a stream gets is the SRC's choice (the
+    # first of these its m-line offers).
+    codecs: Annotated[list[Codec], NonEmpty()] = ("PCMU", "PCMA", "G729", "G722", "opus")
     receive_buffer: Annotated[ByteSize, Range(65536, None)] = 1024 * 1024
     jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
     port_quarantine: Duration = 5.0
     mixed_role: Role = "customer"
+    # Role of an audio stream beyond the first two that replaces none
+    # (3-way call, conference, supervisor barge-in).
+    extra_stream_role: Role = "agent"
     # New INVITEs that would take the streams in progress past this get 503.
     max_streams: Positive = 1000
     check_source: bool = False

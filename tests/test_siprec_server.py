@@ -120,7 +120,7 @@ def test_unsupported_extension_gets_420():
 
 def test_no_codec_in_common_gets_488():
     h = Harness()
-    sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 9\r\n"
+    sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 3\r\n"
     responses = h.request("INVITE", body=sdp, content_type="application/sdp")
     assert responses[-1].status == 488
 
@@ -365,10 +365,11 @@ def test_uas_refresher_sends_update_at_half_time():
 def test_g729_is_not_offered_without_libbcg729():
     from siprecd.node import usable_codecs
 
-    assert usable_codecs(("G729", "PCMU"), g729_available=False) == ("PCMU",)
-    assert usable_codecs(("G729", "PCMU"), g729_available=True) == ("G729", "PCMU")
+    no_g729 = {"G729": "install libbcg729"}.get
+    assert usable_codecs(("G729", "PCMU"), no_g729) == ("PCMU",)
+    assert usable_codecs(("G729", "PCMU"), lambda name: None) == ("G729", "PCMU")
     h = Harness(media={"codecs": ["G729", "PCMA"], "port_min": 30000, "port_max": 30011})
-    h.server.codecs = usable_codecs(h.config.media.codecs, g729_available=False)
+    h.server.codecs = usable_codecs(h.config.media.codecs, no_g729)
     sdp = sample_sdp(("1",), codecs=("G729", "PCMA"))
     ok = h.request("INVITE", body=sdp, content_type="application/sdp")[-1]
     assert ok.status == 200

@@ -58,8 +58,10 @@ _STATIC_PAYLOADS = {
     18: ("G729", 8000, None),
 }
 
-# What the media plane decodes, with the clock rate it decodes at.
-_DECODABLE = {"PCMU": 8000, "PCMA": 8000, "G729": 8000}
+# What the media plane decodes, with the RTP clock rate it is offered at.
+_DECODABLE = {"PCMU": 8000, "PCMA": 8000, "G729": 8000, "G722": 8000, "OPUS": 48000}
+# RFC 7587 §7: Opus is always offered as opus/48000/2, whatever it carries.
+_CHANNELS = {"OPUS": (2,)}
 
 TELEPHONE_EVENT = "TELEPHONE-EVENT"
 
@@ -477,15 +479,14 @@ def _acceptable_proto(media, accept_srtp):
     return accept_srtp and proto in _SDES_SRTP and bool(media.crypto)
 
 
-def _choose_codec(media, codec_preference):
-    for wanted in codec_preference:
-        for codec in media.codecs:
-            if (
-                codec.name == wanted
-                and codec.clock_rate == _DECODABLE[wanted]
-                and codec.channels in (None, 1)
-            ):
-                return codec
+def _choose_codec(media, allowed):
+    for codec in media.codecs:
+        if (
+            codec.name in allowed
+            and codec.clock_rate == _DECODABLE[codec.name]
+            and codec.channels in (None, 1, *_CHANNELS.get(codec.name, ()))
+        ):
+            return codec
     return None
 
 
@@ -493,8 +494,11 @@ def negotiate(offer, codec_preference, *, accept_srtp=False):
     """Decide, per m-line of *offer*, what to take: a :class:`StreamChoice`,
     or None for a stream the answer refuses with port 0.
 
-    Our preference order wins over the offer's (SPEC §1): the codec is the
-    first of *codec_preference* the m-line offers at its clock rate.
+    The SRC's order wins (SPEC §1): the codec is the first one the m-line
+    offers, at its clock rate, that is among *codec_preference* (the codecs
+    this server takes). An SRC that lists G.729 first will keep sending
+    G.729, whatever else it offers, so answering anything else would lose
+    its audio.
     """
     preference = tuple(name.upper() for name in codec_preference)
     unknown = [name for name in preference if name not in _DECODABLE]
@@ -554,7 +558,7 @@ def _addrtype(address):
 
 # Encoding names are case-insensitive (RFC 4855), but some SBCs compare them
 # as written; answer in the spelling the registrations use.
-_SPELLING = {TELEPHONE_EVENT: "telephone-event"}
+_SPELLING = {TELEPHONE_EVENT: "telephone-event", "OPUS": "opus"}
 
 
 def _rtpmap_line(codec):
