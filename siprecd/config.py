@@ -108,13 +108,15 @@ class Sip:
         list[
             Literal[
                 "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
-                "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+                "cisco-guid", "genesys-uuid", "broadworks-tracking-id", "broadworks-call-id",
+                "metadata-session", "call-id",
             ]
         ],
         NonEmpty(),
     ] = (
         "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
-        "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+        "cisco-guid", "genesys-uuid", "broadworks-tracking-id", "broadworks-call-id",
+        "metadata-session", "call-id",
     )
     max_calls: Positive = 500
     user_agent: str = "siprecd"
@@ -194,6 +196,9 @@ class Asr:
     )
     # Let Vosk fetch a missing model by name (needs Internet access).
     download: bool = False
+    # The highest sample rate recognisers are fed at: narrower audio is fed
+    # at its own rate, wider (Opus, 48 kHz) is resampled down to this.
+    sample_rate: Literal[8000, 16000, 48000] = 16000
     endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
     format_numbers: bool = True

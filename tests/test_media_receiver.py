@@ -30,7 +30,7 @@ class Recorder:
         self.events = []
         self.end = 0
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         assert position == self.end, f"PCM at {position}, expected {self.end}"
         assert samples.dtype == np.int16
         self.end += len(samples)
@@ -565,8 +565,8 @@ def test_group_serves_many_streams_of_mixed_codecs_and_sizes():
 
 def test_consumer_failures_do_not_stop_the_stream():
     class Broken(Recorder):
-        def pcm(self, stream, position, samples):
-            super().pcm(stream, position, samples)
+        def pcm(self, stream, position, samples, rate=8000):
+            super().pcm(stream, position, samples, rate)
             raise RuntimeError("consumer bug")
 
     clock = Clock()

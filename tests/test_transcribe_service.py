@@ -187,7 +187,7 @@ async def test_the_offer_is_answered_only_once_the_call_is_stored(storage):
     held.held[0].callback(None)
     await d
     assert (await storage.get_call_by_guid(GUID)) is not None
-    assert set(await started) == {"customer", "agent"}
+    assert set(await started) == {"customer", "agent", "streams"}
 
 
 @pytest_twisted.ensureDeferred
@@ -303,10 +303,16 @@ async def test_stream_ids_are_stable_within_a_leg_and_new_for_a_new_agent(storag
     again = await start(service, agent="agent-1")
     await service.stop(GUID)
     transferred = await start(service, agent="agent-2")
-    ids = lambda r: {role: v["streamId"] for role, v in r.items()}  # noqa: E731
+    ids = lambda r: {role: r[role]["streamId"] for role in ("customer", "agent")}  # noqa: E731
     assert ids(first) == ids(again) == ids(stopped)
     assert set(ids(transferred).values()).isdisjoint(ids(first).values())
-    assert all(v["status"] == {"code": 1000, "description": "OK"} for v in first.values())
+    assert all(first[role]["status"] == {"code": 1000, "description": "OK"}
+               for role in ("customer", "agent"))
+    # Every stream is listed too, with its label, Call-ID and sender.
+    assert [(s["role"], s["label"], s["primary"]) for s in first["streams"]] == [
+        ("customer", "1", True), ("agent", "2", True)]
+    assert {s["streamId"] for s in first["streams"]} == set(ids(first).values())
+    assert first["streams"][0]["participant"]["aor"] == "sip:+15551230001@carrier.example.net"
     legs = await storage.legs_for_guid(GUID)
     assert [(leg.number, leg.agent_id) for leg in legs] == [(1, "agent-1"), (2, "agent-2")]
     assert legs[0].params["language"] == "en-us"
@@ -351,7 +357,7 @@ async def test_a_mixed_call_is_one_stream_in_the_configured_role(storage, mixed_
     session = await offered(service, streams=1)
     line = Line(service, session, 0)
     result = await start(service, media_line_order="AGENT_FIRST")
-    assert list(result) == [mixed_role]
+    assert list(result) == [mixed_role, "streams"]
     line.play(np.concatenate([tone(0.3), silence(1.0)]))
     await service.stop(GUID)
     (m,) = await messages(storage)
@@ -660,7 +666,7 @@ async def test_slow_recognisers_keep_order_one_call_at_a_time(storage):
                              for k in range(8)])
     customer.play(speech)
     agent.play(speech)
-    window = next(iter(service.calls.by_guid[GUID].windows.values()))
+    window = next(iter(service.calls.conversation(GUID).sessions[0].windows.values()))
     assert window.pipeline.backlog > 0        # all of it is queued, none lost
     await service.stop(GUID)
     found = await messages(storage)

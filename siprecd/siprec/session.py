@@ -4,7 +4,18 @@ identifiers, and how each new SDP offer changes the streams.
 Sans-IO: offers and metadata go in, an SDP answer and a description of
 what changed come out. Ports come from an IMediaPortAllocator. Roles are
 not decided here (the start-streaming request decides them); streams are
-described by their position among the audio m-lines and their label.
+described by their position among the audio m-lines, their label, and
+their *seat*: which of the first two parties' places they hold.
+
+Seats
+    The first two audio streams of a session hold seats 0 and 1 (their
+    audio_index). A stream that closes (its m-line set to port 0 or gone)
+    leaves its seat vacant, and the next new stream takes it: a transfer
+    signalled as a new m-line goes on in the transferred party's place. So
+    does a new stream whose sender, by the metadata, comes while the sender
+    of a seated stream has been disassociated from the session (RFC 7865
+    ``disassociate-time``). Any other new stream (a third party of a
+    3-way call or conference, a supervisor's barge-in) has no seat (None).
 """
 
 import uuid
@@ -37,6 +48,11 @@ class RecordedStream:
     on_hold: bool = False
     crypto: tuple = attrs.field(default=(), repr=False)   # offered a=crypto values (keys)
     srtp: object = attrs.field(default=None, repr=False)  # srtp.SrtpChoice of an SRTP stream
+    # The first two parties' place it holds (0 or 1), or None (see the
+    # module docstring); by default its audio_index for the first two.
+    seat: int | None = attrs.field(
+        default=attrs.Factory(lambda self: self.audio_index if self.audio_index < 2 else None,
+                              takes_self=True))
 
     @property
     def key(self):
@@ -65,6 +81,9 @@ class RecordingSession:
     dialog: object = None
     source: object = None            # endpoint.Source the INVITE came from
     timer: tuple | None = None       # (Session-Expires seconds, refresher) when in use
+    delayed_offer: bool = False      # the INVITE had no SDP: our offer, the answer in the ACK
+    _seats: dict = attrs.field(factory=dict, repr=False)    # stream key -> seat, ever given
+    _holders: dict = attrs.field(factory=dict, repr=False)  # seat -> key of the stream in it
 
     @property
     def mixed(self):
@@ -144,6 +163,7 @@ class RecordingSession:
             raise
         for gone in old.values():
             ports.release(gone.local_port)
+        self._seat(new_streams)
         changed = _describe(self.streams) != _describe(new_streams)
         self.streams, self.refused = new_streams, refused
         if changed or self.answer is None:
@@ -154,6 +174,46 @@ class RecordingSession:
         )
         return self.answer, changed
 
+    def _seat(self, streams):
+        """Give each new stream its seat (module docstring); streams seen
+        before keep theirs."""
+        open_keys = {s.key for s in streams}
+        for seat, key in list(self._holders.items()):
+            if key not in open_keys:
+                del self._holders[seat]          # closed: the seat is vacant
+        for stream in streams:
+            if stream.key in self._seats:
+                stream.seat = self._seats[stream.key]
+                continue
+            given = {v for v in self._seats.values() if v is not None}
+            vacant = sorted(given - set(self._holders))
+            if vacant:
+                seat = vacant[0]
+            else:
+                seat = self._handed_over(stream)
+                if seat is None and stream.audio_index < 2 and stream.audio_index not in given:
+                    seat = stream.audio_index
+            stream.seat = seat
+            self._seats[stream.key] = seat
+            if seat is not None:
+                self._holders[seat] = stream.key
+
+    def _handed_over(self, stream):
+        """The seat of a stream whose sender the metadata says has left
+        (disassociated), when *stream*'s own sender is someone else."""
+        if self.metadata is None or stream.label is None:
+            return None
+        newcomer = self.metadata.participant_for_label(stream.label)
+        if newcomer is None or newcomer.disassociated:
+            return None
+        labels = {s.key: s.label for s in self.streams}
+        for seat, key in sorted(self._holders.items()):
+            label = labels.get(key)
+            sender = self.metadata.participant_for_label(label) if label else None
+            if sender is not None and sender.disassociated and sender.id != newcomer.id:
+                return seat
+        return None
+
     def release_ports(self, ports):
         for stream in self.streams:
             ports.release(stream.local_port)
@@ -162,7 +222,7 @@ class RecordingSession:
 
 def _describe(streams):
     return [
-        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold,
+        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold, s.seat,
          s.srtp.remote if s.srtp is not None else None)
         for s in streams
     ]
