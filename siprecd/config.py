@@ -119,6 +119,9 @@ class Sip:
         "metadata-session", "call-id",
     )
     max_calls: Positive = 500
+    # Audio streams offered (recvonly) to an INVITE that came without SDP
+    # (delayed offer, as Cisco CUCM's built-in-bridge recording sends).
+    delayed_offer_streams: Annotated[int, Range(1, 16)] = 2
     user_agent: str = "siprecd"
     # New INVITEs and OPTIONS per source address (token bucket); past it
     # they get 503 with Retry-After. Requests in a dialog and responses

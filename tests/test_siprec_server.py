@@ -449,3 +449,58 @@ def test_unclosed_contact_and_junk_after_the_sdp_are_recorded():
                   headers=[("Require", "siprec")])[-1]
     assert r.status == 200
     assert len(parse_sdp(r.body).media) == 2
+
+
+# -- delayed offer -------------------------------------------------------------------
+
+
+def _answer_sdp(ok_body, codecs=("18", "8"), host="192.0.2.10"):
+    """The SRC's answer to our offer: one codec per m-line, sendonly."""
+    offer = parse_sdp(ok_body)
+    lines = ["v=0", f"o=SRC 1 1 IN IP4 {host}", "s=-", f"c=IN IP4 {host}", "t=0 0"]
+    for i, (media, pt) in enumerate(zip(offer.media, codecs)):
+        port = 0 if pt is None else 40000 + 2 * i
+        lines.append(f"m=audio {port} RTP/AVP {pt or 0}")
+        lines += [f"a=label:{media.label}", "a=sendonly"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def test_delayed_offer_is_answered_with_our_offer_and_set_up_from_the_ack():
+    """Cisco CUCM built-in-bridge recording sends its INVITE without SDP."""
+    h = Harness()
+    ok = h.request("INVITE", call_id="bib@192.0.2.10", headers=[("Require", "siprec")])[-1]
+    assert ok.status == 200 and ok.headers.get("Content-Type") == "application/sdp"
+    offer = parse_sdp(ok.body)
+    assert len(offer.media) == 2                      # sip.delayed_offer_streams
+    for m in offer.media:
+        assert m.direction == "recvonly" and m.port != 0
+        assert [c.name for c in m.codecs] == ["PCMU", "PCMA", "G729", "G722", "OPUS",
+                                              "TELEPHONE-EVENT"]
+    session = h.listener.by_call_id["bib@192.0.2.10"]
+    assert session.delayed_offer and session.awaiting_answer
+    h.request("ACK", call_id="bib@192.0.2.10", to_tag=ok.to.tag, body=_answer_sdp(ok.body),
+              content_type="application/sdp")
+    assert not session.awaiting_answer
+    assert [(s.label, s.codec.name, s.remote_port) for s in session.streams] == [
+        ("1", "G729", 40000), ("2", "PCMA", 40002)]
+    assert [s.local_port for s in session.streams] == [m.port for m in offer.media]
+    # It is a call like any other from now on.
+    assert h.request("BYE", call_id="bib@192.0.2.10", to_tag=ok.to.tag, cseq=2)[-1].status == 200
+
+
+def test_delayed_offer_stream_refused_in_the_answer_is_closed():
+    h = Harness(sip={"delayed_offer_streams": 3})
+    ok = h.request("INVITE", call_id="d3@192.0.2.10")[-1]
+    assert len(parse_sdp(ok.body).media) == 3
+    h.request("ACK", call_id="d3@192.0.2.10", to_tag=ok.to.tag,
+              body=_answer_sdp(ok.body, codecs=("0", None, "0")), content_type="application/sdp")
+    session = h.listener.by_call_id["d3@192.0.2.10"]
+    assert [s.label for s in session.streams] == ["1", "3"]
+
+
+def test_an_ack_without_the_answer_leaves_the_offered_streams():
+    h = Harness()
+    ok = h.request("INVITE", call_id="noans@192.0.2.10")[-1]
+    h.request("ACK", call_id="noans@192.0.2.10", to_tag=ok.to.tag)
+    session = h.listener.by_call_id["noans@192.0.2.10"]
+    assert len(session.streams) == 2 and not session.awaiting_answer

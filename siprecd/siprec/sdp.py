@@ -32,6 +32,8 @@ __all__ = [
     "negotiate",
     "answer_direction",
     "format_answer",
+    "format_offer",
+    "offer_codecs",
     "check_reoffer",
 ]
 
@@ -633,6 +635,56 @@ def format_answer(
     ]
     for media, choice, port in zip(offer.media, choices, ports):
         lines.extend(_answer_lines(media, choice, port, direction))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+# What we offer for each codec when the SRC sent no SDP (RFC 3551 static
+# types; Opus on a dynamic one, as RFC 7587 registers it).
+_OFFERED = {
+    "PCMU": Codec(0, "PCMU", 8000, None, None),
+    "PCMA": Codec(8, "PCMA", 8000, None, None),
+    "G729": Codec(18, "G729", 8000, None, None),
+    "G722": Codec(9, "G722", 8000, None, None),
+    "OPUS": Codec(111, "OPUS", 48000, 2, None),
+}
+_OFFERED_EVENT = Codec(101, TELEPHONE_EVENT, 8000, None, "0-15")
+
+
+def offer_codecs(codec_preference):
+    """The codecs of our offer, in *codec_preference* order, then telephone-event."""
+    preference = [name.upper() for name in codec_preference]
+    unknown = [name for name in preference if name not in _OFFERED]
+    if unknown:
+        raise ValueError(f"cannot offer codec {unknown[0]!r}")
+    return [_OFFERED[name] for name in preference] + [_OFFERED_EVENT]
+
+
+def format_offer(count, codec_preference, ports, *, address, session_id, session_version,
+                 username="siprecd", session_name="siprecd", labels=None):
+    """Our SDP offer of *count* recvonly audio streams (RFC 7866 §7.1.1: an
+    SRS may offer when the SRC's INVITE had none), one port each, every
+    codec of *codec_preference* plus telephone-event."""
+    if len(ports) != count:
+        raise ValueError("need one port per offered stream")
+    if not re.fullmatch(r"[0-9]{1,32}", str(session_id), re.ASCII):
+        raise ValueError(f"session_id must be decimal digits, got {session_id!r}")
+    addrtype = _addrtype(address)
+    codecs = offer_codecs(codec_preference)
+    labels = labels or [str(i + 1) for i in range(count)]
+    lines = [
+        "v=0",
+        f"o={username} {session_id} {session_version} IN {addrtype} {address}",
+        f"s={session_name or '-'}",
+        f"c=IN {addrtype} {address}",
+        "t=0 0",
+    ]
+    for port, label in zip(ports, labels):
+        lines.append(f"m=audio {port} RTP/AVP " + " ".join(str(c.payload_type) for c in codecs))
+        for codec in codecs:
+            lines.append(_rtpmap_line(codec))
+            if codec.fmtp:
+                lines.append(f"a=fmtp:{codec.payload_type} {codec.fmtp}")
+        lines += ["a=ptime:20", f"a=label:{label}", "a=recvonly"]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 

@@ -189,8 +189,10 @@ class RecordingServer:
         except _BadBody as e:
             txn.respond(make_response(request, e.status, e.reason))
             return
+        wanted = (len(offer.audio()) if offer is not None
+                  else self.config.sip.delayed_offer_streams)
         refusal = self.admission.over_streams(
-            request, source.host, self._streams_in_progress(), len(offer.audio()))
+            request, source.host, self._streams_in_progress(), wanted)
         if refusal is not None:
             txn.respond(refusal)
             return
@@ -205,10 +207,16 @@ class RecordingServer:
             session_id=session_id.split(";")[0].strip() if session_id else None,
         )
         try:
-            answer, _ = session.apply_offer(
-                offer, codecs=self.codecs, ports=self.ports,
-                address=self._media_address(source), srtp=self.config.media.srtp,
-            )
+            if offer is None:
+                # Delayed offer: we offer, the SRC answers in its ACK.
+                answer = session.make_offer(
+                    self.config.sip.delayed_offer_streams, codecs=self.codecs,
+                    ports=self.ports, address=self._media_address(source))
+            else:
+                answer, _ = session.apply_offer(
+                    offer, codecs=self.codecs, ports=self.ports,
+                    address=self._media_address(source), srtp=self.config.media.srtp,
+                )
         except NotAcceptable as e:
             txn.respond(_not_acceptable(request, e))
             return
@@ -222,9 +230,10 @@ class RecordingServer:
         session.source = source
         self.pending[txn.key] = session
         self.log.info(
-            "recording session offered: guid {guid} from {address} ({n} stream(s))",
+            "recording session offered: guid {guid} from {address} ({n} stream(s){delayed})",
             guid=chosen.value, call_id=request.call_id, address=f"{source.host}:{source.port}",
             n=len(session.streams),
+            delayed="; no SDP in the INVITE: our offer goes in the 200 OK" if offer is None else "",
         )
         d = defer.maybeDeferred(self.listener.call_offered, session)
         d.addCallbacks(
@@ -267,19 +276,21 @@ class RecordingServer:
         self._ended(session, "refused", notify=True)
 
     def _read_body(self, request):
-        if not request.body:
-            raise _BadBody(488, "No SDP Offer")
+        """(offer, metadata); the offer is None when the INVITE has no SDP
+        (a delayed offer)."""
+        if not request.body.strip():
+            return None, None
         try:
             parts = split_body(request.headers.get("Content-Type"), request.body)
             sdp_bytes, metadata_bytes = find_siprec_parts(parts)
         except BodyError as e:
             raise _BadBody(400, f"Bad Body: {_phrase(e)}") from None
-        if sdp_bytes is None:
-            raise _BadBody(488, "No SDP Offer")
-        try:
-            offer = self._parse_sdp(sdp_bytes, request)
-        except SdpError as e:
-            raise _BadBody(400, f"Bad SDP: {_phrase(e)}") from None
+        offer = None
+        if sdp_bytes is not None:
+            try:
+                offer = self._parse_sdp(sdp_bytes, request)
+            except SdpError as e:
+                raise _BadBody(400, f"Bad SDP: {_phrase(e)}") from None
         metadata = None
         if metadata_bytes is not None:
             try:
@@ -333,7 +344,39 @@ class RecordingServer:
             invite_txn.respond(make_response(invite_txn.request, 487))
 
     def handle_ack(self, request, source):
-        pass  # the INVITE transaction stops retransmitting its 2xx
+        """The INVITE transaction stops retransmitting its 2xx (the
+        endpoint's job); here, an ACK carrying the SRC's answer to our
+        offer (delayed offer, or an offer-less re-INVITE) sets up the
+        streams from it."""
+        to_tag = request.to.tag
+        session = self.calls.get((request.call_id, to_tag, request.from_.tag)) if to_tag else None
+        if session is None or not session.awaiting_answer:
+            return
+        session.awaiting_answer = False
+        answer = None
+        try:
+            parts = split_body(request.headers.get("Content-Type"), request.body)
+            sdp_bytes, metadata_bytes = find_siprec_parts(parts)
+            if metadata_bytes is not None:
+                session.update_metadata(parse_metadata(metadata_bytes))
+            if sdp_bytes is not None:
+                answer = self._parse_sdp(sdp_bytes, request)
+        except (BodyError, SdpError, MetadataError) as e:
+            self.log.warn("unusable answer in the ACK of call {call_id}: {error}; the streams "
+                          "stay as offered", call_id=request.call_id, error=str(e))
+            return
+        if answer is None:
+            self.log.warn("no SDP answer in the ACK of call {call_id}; the streams stay as "
+                          "offered", call_id=request.call_id)
+            return
+        session.apply_answer(answer, codecs=self.codecs, ports=self.ports)
+        self.log.info("answer in the ACK of call {call_id}: {streams}", call_id=request.call_id,
+                      guid=session.guid.value, streams=", ".join(
+                          f"{s.label}={s.codec.name}" for s in session.streams) or "no stream")
+        if not session.streams:
+            self._hang_up(session, "the SRC's answer took no stream")
+            return
+        self.listener.call_updated(session)
 
     def handle_ack_timeout(self, request):
         """No ACK came for our 2xx to an INVITE: the SRC is gone."""
@@ -410,6 +453,7 @@ class RecordingServer:
             # Offer-less re-INVITE: our current session description is the
             # offer; the SBC answers in the ACK.
             body = session.answer
+            session.awaiting_answer = True
         session.dialog.refresh_target(request)
         timer = self._session_timer(request)
         if isinstance(timer, int):

@@ -82,6 +82,7 @@ class RecordingSession:
     source: object = None            # endpoint.Source the INVITE came from
     timer: tuple | None = None       # (Session-Expires seconds, refresher) when in use
     delayed_offer: bool = False      # the INVITE had no SDP: our offer, the answer in the ACK
+    awaiting_answer: bool = False    # our offer is out; the SRC's answer is due in its ACK
     _seats: dict = attrs.field(factory=dict, repr=False)    # stream key -> seat, ever given
     _holders: dict = attrs.field(factory=dict, repr=False)  # seat -> key of the stream in it
 
@@ -213,6 +214,62 @@ class RecordingSession:
             if sender is not None and sender.disassociated and sender.id != newcomer.id:
                 return seat
         return None
+
+    def make_offer(self, count, *, codecs, ports, address):
+        """Our offer for an INVITE that came without SDP (delayed offer):
+        *count* recvonly audio streams with every codec we take; the SRC's
+        answer comes in its ACK (:meth:`apply_answer`). Until then each
+        stream waits on its port with our first codec."""
+        allocated = []
+        try:
+            for _ in range(count):
+                allocated.append(ports.allocate())
+        except Exception:
+            for port in allocated:
+                ports.release(port)
+            raise
+        first = sdpmod.offer_codecs(codecs)[0]
+        self.streams = [
+            RecordedStream(index=i, audio_index=i, label=str(i + 1), codec=first,
+                           telephone_event=None, local_port=port, remote_host=None,
+                           remote_port=0)
+            for i, port in enumerate(allocated)
+        ]
+        self._seat(self.streams)
+        self.sdp_version += 1
+        self.delayed_offer = True
+        self.awaiting_answer = True
+        self.answer = sdpmod.format_offer(
+            count, codecs, allocated, address=address, session_id=self.sdp_session_id,
+            session_version=self.sdp_version)
+        return self.answer
+
+    def apply_answer(self, answer, *, codecs, ports):
+        """The SRC's answer to our offer (in its ACK): each stream takes the
+        codec the answer names (the first of ours it lists), where the SRC
+        sends from, and its hold state; a stream the answer refuses (port 0,
+        no codec of ours) is closed. Returns whether anything changed.
+        Labels stay ours (streams are known by them); the m-line order is
+        the offer's (RFC 3264 §6)."""
+        self.awaiting_answer = False
+        choices = sdpmod.negotiate(answer, tuple(codecs))
+        kept, changed = [], False
+        for stream in self.streams:
+            media = answer.media[stream.index] if stream.index < len(answer.media) else None
+            choice = choices[stream.index] if media is not None else None
+            if choice is None:
+                ports.release(stream.local_port)
+                changed = True
+                continue
+            updated = attrs.evolve(stream, codec=choice.codec,
+                                   telephone_event=choice.telephone_event,
+                                   remote_host=media.connection, remote_port=media.port,
+                                   on_hold=media.on_hold)
+            changed = changed or _describe([stream]) != _describe([updated])
+            kept.append(updated)
+        self._seat(kept)
+        self.streams = kept
+        return changed
 
     def release_ports(self, ports):
         for stream in self.streams:
