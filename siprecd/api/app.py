@@ -45,6 +45,17 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
 
 
+def _start_stop_body(result):
+    """The vendor API's answer, with every stream of every session of the
+    guid (role, label, Call-ID, sender) beside it in ``streams`` (ours)."""
+    result = dict(result)
+    streams = result.pop("streams", None)
+    body = {"isOk": True, "autotranscribeResponse": result}
+    if streams is not None:
+        body["streams"] = streams
+    return body
+
+
 def _stream_ids(result):
     """{role: streamId} of the roles' main streams, and every streamId (audit)."""
     out = {role: v["streamId"] for role, v in result.items()
@@ -247,7 +258,7 @@ class ControlApi:
         await self._audit("transcription.started", app, start.guid, {
             "customerId": start.customer_id, "agentId": start.agent_id,
             "streams": _stream_ids(result)})
-        return {"isOk": True, "autotranscribeResponse": result}
+        return _start_stop_body(result)
 
     @route("/mg-autotranscribe/v1/stop-streaming", ["POST"])
     async def stop_streaming(self, request, app):
@@ -255,7 +266,7 @@ class ControlApi:
         result = await self.calls.stop(app, guid)
         await self._audit("transcription.stopped", app, guid, {
             "streams": _stream_ids(result)})
-        return {"isOk": True, "autotranscribeResponse": result}
+        return _start_stop_body(result)
 
     async def _audit(self, action, app, guid, detail):
         self.log.info("audit: {action} guid={guid} by app {app_id}", action=action, guid=guid,

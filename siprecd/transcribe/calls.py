@@ -291,7 +291,7 @@ class CallControl:
                       guid=conversation.guid, leg=conversation.leg.number,
                       language=params.language)
         self._log_roles(conversation)
-        return self._answer(conversation)
+        return self._answer(conversation, sessions=sessions)
 
     def _log_roles(self, conversation):
         for call in conversation.active():
@@ -304,11 +304,12 @@ class CallControl:
                     who=f" from {ls.participant.get('aor') or ls.participant.get('name')}"
                     if ls.participant else "")
 
-    def _answer(self, conversation, summary=False):
+    def _answer(self, conversation, summary=False, sessions=None):
         """The API's answer: each role's main stream (as the vendor API has
-        it), then every stream of every session."""
+        it), then every stream of every session (of *sessions*: those the
+        request began with, though one may have ended meanwhile)."""
         out, streams = {}, []
-        for call in conversation.sessions:
+        for call in conversation.sessions if sessions is None else sessions:
             for ls in call.streams.values():
                 item = ls.describe()
                 item["status"] = dict(OK_STATUS)
@@ -330,16 +331,17 @@ class CallControl:
 
     async def _stop(self, conversation):
         now = self.clock.seconds()
-        for call in conversation.sessions:
+        sessions = list(conversation.sessions)
+        for call in sessions:
             for leg_stream in call.streams.values():
                 leg_stream.close_time(now)
-        for call in list(conversation.sessions):
+        for call in sessions:
             windows, call.windows = list(call.windows.values()), {}
             await self.windows.close(windows, call)
-        for call in list(conversation.sessions):
+        for call in sessions:
             await self._save_stats(call, call.streams.values())
         self.log.info("transcription stopped for guid {guid}", guid=conversation.guid)
-        return self._answer(conversation, summary=True)
+        return self._answer(conversation, summary=True, sessions=sessions)
 
     async def _leg_streams(self, conversation, params, plan):
         """The current leg (a new one for a new agentId) and the streams of

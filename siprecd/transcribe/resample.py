@@ -16,6 +16,7 @@ never moved back before output already given, so positions only grow.
 """
 
 import numpy as np
+import soxr
 
 __all__ = ["RateConverter"]
 
@@ -45,8 +46,6 @@ class RateConverter:
             self._in_rate = rate
             self._resampler = None
             if rate != self.rate:
-                import soxr
-
                 self._resampler = soxr.ResampleStream(rate, self.rate, 1, dtype="int16",
                                                       quality=self.quality)
         self._next_in = position + len(samples)
