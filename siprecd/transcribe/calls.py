@@ -370,9 +370,14 @@ class CallControl:
         stream = next((s for s in call.session.streams
                        if stream_key(s.label, s.audio_index) == key), None)
         seated = stream is not None and (stream.seat in (0, 1) or call.session.mixed)
+        # One main stream per role in a conversation: another session's
+        # seated stream in the same role (Cisco's built-in bridge sends one
+        # session per party) stays a further stream, out of the recording.
+        taken = any(ls.primary and ls.role == role for other in call.conversation.sessions
+                    if other is not call for ls in other.streams.values())
         external = params.customer_id if role == CUSTOMER else params.agent_id
         return LegStream(str(uuid.uuid4()), role, leg.id, external, key[0], self._now_ms(),
-                         call_id=call.call_id, key=key, primary=seated,
+                         call_id=call.call_id, key=key, primary=seated and not taken,
                          participant=_participant_of(call.session, key[0]))
 
     def _store_stream(self, call, leg_stream, params):
