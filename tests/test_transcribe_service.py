@@ -803,3 +803,74 @@ async def test_unredacted_text_reaches_no_log_and_no_storage_when_redacted_only(
     assert events and not any("1234" in e for e in events)
     (m,) = await messages(storage)
     assert "1234" not in repr(m) and "1234" not in repr(handed)
+
+
+# -- every stream, several sessions per guid, wideband --------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_sessions_of_one_guid_are_one_conversation_kept_apart(storage):
+    service = make_service(storage)
+    near = await offered(service, call_id="near@sbc.example")
+    far = await offered(service, call_id="far@sbc.example")
+    result = await start(service)
+    assert {s["callId"] for s in result["streams"]} == {"near@sbc.example", "far@sbc.example"}
+    assert len({s["streamId"] for s in result["streams"]}) == 4
+    # The first session's streams are the roles' main ones.
+    assert [s["primary"] for s in result["streams"]] == [True, True, False, False]
+    lines = [Line(service, near, 0), Line(service, far, 0), Line(service, far, 1)]
+    lines[0].play(np.concatenate([tone(0.3), silence(1.0)]))
+    lines[1].play(np.concatenate([tone(0.3), silence(1.0)]))
+    # The first session ends: the second goes on, transcribed, and the
+    # conversation stays active.
+    service.call_ended(near, "bye from SRC")
+    await service.drain()
+    assert service.is_active(GUID) and service.is_streaming(GUID)
+    assert (await storage.get_call_by_guid(GUID)).state == "active"
+    lines[2].play(np.concatenate([tone(0.3), silence(1.0)]))
+    stopped = await service.stop(GUID)
+    # Stop reaches the sessions still up.
+    assert {s["callId"] for s in stopped["streams"]} == {"far@sbc.example"}
+    found = await messages(storage)
+    far_ids = {s["streamId"] for s in result["streams"] if s["callId"] == "far@sbc.example"}
+    assert len(found) == 3 and len({m.stream_id for m in found} & far_ids) == 2
+    service.call_ended(far, "bye from SRC")
+    await service.drain()
+    assert (await storage.get_call_by_guid(GUID)).state == "ended"
+    stored = await storage.get_call_by_guid(GUID)
+    assert [s["callId"] for s in stored.sip["sessions"]] == ["near@sbc.example",
+                                                            "far@sbc.example"]
+
+
+@pytest.mark.parametrize("extra_role", ["agent", "customer"])
+@pytest_twisted.ensureDeferred
+async def test_a_third_stream_is_transcribed_in_the_extra_role(storage, extra_role):
+    service = make_service(storage, extra_role=extra_role)
+    session = await offered(service, streams=3)
+    result = await start(service)
+    assert [(s["label"], s["role"]) for s in result["streams"]] == [
+        ("1", "customer"), ("2", "agent"), ("3", extra_role)]
+    assert result["streams"][2]["participant"]["aor"] == "sip:party3@cc.example.com"
+    Line(service, session, 2).play(np.concatenate([tone(0.3), silence(1.0)]))
+    await service.stop(GUID)
+    (m,) = await messages(storage)
+    assert m.role == extra_role and m.stream_id == result["streams"][2]["streamId"]
+    assert m.stream_params["participant"]["aor"] == "sip:party3@cc.example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wideband_pcm_keeps_true_times(storage):
+    """16 kHz PCM (G.722) on its own timeline: the utterance's times in ms
+    are those of the audio, whatever the rate."""
+    service = make_service(storage)
+    session = await offered(service)
+    await start(service)
+    line = Line(service, session, 0)
+    audio = np.concatenate([silence(0.5), tone(0.4), silence(1.0)])
+    wide = np.repeat(audio, 2)                     # the same audio at 16 kHz
+    for i in range(0, len(wide), 320):
+        service.pcm(line.stream, i, wide[i:i + 320], 16000)
+    stopped = await service.stop(GUID)
+    (m,) = await messages(storage)
+    assert abs(m.start_ms - 500) <= 40
+    assert stopped["customer"]["summary"]["audioDurationMs"] == 1900

@@ -360,6 +360,7 @@ class CallControl:
             leg_stream = call.streams.get(key)
             if leg_stream is None or leg_stream.role != role:
                 leg_stream = self._leg_stream(call, key, role, conversation.leg, params)
+                call.streams[key] = leg_stream   # seen by the next ones' main-stream check
             leg_stream.external_id = params.customer_id if role == CUSTOMER else params.agent_id
             writes.append(self._store_stream(call, leg_stream, params))
         stored = await defer.gatherResults(writes, consumeErrors=True).addErrback(_first_error)
