@@ -232,16 +232,19 @@ def answer_ports(response):
 
 
 def send_rtp(destinations, payloads, *, payload_type=0, samples_per_packet=160, speed=None,
-             clock=8000, ssrc_base=0x5EED0000, source=("127.0.0.1", 0)):
+             clock=8000, ssrc_base=0x5EED0000, source=("127.0.0.1", 0), sources=None):
     """Send ``payloads[i]`` (a list of packet payloads) to
     ``destinations[i]`` (host, port), packet by packet in step, every 20 ms
     of call time (``speed``: that much faster than real time; None: as
-    fast as possible). One socket per stream."""
+    fast as possible). One socket per stream, bound to ``sources[i]`` when
+    given (to go on sending from the address a stream latched to), else to
+    *source* (port 0: any)."""
     socks = []
     try:
-        for _ in destinations:
+        for i, _ in enumerate(destinations):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(source)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(sources[i] if sources is not None else source)
             socks.append(s)
         started = time.monotonic()
         longest = max((len(p) for p in payloads), default=0)

@@ -20,6 +20,7 @@ own audio than with any other stream's.
 """
 
 import difflib
+import socket
 import json
 
 import numpy as np
@@ -27,7 +28,7 @@ import pytest
 import vosk
 
 from harness.api import ApiClient, create_app
-from harness.daemon import Daemon, korean_model, write_config
+from harness.daemon import Daemon, free_port, korean_model, write_config
 from harness.rawsrc import RawSrc, answer_ports, send_rtp
 from siprecd.media.codecs import ulaw_decode, ulaw_encode
 from siprecd.simulator.samples import sample_invite, sample_sdp
@@ -40,6 +41,9 @@ SENTENCES = [
     "전화해 주셔서 감사합니다",
 ]
 SPEED = 4.0
+# Where the raw SRC sends RTP from, and so what its SDP names (a stream
+# latches to its first packet's source; the SDP's host is the hint).
+SRC = "127.0.0.1"
 MESSAGES = "/conversation/v1/conversation/messages?externalId="
 
 
@@ -121,7 +125,7 @@ def assert_own_words(got, expected_by_stream, all_expected):
 
 
 def test_three_party_offer_every_stream_in_its_role(node, voices, reference):
-    sample = sample_invite("rfc7865", labels=("1", "2", "3"), call_key="three-party")
+    sample = sample_invite("rfc7865", labels=("1", "2", "3"), call_key="three-party", host=SRC)
     with RawSrc("127.0.0.1", node.cfg["sip"]["udp"]["port"], "udp") as src:
         dialog = src.invite(sample.body, sample.content_type, call_id=sample.call_id)
         assert dialog.response.status == 200
@@ -151,7 +155,7 @@ def test_three_party_offer_every_stream_in_its_role(node, voices, reference):
 
 
 def test_transfer_as_a_new_m_line_keeps_the_customer_role(node, voices, reference):
-    sample = sample_invite("rfc7865", labels=("1", "2"), call_key="transfer-new-mline")
+    sample = sample_invite("rfc7865", labels=("1", "2"), call_key="transfer-new-mline", host=SRC)
     with RawSrc("127.0.0.1", node.cfg["sip"]["tcp"]["port"], "tcp") as src:
         dialog = src.invite(sample.body, sample.content_type, call_id=sample.call_id)
         assert dialog.response.status == 200
@@ -160,7 +164,7 @@ def test_transfer_as_a_new_m_line_keeps_the_customer_role(node, voices, referenc
         before = answer_ports(dialog.response)
         send_rtp(before, [payloads(voices[0]), payloads(voices[1])], speed=SPEED)
         # The customer is transferred: its m-line to port 0, the new party on m-line 3.
-        offer = sample_sdp(("1", "2", "3")).replace(b"m=audio 16384 ", b"m=audio 0 ", 1)
+        offer = sample_sdp(("1", "2", "3"), host=SRC).replace(b"m=audio 16384 ", b"m=audio 0 ", 1)
         r = src.in_dialog(dialog, "INVITE", body=offer, content_type="application/sdp")
         assert r.status == 200
         src.in_dialog(dialog, "ACK")
@@ -188,8 +192,8 @@ def test_transfer_as_a_new_m_line_keeps_the_customer_role(node, voices, referenc
 def test_two_sessions_with_one_guid_are_both_transcribed_and_neither_cut(node, voices,
                                                                          reference):
     guid_header = ("Cisco-Guid", "1111-2222-3333-4444")
-    one = sample_invite("cisco", call_key="bib-near")
-    two = sample_invite("cisco", call_key="bib-far")
+    one = sample_invite("cisco", call_key="bib-near", host=SRC)
+    two = sample_invite("cisco", call_key="bib-far", host=SRC)
     port = node.cfg["sip"]["udp"]["port"]
     with RawSrc("127.0.0.1", port) as a, RawSrc("127.0.0.1", port) as b:
         headers = [f"{guid_header[0]}: {guid_header[1]}"]
@@ -203,15 +207,18 @@ def test_two_sessions_with_one_guid_are_both_transcribed_and_neither_cut(node, v
         started = start(node, guid)
         assert len(started["streams"]) == 4
         assert {s["callId"] for s in started["streams"]} == {one.call_id, two.call_id}
+        # Each stream sends from a port of its own, the same in both rounds:
+        # a stream latches to its first packet's source.
+        sources = [("127.0.0.1", free_port(socket.SOCK_DGRAM)) for _ in range(4)]
         send_rtp(answer_ports(first.response) + answer_ports(second.response),
                  [payloads(voices[0]), payloads(voices[1]), payloads(voices[2]),
-                  payloads(voices[3])], speed=SPEED)
+                  payloads(voices[3])], speed=SPEED, sources=sources)
         # The first session ends; the second goes on, still transcribed.
         assert a.in_dialog(first, "BYE").status == 200
         node.wait_for(rf"session {one.call_id} of guid {guid} ended \(bye from SRC\); 1 other",
                       10)
         send_rtp(answer_ports(second.response), [payloads(voices[0]), payloads(voices[1])],
-                 speed=SPEED, ssrc_base=0x5EED0000)
+                 speed=SPEED, ssrc_base=0x5EED0000, sources=sources[2:])
         stopped = node.api.stop(guid)
         assert stopped.status == 200, stopped.body
         assert b.in_dialog(second, "BYE").status == 200

@@ -564,7 +564,7 @@ async def test_a_version_1_database_keeps_its_rows_through_the_streams_migration
                      "start_ms, end_ms, created_ms) VALUES ('m1', 's1', 'g1', 'l1', 1, 'hi', "
                      "0, 10, 2)")
     storage = SqliteStorage(reactor, path)
-    assert await storage.open() == 2
+    assert await storage.open() == len(migrate.load("sqlite"))     # every migration since 1
     try:
         assert [s.id for s in await storage.streams_for_guid("g1")] == ["s1"]
         assert [m.id for m in await storage.messages_for_guid("g1")] == ["m1"]
