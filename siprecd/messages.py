@@ -66,6 +66,7 @@ def webhook_payload(message):
         "messageId": message.id,
         "legId": message.leg_id,
         "sequence": message.sequence,
+        **_participant(message),
     }
 
 
@@ -89,7 +90,16 @@ def partial_payload(partial):
         "utteranceId": partial.utterance_id,
         "revision": partial.revision,
         "legId": partial.leg_id,
+        **_participant(partial),
     }
+
+
+def _participant(message):
+    """``{"participant": {"id", "aor", "name"}}`` when the metadata named the
+    stream's sender (additive: every stream of a 3-way call or conference
+    says who is speaking), else nothing."""
+    participant = (message.stream_params or {}).get("participant")
+    return {"participant": dict(participant)} if participant else {}
 
 
 def api_message(message):
@@ -110,5 +120,6 @@ def api_message(message):
     }
     if message.language:
         out["language"] = message.language
+    out.update(_participant(message))
     out.update(item)
     return out

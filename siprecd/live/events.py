@@ -58,7 +58,9 @@ def partial_event(partial):
 
 
 def _streams(event):
-    return [{"streamId": s.stream_id, "role": s.role, "externalId": s.external_id}
+    return [{"streamId": s.stream_id, "role": s.role, "externalId": s.external_id,
+             "callId": s.call_id, "primary": s.primary,
+             **({"participant": dict(s.participant)} if s.participant else {})}
             for s in event.streams]
 
 

@@ -23,7 +23,6 @@ from siprecd.hooks import Hook
 from siprecd.numbers import format_numbers as format_spoken_numbers
 from siprecd.redact import fail_closed
 from siprecd.transcribe.interim import InterimResults
-from siprecd.transcribe.segment import SAMPLE_RATE
 
 __all__ = ["LivePartial", "PartialWriter"]
 
@@ -98,8 +97,10 @@ class PartialWriter:
             return self.wanted is None or self.wanted(call.guid, params.app_id,
                                                       params.webhook_target)
 
+        # In samples at the rate the window's recogniser is fed at.
         return InterimResults(lambda raw: self.partial(call, window, raw),
-                              int(round(self.interval * SAMPLE_RATE)), wanted=wanted)
+                              int(round(self.interval * window.rate)),
+                              behind=3 * window.rate, wanted=wanted)
 
     def partial(self, call, window, raw):
         """An interim result (a RawPartial) of *window* of *call*."""
@@ -135,7 +136,7 @@ class PartialWriter:
                              if params.keeps_unredacted and not masked_only else None),
             tokens=[t.as_dict() for t in shown] if params.detailed_token else None,
             language=params.language, app_id=params.app_id,
-            webhook_target=params.webhook_target, stream_params=params.as_dict())
+            webhook_target=params.webhook_target, stream_params=leg_stream.stored_params(params))
         self.on_partial(partial, guid=call.guid, stream_id=leg_stream.id)
 
     def _redact(self, call, window, tokens):

@@ -174,7 +174,7 @@ class UtteranceWriter:
     def _released(self, call, released):
         window, raw = released.ref
         if (self.recordings is not None and window.params.audio_recording_allowed
-                and released.spans):
+                and window.leg_stream.primary and released.spans):
             ls = window.leg_stream
             for span in released.spans:
                 self.recordings.silence(call.guid, ls.leg_id, ls.role, span.start, span.end)
@@ -244,7 +244,7 @@ class UtteranceWriter:
         stored = attrs.evolve(message, sequence=sequence, guid=call.guid,
                               leg_id=leg_stream.leg_id, role=leg_stream.role,
                               external_id=leg_stream.external_id,
-                              stream_params=params.as_dict())
+                              stream_params=leg_stream.stored_params(params))
         context = {"message_id": message.id, "stream_id": leg_stream.id}
         self.on_utterance(stored, **context)
         self.on_stored(stored, self._now_ms(), **context)
