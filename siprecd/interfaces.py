@@ -229,6 +229,13 @@ class IStorage(Interface):
     def dead_letters(target=None, limit=100):
         """Fires with dead-lettered OutboxItems, oldest first."""
 
+    def outbox_counts():
+        """Fires with ``{target: {"waiting", "inFlight", "dead",
+        "oldestWaitingMs"}}``: deliveries not yet made (pending, retrying,
+        parked behind a disabled target, or being sent: ``waiting``, of
+        which ``inFlight`` are being sent), dead letters, and when the
+        oldest waiting one was stored (epoch ms, or None)."""
+
     def replay(ids=None, target=None, now=None):
         """Make dead rows (all, by id, or by target) pending again; fires
         with how many."""

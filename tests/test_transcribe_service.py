@@ -118,7 +118,8 @@ def start(service, guid=GUID, customer="cust-1", agent="agent-1", webhook_target
         request = StartRequest.make(guid, customer, agent, **kw)
     except Exception:
         return defer.fail()
-    return service.start(request, app_id=app_id, webhook_target=webhook_target)
+    return service.start(request, app_id=app_id, webhook_target=webhook_target).addCallback(
+        lambda answer: answer["autotranscribeResponse"])
 
 
 async def messages(storage, guid=GUID):

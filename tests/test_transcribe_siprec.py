@@ -234,7 +234,8 @@ async def test_nothing_outside_the_windows_is_transcribed(tmp_path, backend, spe
     made = [position for position, _ in consumer.made]
     windows = [(made[0], made[1]), (made[2], made[3])]
     assert results[1]["customer"]["summary"]["transcripts"] >= 1
-    assert results[0]["customer"]["streamId"] == results[2]["customer"]["streamId"]
+    started = [results[0]["autotranscribeResponse"], results[2]["autotranscribeResponse"]]
+    assert started[0]["customer"]["streamId"] == started[1]["customer"]["streamId"]
 
     for role in ("customer", "agent"):
         mine = [m for m in found if m.role == role]

@@ -67,14 +67,21 @@ _app = Klein()
 
 
 def route(path, methods, authenticate=True):
-    """A Klein route whose handler runs inside :meth:`ControlApi._serve`."""
+    """A Klein route whose handler runs inside :meth:`ControlApi._serve`.
+
+    Every path is served with and without a trailing slash, both as the
+    same route (the vendor's guide writes ``/start-streaming/``); neither
+    form redirects to the other, since a POST must not be redirected."""
 
     def decorate(handler):
         @functools.wraps(handler)
         def serve(self, request, **kwargs):
             return self._serve(request, handler, kwargs, authenticate)
 
-        return _app.route(path, methods=methods, branch=False)(serve)
+        served = _app.route(path, methods=methods, branch=False)(serve)
+        if not path.endswith("/") and "<path:" not in path:
+            _app.route(path + "/", methods=methods, branch=False)(serve)
+        return served
 
     return decorate
 
@@ -207,8 +214,9 @@ class ControlApi:
         result = await self.calls.start(app, start)
         await self._audit("transcription.started", app, start.guid, {
             "customerId": start.customer_id, "agentId": start.agent_id,
-            "streams": {role: v["streamId"] for role, v in result.items()}})
-        return {"isOk": True, "autotranscribeResponse": result}
+            "streams": {role: v["streamId"]
+                        for role, v in result["autotranscribeResponse"].items()}})
+        return {"isOk": True, **result}
 
     @route("/mg-autotranscribe/v1/stop-streaming", ["POST"])
     async def stop_streaming(self, request, app):
@@ -347,7 +355,7 @@ class ControlApi:
         body = payload.get("request")
         start = StartRequest.from_json(body if isinstance(body, dict) else {})
         result = await self.local_calls.start(app, start)
-        return {"isOk": True, "autotranscribeResponse": result}
+        return {"isOk": True, **result}
 
     @route("/internal/v1/stop-streaming", ["POST"], authenticate=False)
     async def internal_stop(self, request, app):

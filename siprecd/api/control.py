@@ -33,8 +33,10 @@ class ICallController(Interface):
 
     def start(app, request):
         """Start transcription for *app* (a storage App) with a checked
-        StartRequest; ``{role: {"streamId", "status"}}`` or a
-        TranscriptionError / ApiError."""
+        StartRequest: the answer's body less ``isOk``
+        (``autotranscribeResponse`` with ``{role: {"streamId", "status"}}``,
+        ``settings`` in force, ``legId``), or a TranscriptionError /
+        ApiError."""
 
     def stop(app, guid):
         """Stop transcription of *guid* for *app*; ``{role: {"streamId",

@@ -9,9 +9,11 @@ on BYE) and carries out start-streaming and stop-streaming as SPEC §3
 defines them, with its error codes as :mod:`siprecd.transcribe.errors`
 exceptions.
 
-Legs: a start with another agentId than the last one starts a new leg;
-within a leg each participant's stream keeps its streamId (a uuid4)
-across windows (:mod:`siprecd.transcribe.windows`).
+Legs: a start with another customerId or agentId than the last one
+starts a new leg, so what was said before keeps the sender it had; within
+a leg each participant's stream keeps its streamId (a uuid4) across
+windows (:mod:`siprecd.transcribe.windows`), and a resume keeps the
+leg's settings for what it leaves out (:class:`LegSettings`).
 """
 
 import uuid
@@ -118,30 +120,40 @@ class CallControl:
 
     def start(self, request, app_id=None, webhook_target=None):
         """start-streaming for a checked StartRequest: a Deferred firing
-        with ``{role: {"streamId", "status"}}``, or failing with a
-        TranscriptionError. *app_id* (the API app asking) and
-        *webhook_target* (its target) are kept with the leg's settings."""
+        with the answer's body (``autotranscribeResponse``: ``{role:
+        {"streamId", "status"}}``; ``settings``: those in force for the
+        leg; ``legId``), or failing with a TranscriptionError. *app_id*
+        (the API app asking) and *webhook_target* (its target) are kept
+        with the leg's settings."""
         try:
-            languages = {language_tag(t) for t in self.backend.languages()}
-            if request.language not in languages:
-                have = ", ".join(sorted(languages)) or "none"
-                raise NotAllowed(f"language {request.language!r} is not available here "
-                                 f"(available: {have})")
-            params = LegSettings(request, app_id, webhook_target or None)
+            if "language" in request.given:
+                self._check_language(request.language)
             call = self._request(request.guid)
             if call.streaming:
                 raise AlreadyInState(f"transcription of {request.guid} is already started")
             last = call.params
-            if (last is not None and last.agent_id == params.agent_id
-                    and last.media_line_order != params.media_line_order):
-                raise Conflict(
-                    f"mediaLineOrder is {last.media_line_order} for this leg; it can change "
-                    "only with a new agentId (a new leg)")
+            if last is not None and last.same_leg(request):
+                if ("mediaLineOrder" in request.given
+                        and last.media_line_order != request.media_line_order):
+                    raise Conflict(
+                        f"mediaLineOrder is {last.media_line_order} for this leg; it can "
+                        "change only with a new customerId or agentId (a new leg)")
+                params = last.resumed(request, app_id, webhook_target or None)
+            else:
+                params = LegSettings(request, app_id, webhook_target or None)
+            self._check_language(params.language)
             if not self.accepting():
                 raise AsrUnavailable("this node is shutting down")
         except Exception:
             return defer.fail()
         return self.calls.track(self._serialised(call, self._start(call, params)))
+
+    def _check_language(self, language):
+        languages = {language_tag(t) for t in self.backend.languages()}
+        if language not in languages:
+            have = ", ".join(sorted(languages)) or "none"
+            raise NotAllowed(f"language {language!r} is not available here "
+                             f"(available: {have})")
 
     def stop(self, guid):
         """stop-streaming: a Deferred firing with ``{role: {"streamId",
@@ -229,8 +241,10 @@ class CallControl:
         self.log.info("transcription started for guid {guid} (leg {leg}, {language})",
                       guid=call.guid, call_id=call.call_id, leg=call.leg.number,
                       language=params.language)
-        return {role: {"streamId": ls.id, "status": dict(OK_STATUS)}
-                for role, ls in sorted(call.roles.items()) if role in roles.values()}
+        return {"autotranscribeResponse": {
+                    role: {"streamId": ls.id, "status": dict(OK_STATUS)}
+                    for role, ls in sorted(call.roles.items()) if role in roles.values()},
+                "settings": params.in_force(), "legId": call.leg.id}
 
     async def _stop(self, call):
         now = self.clock.seconds()
@@ -245,9 +259,10 @@ class CallControl:
                 for role, ls in sorted(call.roles.items())}
 
     async def _leg_streams(self, call, params, roles):
-        """The current leg (a new one for a new agentId) and the streams of
-        *roles* ({stream key: role}), stored with this start's settings."""
-        if call.leg is None or call.params is None or call.params.agent_id != params.agent_id:
+        """The current leg (a new one for a new customerId or agentId) and
+        the streams of *roles* ({stream key: role}), stored with this
+        start's settings."""
+        if call.leg is None or call.params is None or not call.params.same_leg(params.request):
             if call.leg is not None and self.recordings is not None:
                 self.calls.track(self.recordings.close_leg(call.guid, call.leg.id))
             call.leg = await self.storage.start_leg(
