@@ -272,6 +272,36 @@ class Api:
 
 
 @attrs.frozen
+class AutoStart:
+    """Transcription started by the node when a session is answered, as if
+    ``app_id`` had called start-streaming with these parameters."""
+
+    enabled: bool = False
+    app_id: Optional[str] = None
+    # {customer_aor} / {agent_aor}: the AOR the metadata gives the sender of
+    # that role's stream ("customer" / "agent" when it names none); {guid}.
+    customer_id: Annotated[str, NonEmpty()] = "{customer_aor}"
+    agent_id: Annotated[str, NonEmpty()] = "{agent_aor}"
+    language: Annotated[str, NonEmpty()] = "en-US"
+    detailed_token: bool = False
+    audio_recording_allowed: bool = False
+    redaction_output: Literal["redacted", "unredacted", "redacted_and_unredacted"] = "redacted"
+    media_line_order: Literal["CUSTOMER_FIRST", "AGENT_FIRST"] = "CUSTOMER_FIRST"
+
+    def validate(self, path):
+        if self.enabled and not self.app_id:
+            raise ConfigError("auto_start needs the app it starts transcription for "
+                              "(an api id from `siprecd apps create`)", f"{path}.app_id")
+        for key in ("customer_id", "agent_id"):
+            try:
+                getattr(self, key).format(customer_aor="", agent_aor="", guid="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"expected text with {{customer_aor}}, {{agent_aor}} or "
+                                  f"{{guid}} in it, got {getattr(self, key)!r} ({e})",
+                                  f"{path}.{key}") from None
+
+
+@attrs.frozen
 class OAuth2:
     token_url: Annotated[str, Pattern(r"https://\S+", "an https:// URL")]
     client_id: Annotated[str, NonEmpty()]
@@ -489,6 +519,7 @@ class Config:
     asr: Asr = Asr()
     storage: Storage = Storage()
     api: Api = Api()
+    auto_start: AutoStart = AutoStart()
     webhooks: Webhooks = Webhooks()
     redaction: Redaction = Redaction()
     export: Export = Export()

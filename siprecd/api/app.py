@@ -25,13 +25,14 @@ from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
 from siprecd.api import errors
 from siprecd.api.control import check_owner
-from siprecd.transcribe.request import StartRequest, stop_guid
 from siprecd.api.http import write_json
+from siprecd.export.layout import APPS_DIR
 from siprecd.hooks import Hook
-from siprecd.ratelimit import RateLimiter
 from siprecd.interfaces import StorageError
+from siprecd.ratelimit import RateLimiter
 from siprecd.messages import api_message, iso_ms
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
+from siprecd.transcribe.request import StartRequest, stop_guid
 
 __all__ = ["ControlApi", "conversation_view"]
 
@@ -378,51 +379,57 @@ class ControlApi:
 
     # -- the File Exporter (SPEC §3) ----------------------------------------------------
 
-    async def _listing(self, request, what, fields):
+    async def _listing(self, request, app, what, fields):
         """Run a Catalogue listing with the body's *fields*, on a thread."""
         body = _json_body(request, errors.BadRequest)
-        catalogue = self._catalogue()
+        catalogue = self._catalogue(app)
         args = [body.get(name) for name in fields]
         for name, value in zip(fields, args):
             if value is None and name != "interval":
                 raise errors.BadRequest(f"{name} is required")
         return await _catalogue_call(getattr(catalogue, what), *args)
 
-    def _catalogue(self):
+    def _catalogue(self, app=None):
+        """The feeds *app* may see: with app isolation, its own tree (the
+        conversations it started); else, and for download links (signed
+        for one tree), the whole export directory."""
         if self.catalogue is None:
             raise errors.NotFound("the File Exporter is not enabled on this node")
+        if app is not None and self.app_isolation:
+            return self.catalogue.for_app(app.api_id)
         return self.catalogue
 
     @route("/fileexporter/v1/static/listfeeds", ["POST"])
     async def list_feeds(self, request, app):
-        return {"feeds": await _catalogue_call(self._catalogue().feeds)}
+        return {"feeds": await _catalogue_call(self._catalogue(app).feeds)}
 
     @route("/fileexporter/v1/static/listfeedversions", ["POST"])
     async def list_feed_versions(self, request, app):
-        return {"versions": await self._listing(request, "versions", ("feed",))}
+        return {"versions": await self._listing(request, app, "versions", ("feed",))}
 
     @route("/fileexporter/v1/static/listfeedformats", ["POST"])
     async def list_feed_formats(self, request, app):
-        return {"formats": await self._listing(request, "formats", ("feed", "version"))}
+        return {"formats": await self._listing(request, app, "formats", ("feed", "version"))}
 
     @route("/fileexporter/v1/static/listfeeddates", ["POST"])
     async def list_feed_dates(self, request, app):
-        return {"dates": await self._listing(request, "dates", ("feed", "version", "format"))}
+        return {"dates": await self._listing(
+            request, app, "dates", ("feed", "version", "format"))}
 
     @route("/fileexporter/v1/static/listfeedintervals", ["POST"])
     async def list_feed_intervals(self, request, app):
         return {"intervals": await self._listing(
-            request, "intervals", ("feed", "version", "format", "date"))}
+            request, app, "intervals", ("feed", "version", "format", "date"))}
 
     @route("/fileexporter/v1/static/listfeedfiles", ["POST"])
     async def list_feed_files(self, request, app):
         return {"files": await self._listing(
-            request, "files", ("feed", "version", "format", "date", "interval"))}
+            request, app, "files", ("feed", "version", "format", "date", "interval"))}
 
     @route("/fileexporter/v1/static/getfeedfile", ["POST"])
     async def get_feed_file(self, request, app):
         found = await self._listing(
-            request, "resolve", ("feed", "version", "format", "date", "interval", "fileName"))
+            request, app, "resolve", ("feed", "version", "format", "date", "interval", "fileName"))
         path = DOWNLOAD + found.relative
         query = urlencode(self.links.sign(path))
         base = self.public_url or _origin(request)
@@ -438,6 +445,10 @@ class ControlApi:
         self._check_address(peer, "too many refused links from this address")
         if self.links is None:
             raise errors.NotFound("the File Exporter is not enabled on this node")
+        if self.app_isolation and not relative.startswith(f"{APPS_DIR}/"):
+            # Links to the whole feed are not given out under app isolation
+            # (one made before it was turned on is refused too).
+            raise errors.NotFound("no such feed file")
         try:
             self.links.verify(path, request.args)
         except LinkRefused as e:

@@ -105,7 +105,7 @@ class CallControl:
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
-                 recordings=None, accepting=lambda: True):
+                 recordings=None, accepting=lambda: True, auto_start=None):
         self.calls = calls
         self.storage = storage
         self.backend = backend
@@ -115,6 +115,8 @@ class CallControl:
         self.node = node
         self.recordings = recordings
         self.accepting = accepting
+        # A siprecd.transcribe.autostart.AutoStart, or None (the API starts).
+        self.auto_start = auto_start
 
     # -- start and stop -------------------------------------------------------------
 
@@ -306,6 +308,8 @@ class CallControl:
         def stored(_):
             if call.phase == "offered":
                 call.phase = "active"
+                if self.auto_start is not None:
+                    self.calls.track(defer.ensureDeferred(self._auto_start(call)))
             return None
 
         def failed(failure):
@@ -317,6 +321,27 @@ class CallControl:
         d.addCallbacks(stored, failed)
         call.stored = _Outcome(d)
         return call.stored.wait()
+
+    async def _auto_start(self, call):
+        """Start transcribing *call* as ``auto_start`` says (after the call
+        is stored; the 200 OK never waits for it, and a failure only
+        means the call is recorded without transcription)."""
+        try:
+            prepared = await self.auto_start.request_for(call.session, self.windows.roles)
+        except Exception as e:
+            self.log.error("auto_start: cannot prepare the start of guid {guid}: {error}",
+                           guid=call.guid, error=str(e))
+            return
+        if prepared is None or call.phase != "active" or call.streaming or call.busy:
+            return
+        try:
+            await self.start(prepared.request, prepared.app_id, prepared.webhook_target)
+        except Exception as e:
+            self.log.warn("auto_start: transcription of guid {guid} did not start: {error}",
+                          guid=call.guid, error=str(e))
+            return
+        self.log.info("auto_start: transcribing guid {guid} for app {app_id}", guid=call.guid,
+                      app_id=prepared.app_id)
 
     def call_updated(self, session):
         call = self.calls.by_call_id.get(session.call_id)

@@ -22,6 +22,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
+from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.segment import SAMPLE_RATE
 from siprecd.transcribe.utterances import UtteranceWriter
@@ -42,7 +43,8 @@ class TranscriptionService(service.Service):
     *on_utterance(message)* gets every stored Message (with its sequence,
     guid, leg, role and externalId filled in), *on_stored(message, now
     ms)* the same for metrics, *on_asr_call(audio s, busy s, ok)* every
-    recogniser call.
+    recogniser call. *auto_start* (an AutoStart, or None) starts
+    transcription of each session when it is answered.
     """
 
     name = "transcription"
@@ -51,7 +53,8 @@ class TranscriptionService(service.Service):
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
-                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0):
+                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
+                 auto_start=None):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
@@ -78,7 +81,7 @@ class TranscriptionService(service.Service):
             on_asr_call=on_asr_call)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting)
+            recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -87,6 +90,7 @@ class TranscriptionService(service.Service):
             from siprecd.redact import Policy
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
+        options.setdefault("auto_start", AutoStart.from_config(config, storage))
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
