@@ -262,6 +262,9 @@ class Api:
     app_isolation: bool = True
     # Base URL for links siprecd hands out (signed export URLs).
     public_url: Optional[str] = None
+    # /v1/health and /openapi.yaml without credentials (liveness and
+    # readiness only), for load balancers and orchestrators' probes.
+    public_health: bool = False
 
     def validate(self, path):
         if (self.certificate is None) != (self.private_key is None):

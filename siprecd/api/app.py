@@ -44,6 +44,9 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # before it is refused without even hashing: checking a secret is slow on
 # purpose, and must not become a way to load the node.
 AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
+# A route answered without credentials when api.public_health says so (and
+# none are given), with them otherwise.
+PUBLIC_WHEN_ASKED = "public when asked"
 
 
 def conversation_view(call, legs):
@@ -101,7 +104,8 @@ class ControlApi:
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
                  recordings=None, catalogue=None, links=None, public_url=None,
-                 cluster_secret=None, on_drain=None, local_calls=None, on_request=()):
+                 cluster_secret=None, on_drain=None, local_calls=None, on_request=(),
+                 public_health=False):
         self.storage = storage
         # Internal requests between nodes (forwarded start/stop, drain).
         self.cluster_secret = cluster_secret
@@ -119,6 +123,7 @@ class ControlApi:
         self.id_header = id_header.lower().encode("latin-1")
         self.secret_header = secret_header.lower().encode("latin-1")
         self.app_isolation = app_isolation
+        self.public_health = public_health
         self.limits = RateLimiter(clock, rate, burst)
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         # on_request(request, route name) as each request is routed (for
@@ -135,7 +140,8 @@ class ControlApi:
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation,
                    recordings=recordings, catalogue=catalogue, links=links,
                    public_url=a.public_url, cluster_secret=config.cluster.secret,
-                   local_calls=local_calls, on_drain=on_drain, on_request=on_request)
+                   local_calls=local_calls, on_drain=on_drain, on_request=on_request,
+                   public_health=a.public_health)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -153,7 +159,11 @@ class ControlApi:
                 request.setHeader(b"connection", b"close")
                 raise errors.PayloadTooLarge(
                     f"the request body is larger than {request.max_body_size} bytes")
-            app = await self._authenticate(request) if authenticate else None
+            if authenticate == PUBLIC_WHEN_ASKED and self.public_health and not (
+                    _header(request, self.id_header) or _header(request, self.secret_header)):
+                app = None      # a probe: public by api.public_health
+            else:
+                app = await self._authenticate(request) if authenticate else None
             body = await handler(self, request, app, **kwargs)
             if isinstance(body, Resource):
                 return body
@@ -445,15 +455,15 @@ class ControlApi:
         self._check_address(peer, "too many refused links from this address")
         if self.links is None:
             raise errors.NotFound("the File Exporter is not enabled on this node")
-        if self.app_isolation and not relative.startswith(f"{APPS_DIR}/"):
-            # Links to the whole feed are not given out under app isolation
-            # (one made before it was turned on is refused too).
-            raise errors.NotFound("no such feed file")
         try:
             self.links.verify(path, request.args)
         except LinkRefused as e:
             self.auth_failures.take(peer)
             raise errors.Forbidden(f"this download link is not valid ({e.reason})") from None
+        if self.app_isolation and not relative.startswith(f"{APPS_DIR}/"):
+            # Links to the whole feed are not given out under app isolation
+            # (one made before it was turned on is refused too).
+            raise errors.NotFound("no such feed file")
         found = await _catalogue_call(self._catalogue().resolve_relative, relative)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-disposition",
@@ -462,9 +472,15 @@ class ControlApi:
 
     # -- health and the API description -------------------------------------------------
 
-    @route("/v1/health", ["GET"])
+    @route("/v1/health", ["GET"], authenticate=PUBLIC_WHEN_ASKED)
     async def health(self, request, app):
         pending = self.readiness.pending()
+        if app is None:
+            # Without credentials (api.public_health): liveness and readiness only.
+            if pending:
+                raise errors.ServiceUnavailable(
+                    "not ready", extra={"healthCheck": "FAILURE", "ready": False})
+            return {"healthCheck": "SUCCESS", "ready": True}
         details = {"ready": not pending, "node": self.node_name, "pending": pending}
         if pending:
             why = "; ".join(pending)
@@ -472,7 +488,7 @@ class ControlApi:
                                             extra={"healthCheck": "FAILURE", **details})
         return {"healthCheck": "SUCCESS", **details}
 
-    @route("/openapi.yaml", ["GET"])
+    @route("/openapi.yaml", ["GET"], authenticate=PUBLIC_WHEN_ASKED)
     async def openapi(self, request, app):
         request.setHeader(b"content-type", b"application/yaml")
         return _RawBody(openapi_document())
