@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor, threads
 
 from harness.api import ApiClient, create_app
 from harness.daemon import Daemon, write_config
+from harness.openapi import problems
 from harness.pki import Authority
 from harness.receiver import WebhookReceiver
 from siprecd.simulator import CallSpec, Target, place_calls
@@ -78,6 +79,10 @@ async def test_call_to_webhooks_to_messages(tmp_path):
         # Everything stored was delivered once (no failures here, so no retries).
         assert sorted(h["messageId"] for h in hooks) == sorted(m["messageId"] for m in messages)
         by_id = {h["messageId"]: h for h in hooks}
+        # Every body is what the published document says a receiver gets.
+        for hook in hooks:
+            assert not problems("WebhookTranscript", hook), (problems("WebhookTranscript", hook),
+                                                             hook)
         for message in messages:
             hook = by_id[message["messageId"]]
             assert hook["type"] == "transcript"
