@@ -191,6 +191,10 @@ class Asr:
     download: bool = False
     endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
+    # How long stop-streaming waits for the speech it let through to be
+    # recognised and stored before it answers; what is still queued then
+    # is transcribed and delivered after the answer all the same.
+    stop_wait: Annotated[Duration, Range(0, 300)] = 5.0
     format_numbers: bool = True
     remote: RemoteAsr = RemoteAsr()
 

@@ -184,6 +184,10 @@ class IStorage(Interface):
     def start_leg(guid, customer_id, agent_id, params=None, now=None):
         """Start the next leg of a call; fires with the new Leg."""
 
+    def active_calls(limit=1000):
+        """Fires with the calls in progress on any node (oldest first, at
+        most *limit*)."""
+
     def legs_for_guid(guid):
         """Fires with the call's legs in order."""
 

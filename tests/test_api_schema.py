@@ -64,6 +64,7 @@ DOWNLOAD = "/fileexporter/v1/download/{file}"
 INTERNAL = {("POST", "/internal/v1/start-streaming"), ("POST", "/internal/v1/stop-streaming"),
             ("POST", "/internal/v1/drain")}
 OPERATIONS = {("POST", START), ("POST", STOP), ("GET", MESSAGES), ("GET", CONVERSATIONS),
+              ("GET", "/conversation/v1/calls"),
               ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", RECORDINGS),
               ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD)} | {
               ("POST", f"/fileexporter/v1/static/{name}") for name in FEED_LISTINGS} | INTERNAL

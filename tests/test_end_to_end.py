@@ -67,13 +67,17 @@ async def test_call_to_webhooks_to_messages(tmp_path):
         assert stopped.status == 200, stopped.body
         transcripts = sum(v["summary"]["transcripts"]
                           for v in stopped.body["autotranscribeResponse"].values())
+        # Speech the recognisers had not finished with when the stop came is
+        # still transcribed after the answer (the summary says "pending").
+        pending = any(v["summary"]["pending"]
+                      for v in stopped.body["autotranscribeResponse"].values())
         summary = await placed.addTimeout(60, reactor)
         placed = None
         assert summary.calls[0].answered
 
         messages = (await threads.deferToThread(
             api.get, f"/conversation/v1/conversation/messages?externalId={guid}")).body["items"]
-        assert len(messages) == transcripts > 0
+        assert (len(messages) >= transcripts > 0) if pending else (len(messages) == transcripts > 0)
         await receiver.wait_for_accepted(len(messages), timeout=60)
         hooks = [r.json for r in receiver.accepted]
         # Everything stored was delivered once (no failures here, so no retries).

@@ -24,8 +24,9 @@ from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
 from siprecd.api import errors
-from siprecd.api.control import check_owner
+from siprecd.api.control import check_owner, owners_of
 from siprecd.api.http import write_json
+from siprecd.api.views import call_in_progress, conversation_view
 from siprecd.export.layout import APPS_DIR
 from siprecd.hooks import Hook
 from siprecd.interfaces import StorageError
@@ -34,9 +35,11 @@ from siprecd.messages import api_message, iso_ms
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
 from siprecd.transcribe.request import StartRequest, stop_guid
 
-__all__ = ["ControlApi", "conversation_view"]
+__all__ = ["ControlApi"]
 
 MAX_MESSAGES = 1000
+# Calls in progress listed at most (GET /conversation/v1/calls).
+MAX_CALLS = 1000
 DOWNLOAD = "/fileexporter/v1/download/"
 MAX_EXTERNAL_ID = 256
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -47,24 +50,6 @@ AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
 # A route answered without credentials when api.public_health says so (and
 # none are given), with them otherwise.
 PUBLIC_WHEN_ASKED = "public when asked"
-
-
-def conversation_view(call, legs):
-    """A Conversation object of the API."""
-    agents = list(dict.fromkeys(leg.agent_id for leg in legs if leg.agent_id))
-    customer = next((leg.customer_id for leg in reversed(legs) if leg.customer_id), None)
-    return {
-        "id": call.conversation_id,
-        "externalId": call.guid,
-        "timestamp": iso_ms(call.started_ms),
-        "endTimestamp": iso_ms(call.ended_ms),
-        "status": call.state,
-        "customer": {"externalId": customer} if customer else None,
-        "agents": [{"externalId": a} for a in agents],
-        "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
-                  "agentId": leg.agent_id, "startTimestamp": iso_ms(leg.started_ms),
-                  "endTimestamp": iso_ms(leg.ended_ms)} for leg in legs],
-    }
 
 
 _app = Klein()
@@ -247,6 +232,26 @@ class ControlApi:
             # The action happened; losing its audit row must not undo it.
             self.log.error("cannot write the audit entry {action} for {guid}: {error}",
                            action=action, guid=guid, error=str(e))
+
+    # -- calls in progress (ours) ---------------------------------------------------
+
+    @route("/conversation/v1/calls", ["GET"])
+    async def calls_in_progress(self, request, app):
+        """The SIPREC calls in progress this app may see (on any node)."""
+        try:
+            calls = await self.storage.active_calls(limit=MAX_CALLS)
+            legs = await defer.gatherResults(
+                [self.storage.legs_for_guid(c.guid) for c in calls], consumeErrors=True)
+        except (StorageError, defer.FirstError) as e:
+            raise _unavailable(e.subFailure.value if isinstance(e, defer.FirstError) else e) \
+                from None
+        out = []
+        for call, call_legs in zip(calls, legs):
+            owners = owners_of(call_legs)
+            if self.app_isolation and owners and app.api_id not in owners:
+                continue
+            out.append(call_in_progress(call, call_legs, self.local_calls.live(call.guid)))
+        return {"calls": out}
 
     # -- conversations and messages -------------------------------------------------
 

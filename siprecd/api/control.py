@@ -46,6 +46,9 @@ class ICallController(Interface):
         """True when this node has *guid* as an active call (then nothing
         needs forwarding)."""
 
+    def live(guid):
+        """This node's view of the sessions of *guid* (empty when it has none)."""
+
 
 def owners_of(legs):
     return {leg.params.get("appId") for leg in legs if leg.params} - {None}
@@ -99,3 +102,7 @@ class LocalCalls:
 
     def has_call(self, guid):
         return self.transcription.is_active(guid)
+
+    def live(self, guid):
+        """This node's live view of *guid*'s sessions (empty if it has none)."""
+        return self.transcription.live(guid)

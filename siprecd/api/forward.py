@@ -78,6 +78,9 @@ class ForwardingCalls:
     def has_call(self, guid):
         return self.local.has_call(guid)
 
+    def live(self, guid):
+        return self.local.live(guid)
+
     async def start(self, app, request):
         owner = await self._owner(request.guid)
         if owner is None:

@@ -387,6 +387,14 @@ class SqlStorage:
         row = tx.row(f"SELECT * FROM calls WHERE {column} = ?", (value,))
         return None if row is None else self._call(row)
 
+    def active_calls(self, limit=1000):
+        return self._read(self._tx_active_calls, int(limit))
+
+    def _tx_active_calls(self, tx, limit):
+        rows = tx.rows("SELECT * FROM calls WHERE state = ? ORDER BY started_ms, guid LIMIT ?",
+                       (ACTIVE, limit))
+        return [self._call(row) for row in rows]
+
     # Legs and streams -------------------------------------------------------
 
     def _leg(self, row):

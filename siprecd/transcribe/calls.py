@@ -105,7 +105,7 @@ class CallControl:
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
-                 recordings=None, accepting=lambda: True, auto_start=None):
+                 recordings=None, accepting=lambda: True, auto_start=None, stop_wait=5.0):
         self.calls = calls
         self.storage = storage
         self.backend = backend
@@ -117,6 +117,8 @@ class CallControl:
         self.accepting = accepting
         # A siprecd.transcribe.autostart.AutoStart, or None (the API starts).
         self.auto_start = auto_start
+        # How long a stop waits for the speech before it to be stored.
+        self.stop_wait = stop_wait
 
     # -- start and stop -------------------------------------------------------------
 
@@ -179,6 +181,45 @@ class CallControl:
         """True while *guid* is an active call on this node."""
         call = self.calls.by_guid.get(guid)
         return call is not None and call.phase != "ended"
+
+    def live(self, guid):
+        """What this node knows of *guid* now: one entry per SIPREC session
+        of it that is not over (several sessions may share a guid), each
+        with its streams, their roles and transcription state. Empty when
+        this node has no such call."""
+        return [self._session_view(call) for call in self.calls
+                if call.guid == guid and call.phase in ("offered", "active", "ending")]
+
+    def _session_view(self, call):
+        session, params = call.session, call.params
+        roles = self.windows.roles(session, params.media_line_order) if params else {}
+        streams = []
+        for s in session.streams:
+            key = (s.label, s.audio_index)
+            role = roles.get(key)
+            leg_stream = call.roles.get(role) if role is not None else None
+            participant = session.participant_for(s)
+            streams.append({
+                "label": s.label, "audioIndex": s.audio_index,
+                "codec": s.codec.name if s.codec is not None else None, "onHold": s.on_hold,
+                "role": role, "streamId": leg_stream.id if leg_stream is not None else None,
+                "transcription": ("started" if key in call.windows else
+                                  "stopped" if leg_stream is not None else "not started"),
+                "participant": (None if participant is None else
+                                {"id": participant.id, "aors": list(participant.aors),
+                                 "name": participant.name}),
+            })
+        state = "started" if call.streaming else "stopped" if params else "not started"
+        return {
+            "callId": session.call_id, "transport": session.transport, "phase": call.phase,
+            "startTimestampMs": int(round(session.started_at * 1000)), "streams": streams,
+            "transcription": {
+                "state": state, "legId": call.leg.id if call.leg is not None else None,
+                "customerId": params.customer_id if params else None,
+                "agentId": params.agent_id if params else None,
+                "appId": params.app_id if params else None,
+                "settings": params.in_force() if params else None},
+        }
 
     def is_streaming(self, guid):
         call = self.calls.by_guid.get(guid)
@@ -253,12 +294,31 @@ class CallControl:
         for leg_stream in call.roles.values():
             leg_stream.close_time(now)
         windows, call.windows = list(call.windows.values()), {}
+        # Everything the gate let through is recognised and stored, however
+        # far behind the recognisers are; the answer waits for it up to
+        # stop_wait, and says so when some is still on its way.
+        closing = self.calls.track(defer.ensureDeferred(self._close_and_save(call, windows)))
+        finished = defer.Deferred()
+        closing.addBoth(lambda _: finished.called or finished.callback(True))
+        timer = self.clock.callLater(self.stop_wait,
+                                     lambda: finished.called or finished.callback(False))
+        complete = await finished
+        if timer.active():
+            timer.cancel()
+        if not complete:
+            self.log.warn("transcription stopped for guid {guid}; speech received before the "
+                          "stop is still being recognised (the recognisers are behind)",
+                          guid=call.guid, call_id=call.call_id)
+        else:
+            self.log.info("transcription stopped for guid {guid}", guid=call.guid,
+                          call_id=call.call_id)
+        return {role: {"streamId": ls.id, "status": dict(OK_STATUS),
+                       "summary": dict(ls.summary(), pending=not complete)}
+                for role, ls in sorted(call.roles.items())}
+
+    async def _close_and_save(self, call, windows):
         await self.windows.close(windows, call)
         await self._save_stats(call, call.roles.values())
-        self.log.info("transcription stopped for guid {guid}", guid=call.guid,
-                      call_id=call.call_id)
-        return {role: {"streamId": ls.id, "status": dict(OK_STATUS), "summary": ls.summary()}
-                for role, ls in sorted(call.roles.items())}
 
     async def _leg_streams(self, call, params, roles):
         """The current leg (a new one for a new customerId or agentId) and
@@ -412,16 +472,7 @@ class CallControl:
     def _call_record(self, session):
         identifiers = [{"source": i.source, "value": i.value, "raw": i.raw}
                        for i in session.identifiers]
-        senders = {}
-        metadata = session.metadata
-        if metadata is not None:
-            for label, participant in metadata.label_to_participant().items():
-                senders.setdefault(participant.id, []).append(label)
-        participants = [
-            {"id": p.id, "aors": list(p.aors), "name": p.name, "sends": list(p.sends),
-             "receives": list(p.receives), "labels": senders.get(p.id, [])}
-            for p in session.participants()
-        ]
+        participants = participants_of(session)
         host, port = (tuple(session.remote) + (None, None))[:2]
         sip = {"callId": session.call_id, "transport": session.transport,
                "remote": f"{host}:{port}", "sessionId": session.session_id,
@@ -440,6 +491,21 @@ class CallControl:
 
     def _now_ms(self):
         return int(round(self.clock.seconds() * 1000))
+
+
+def participants_of(session):
+    """The session's metadata participants, each with the labels of the
+    streams they send (as stored with the call and shown by the API)."""
+    senders = {}
+    metadata = session.metadata
+    if metadata is not None:
+        for label, participant in metadata.label_to_participant().items():
+            senders.setdefault(participant.id, []).append(label)
+    return [
+        {"id": p.id, "aors": list(p.aors), "name": p.name, "sends": list(p.sends),
+         "receives": list(p.receives), "labels": senders.get(p.id, [])}
+        for p in session.participants()
+    ]
 
 
 def _close_all(recognizers):

@@ -54,7 +54,7 @@ class TranscriptionService(service.Service):
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
-                 auto_start=None):
+                 auto_start=None, stop_wait=5.0):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
@@ -81,7 +81,8 @@ class TranscriptionService(service.Service):
             on_asr_call=on_asr_call)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start)
+            recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
+            stop_wait=stop_wait)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -94,7 +95,7 @@ class TranscriptionService(service.Service):
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
-                   format_numbers=config.asr.format_numbers,
+                   format_numbers=config.asr.format_numbers, stop_wait=config.asr.stop_wait,
                    mixed_role=config.media.mixed_role, **options)
 
     # -- listeners (for tests and tools that observe a running node) ------------------
@@ -125,6 +126,10 @@ class TranscriptionService(service.Service):
 
     def is_streaming(self, guid):
         return self.control.is_streaming(guid)
+
+    def live(self, guid):
+        """This node's sessions of *guid* now; see :meth:`CallControl.live`."""
+        return self.control.live(guid)
 
     def backlog(self):
         """(windows open, samples waiting for recognisers), for metrics."""
