@@ -396,7 +396,7 @@ class Redaction:
     ten_digit: bool = True
     phone_numbers: bool = True
     spoken_card_numbers: bool = True
-    email: bool = False
+    email: bool = True
     # Longest wait of an utterance ending in a number for the rest of it.
     hold_back: Annotated[Duration, Range(0, 30)] = 3.0
     # Numbers split by at most this pause are read as one number.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def test_json_lines_with_calls_streams_and_roles(config):
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["text"] for o in out] == ["what's the security code", "123", "###", "okay"]
     assert out[2]["entities"] == [
-        {"kind": "short_numeric", "first": 0, "last": 0, "start": out[2]["entities"][0]["start"],
+        {"kind": "short_numeric", "entity": "cvv", "first": 0, "last": 0,
+         "start": out[2]["entities"][0]["start"],
          "end": out[2]["entities"][0]["end"]}]
     assert out[1]["entities"] == []
     assert out[3]["extra"] == [1, 2] and out[3]["call"] == "a" and out[3]["role"] == "customer"
@@ -98,16 +100,50 @@ def test_bad_config_exits_78(tmp_path):
 
 
 @pytest.mark.parametrize("line,message", [
-    ('{"stream": "c", "text": ', "not valid JSON"),
-    ('{"stream": "c"}', '"text"'),
-    ('{"stream": 5, "text": "x"}', '"stream"'),
-    ('{"text": "x", "start": "soon"}', '"start"'),
+    ('{"stream": "c", "text": "my card is 4111', "not valid JSON"),
+    ('{"stream": "c", "card": "4111 1111"}', '"text"'),
+    ('{"stream": 5, "text": "pin 4321"}', '"stream"'),
+    ('{"text": "pin 4321", "start": "soon"}', '"start"'),
+    ('{"text": "pin 4321", "start": 1e999}', "OverflowError"),
 ])
-def test_bad_line_exits_65(config, line, message):
-    proc = run(config, "okay\n" + line + "\n" + "never read\n")
+def test_a_bad_line_is_masked_and_the_rest_redacted(config, line, message):
+    stdin = ("okay\n" + line + "\n" + "the cvv is one two three\n"
+             + json.dumps({"call": "b", "text": "my pin is four four four four"}) + "\n")
+    proc = run(config, stdin)
     assert proc.returncode == 65
-    assert proc.stdout.splitlines() == ["okay"]
-    assert proc.stderr.startswith("siprecd: line 2: ") and message in proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "okay"
+    # In its place, every word masked: nothing of it readable.
+    assert re.fullmatch(r"[#, ]+", out[1]), out[1]
+    assert len(out[1].split()) == len(line.split())
+    assert out[2] == "the cvv is ###"
+    assert json.loads(out[3])["text"] == "my pin is ####"
+    (error,) = proc.stderr.splitlines()
+    assert error.startswith("siprecd: line 2: ") and message in error
+    assert "4111" not in error and "4321" not in error
+
+
+def test_bad_bytes_are_one_bad_line(config, tmp_path):
+    proc = subprocess.run([str(SIPRECD), "redact", "-c", str(config)],
+                          input=b"my pin is \xff\xfe one two three four\nthanks\n",
+                          check=False, capture_output=True, timeout=60,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[1] == "thanks" and "####" in lines[0] and "1234" not in lines[0]
+
+
+def test_stream_defaults_to_the_role(config):
+    # The agent's read-back and the customer's groups are two streams even
+    # when the lines do not name them.
+    lines = [{"call": "r", "role": "agent", "text": "what is the card number"},
+             {"call": "r", "role": "customer", "text": "four one five two"},
+             {"call": "r", "role": "agent", "text": "four one five two"}]
+    proc = run(config, "".join(json.dumps(line) + "\n" for line in lines))
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["text"] for o in out[1:]] == ["####", "####"]
+    assert "stream" not in out[1]
 
 
 def test_help_lists_the_command():

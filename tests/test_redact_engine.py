@@ -96,7 +96,9 @@ def test_redacts(text, expected, kinds):
     "my card was charged one hundred fifty dollars", "I've had this card for ten years",
     "my card got declined at seven eleven", "I'm waiting for twenty minutes",
     "the pin didn't work twice", "extension four five six", "it's room three oh five",
-    "my email is john dot smith at gmail dot com",  # e-mail is off by default
+    "I'm at work until five", "look at google dot com", "I'm good at math",
+    "we arrive at noon", "at least twenty dollars", "she's at home right now",
+    "he works at yahoo", "it was on the dot at six",
     "the agent told me the card would arrive in seven to ten days",
 ])
 def test_leaves_alone(text):
@@ -141,7 +143,8 @@ def test_spans_give_token_indices_and_times():
     assert (card.kind, card.first, card.last) == (CARD_NUMBER, 3, 3)
     assert (card.start, card.end) == (tokens[3].start, tokens[3].end)
     assert (cvv.kind, cvv.first, cvv.last) == (SHORT_NUMERIC, 8, 8)
-    assert card.as_dict() == {"kind": CARD_NUMBER, "first": 3, "last": 3,
+    assert (card.entity, cvv.entity) == ("card", "cvv")
+    assert card.as_dict() == {"kind": CARD_NUMBER, "entity": "card", "first": 3, "last": 3,
                               "start": tokens[3].start, "end": tokens[3].end}
 
 
@@ -197,11 +200,23 @@ def test_phone_switch_off_leaves_a_valid_ten_digit_number_as_ten_digit():
 
 
 def test_email_policy():
+    # On by default: an e-mail address is personal data.
     text = "my email is john dot smith at gmail dot com"
-    assert redact(text).spans == ()
-    result = redact(text, Policy(email=True))
+    result = redact(text)
     assert result.text == "my email is #### #### #### #### #### #### ####"
     assert result.kinds == {EMAIL}
+    assert redact(text, Policy(email=False)).spans == ()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("it's j underscore moreno at yahoo dot com", "it's #### #### #### #### #### #### ####"),
+    ("sure m a r k at outlook dot com", "sure #### #### #### #### #### #### #### ####"),
+    ("my work one is jpatel at brightline dot io", "my work one is #### #### #### #### ####"),
+    ("um kevin garcia ninety at live dot com", "um #### #### ## #### #### #### ####"),
+    ("my email is kevin at gmail", "my email is #### #### ####"),
+])
+def test_spoken_emails(text, expected):
+    assert redact(text).text == expected
 
 
 def test_always_on_kinds_have_no_switch():

@@ -144,14 +144,14 @@ def test_phones(digits, plus, context, expected):
 
 
 @pytest.mark.parametrize("words,kinds,topic", [
-    ("what's the cvv", {"card", "secret"}, False),
+    ("what's the cvv", {"card", "secret", "cvv"}, False),
     ("can I have your card number", {"card", "phone"}, False),
-    ("and your pin's", {"secret"}, False),
-    ("what's the zip code", set(), True),
-    ("what is the order number", set(), True),
+    ("and your pin's", {"secret", "pin"}, False),
+    ("what's the zip code", {"id"}, True),
+    ("what is the order number", {"id"}, True),
     ("the last four of your social", {"card", "secret", "ssn"}, False),
     ("what's a good phone number", {"phone"}, False),
-    ("el código de seguridad", {"card", "secret"}, False),
+    ("el código de seguridad", {"card", "secret", "cvv"}, False),
 ])
 def test_context(words, kinds, topic):
     found, changes = detect.context_of([tk.bare(w) for w in words.split()])

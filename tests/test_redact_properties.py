@@ -219,3 +219,113 @@ def test_spell_never_crashes_and_gives_digits(contents):
     digits = tk.spell(atoms)
     assert digits == "" or digits.isdigit()
     assert "".join(tk.spell_groups(atoms)) == digits
+
+
+# -- spoken-number formatting: never raises, never loses a word -------------------------
+
+SPOKEN = (
+    ONES + ["oh", "o", "zero", "double", "triple", "hundred", "thousand", "and", "a", "point",
+            "ten", "eleven", "twelve", "thirteen", "fifteen", "nineteen", "twenty", "thirty",
+            "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "twenty-one",
+            "sixty-four", "forty-one", "first", "second", "half", "quarter", "minus",
+            "uh", "um", "er", "like", "so", "sorry", "I", "mean", "no", "wait", "actually",
+            "scratch", "that", "let", "me", "start", "again", "it's", "my", "card", "is",
+            "dash", "slash", "of", "at", "dot", "underscore", "gmail", "com",
+            ",", ".", "-", "?", "four,", "nine.", "Two", "THREE", "oh-four", "'s",
+            "cuatro", "veinte", "y", "uno", "cien", "mil",
+            "4", "0", "12", "4111", "4111-1111", "$25", "3:30", "1st", "(555)", "+44"]
+)
+spoken_word = st.one_of(
+    st.sampled_from(SPOKEN),
+    st.sampled_from(["", " ", "a b", "\u200b", "\u00a0", "４", "٣", "½", "²", "é", "🙂",
+                     "one\ttwo", "e\u0301"]),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def utterances(draw):
+    """Tokens of one utterance in time order, as a recogniser gives them
+    (words may touch, or last no time at all)."""
+    contents = draw(st.lists(spoken_word, max_size=30))
+    t = draw(st.integers(0, 10 ** 7))
+    tokens = []
+    for content in contents:
+        t += draw(st.integers(0, 400))
+        length = draw(st.integers(0, 600))
+        tokens.append(Token(content, t, t + length, draw(st.floats(0, 1))))
+        t += length
+    return tokens
+
+
+def assert_every_word_kept(spoken, formatted):
+    if not spoken:
+        assert formatted == []
+        return
+    assert formatted, "an utterance became nothing"
+    first, last = spoken[0].start, spoken[-1].end
+    for a, b in zip(formatted, formatted[1:]):
+        assert a.start <= b.start and a.end <= b.end, (a, b)
+    for t in formatted:
+        assert first <= t.start <= t.end <= last, t
+        assert isinstance(t.content, str)
+    for word in spoken:
+        # Every spoken word's time lies inside one formatted token.
+        assert any(t.start <= word.start and word.end <= t.end for t in formatted), word
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(utterances(), st.sampled_from(["en-US", "en-GB", "es-MX", "es-US", "ko", None]))
+def test_formatting_never_raises_or_loses_a_word(spoken, language):
+    from siprecd.numbers import format_numbers
+
+    assert_every_word_kept(spoken, format_numbers(spoken, language))
+
+
+def test_formatting_keeps_the_read_out_that_once_crashed_it():
+    from siprecd.numbers import format_numbers
+
+    spoken = as_tokens("it's two three oh one four seven nine oh one".split())
+    out = format_numbers(spoken, "en-US")
+    assert_every_word_kept(spoken, out)
+    # And the nine digits are redacted.
+    result = redact_tokens(out, Policy())
+    assert result.tokens[0].content == "it's"
+    assert all(set(t.content) == {"#"} for t in result.tokens[1:]), result.text
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(utterances(), st.sampled_from(["en-US", "es-MX"]),
+       st.sampled_from([(), ("card",), ("secret", "card"), ("ssn",), ("phone",)]))
+def test_redacting_formatted_speech_never_raises_and_keeps_tokens(spoken, language, context):
+    from siprecd.numbers import format_numbers
+
+    tokens = format_numbers(spoken, language)
+    result = redact_tokens(tokens, Policy(email=True), language, context)
+    assert len(result.tokens) == len(tokens)
+    for a, b in zip(tokens, result.tokens):
+        assert (a.start, a.end, a.confidence) == (b.start, b.end, b.confidence)
+    for span in result.spans:
+        assert 0 <= span.first <= span.last < len(tokens)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), utterances(),
+                          st.floats(0, 4, allow_nan=False)), max_size=12))
+def test_call_redactor_on_formatted_speech_releases_each_utterance_once(fed):
+    from siprecd.numbers import format_numbers
+
+    redactor = CallRedactor(Policy(email=True))
+    now, released, t_ms = 0.0, [], 0
+    for k, (stream, spoken, step) in enumerate(fed):
+        now += step
+        shifted = [Token(t.content, t.start + t_ms, t.end + t_ms, t.confidence) for t in spoken]
+        t_ms = (shifted[-1].end if shifted else t_ms) + 100
+        tokens = format_numbers(shifted, "en-US")
+        released.extend(redactor.feed(stream, stream, tokens, now, ref=(k, len(tokens))))
+    released.extend(redactor.flush_all(now))
+    assert sorted(r.ref[0] for r in released) == list(range(len(fed)))
+    for r in released:
+        assert len(r.redacted_tokens) == len(r.tokens) == r.ref[1]
+        assert [(t.start, t.end) for t in r.redacted_tokens] == [
+            (t.start, t.end) for t in r.tokens]

@@ -827,3 +827,44 @@ async def test_unredacted_text_reaches_no_log_and_no_storage_when_redacted_only(
     assert events and not any("1234" in e for e in events)
     (m,) = await messages(storage)
     assert "1234" not in repr(m) and "1234" not in repr(handed)
+
+
+# -- fail closed: nothing between the recogniser and storage loses an utterance ----------
+
+
+@pytest.mark.parametrize("what", ["formatting", "redaction"])
+@pytest_twisted.ensureDeferred
+async def test_an_utterance_that_made_formatting_or_redaction_raise_is_kept_masked(
+        storage, monkeypatch, what):
+    # The formatter raising (as an IndexError on "two three oh one..." did)
+    # or a redaction hook raising: the utterance is still stored and handed
+    # on, every word masked, nothing unredacted kept, one error line
+    # without the words.
+    handed, logged = [], []
+
+    def broken(*args):
+        raise IndexError("list index out of range")
+
+    if what == "formatting":
+        monkeypatch.setattr("siprecd.transcribe.utterances.format_spoken_numbers", broken)
+        service = make_service(storage, fake_backend(words=PIN_WORDS),
+                               on_utterance=(handed.append,))
+    else:
+        service = make_service(storage, fake_backend(words=PIN_WORDS), redact=broken,
+                               on_utterance=(handed.append,))
+    session = await offered(service)
+    await start(service, detailed_token=True, redaction_output="redacted_and_unredacted")
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        Line(service, session, 0).play(pin_audio())
+        await service.stop(GUID)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    (m,) = await messages(storage)
+    assert m.text == "#### #### #### #### #### #### ####"
+    assert m.unredacted_text is None
+    assert [t["content"] for t in m.tokens] == ["####"] * 7
+    assert [h.id for h in handed] == [m.id] and handed[0].text == m.text
+    errors = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.error]
+    assert len(errors) == 1 and "IndexError" in errors[0] and "every word masked" in errors[0]
+    assert not any(w in formatEvent(e) for e in logged for w in ("pin", "one two"))

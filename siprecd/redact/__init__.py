@@ -9,6 +9,10 @@ Sans-IO: nothing here reads a clock or does I/O. The pieces:
   :class:`Released`, ``due(now)``, ``next_deadline()``, ``flush(stream)``,
   ``flush_all()``: hold-back of utterances ending in a number, look-back,
   context from either party.
+- :func:`fail_closed` (:mod:`.failclosed`): an utterance whose formatting
+  or redaction raised, every word masked; ``CallRedactor`` and
+  ``make_hook`` use it themselves, the transcription pipeline around
+  formatting.
 - :func:`redact_tokens`, :func:`redact_text`, :func:`make_hook`: one
   utterance on its own.
 - :class:`ReleaseTimer` (:mod:`.scheduler`): a CallRedactor driven by an
@@ -26,10 +30,13 @@ from siprecd.redact.call import (
     redact_tokens,
     region_of,
 )
+from siprecd.redact.failclosed import fail_closed
 from siprecd.redact.policy import (
     ALWAYS_ON,
     CARD_NUMBER,
     EMAIL,
+    ENTITIES,
+    FAIL_CLOSED,
     KINDS,
     NINE_DIGIT,
     PHONE_NUMBER,
@@ -45,6 +52,8 @@ __all__ = [
     "ALWAYS_ON",
     "CARD_NUMBER",
     "EMAIL",
+    "ENTITIES",
+    "FAIL_CLOSED",
     "KINDS",
     "NINE_DIGIT",
     "PHONE_NUMBER",
@@ -58,6 +67,7 @@ __all__ = [
     "ReleaseTimer",
     "Released",
     "Span",
+    "fail_closed",
     "make_hook",
     "redact_text",
     "redact_tokens",

@@ -28,7 +28,20 @@ Context
     by either party count for the numbers said after them, for
     ``policy.context_window`` seconds and ``policy.context_utterances``
     utterances of the call, unless someone changes the topic ("and your
-    address?").
+    address?"). Each number masked in a context renews it, so a card read
+    group by group, each group echoed by the other party, stays a card to
+    the end. A question about an identifier ("the billing zip code for
+    that card?", "the order number?") makes its answer not sensitive by
+    context. Context and hold-back are per call (one CallRedactor each)
+    and per stream: calls may interleave in any order.
+Never losing an utterance
+    If the analysis raises (a bug, odd input), every utterance waiting in
+    that stream is released with every word masked
+    (:func:`~siprecd.redact.failclosed.fail_closed`, span kind
+    ``fail_closed``), one error line is logged with the exception's type
+    and no text, and the redactor goes on with the rest of the call.
+    :meth:`CallRedactor.feed`, :meth:`~CallRedactor.due` and
+    :meth:`~CallRedactor.flush` never raise for what the tokens hold.
 """
 
 import re
@@ -42,7 +55,8 @@ from siprecd.redact import detect
 from siprecd.redact import lexicon as lx
 from siprecd.redact import tokens as tk
 from siprecd.redact.engine import Slot, analyse, mask_content, should_mask
-from siprecd.redact.policy import EMAIL, Policy
+from siprecd.redact.failclosed import fail_closed
+from siprecd.redact.policy import EMAIL, FAIL_CLOSED, Policy
 
 __all__ = [
     "CallRedactor",
@@ -74,17 +88,19 @@ def region_of(language):
 class Span:
     """A redacted part of one utterance: tokens ``first``..``last``
     (inclusive indices) and their time on the stream's timeline (ms), to
-    silence the audio with."""
+    silence the audio with; ``kind`` the policy kind that masked it,
+    ``entity`` what it was taken for (:data:`~siprecd.redact.policy.ENTITIES`)."""
 
     kind: str
     first: int
     last: int
     start: int
     end: int
+    entity: str = None
 
     def as_dict(self):
-        return {"kind": self.kind, "first": self.first, "last": self.last,
-                "start": self.start, "end": self.end}
+        return {"kind": self.kind, "entity": self.entity, "first": self.first,
+                "last": self.last, "start": self.start, "end": self.end}
 
 
 @attrs.frozen
@@ -150,25 +166,62 @@ class _Stream:
 
 
 class _Context:
-    """Which context kinds are active for the next utterance of a call."""
+    """Which context kinds are active for the next utterance of a call.
+
+    What an utterance asks for counts for ``utterances`` utterances after
+    it (within ``window`` seconds); a number found sensitive renews the
+    context it was found in, so a card read out group by group, each group
+    echoed by the other party, stays a card to the end. A question about
+    an identifier ("the zip code", "the order number", kind ``id``) counts
+    for the answer only; another topic ("and your address?") ends it all.
+    """
+
+    # The question and the answer to it (an "uh" between).
+    ID_UTTERANCES = 2
 
     def __init__(self, window, utterances):
         self.window = window
         self.utterances = utterances
-        self.entries = deque()
+        self.entries = []
 
     def note(self, seq, now, own, changes_topic):
-        if changes_topic and not own:
+        self.entries = [(s, t, k) for s, t, k in self.entries
+                        if k and seq - s <= self.utterances and now - t <= self.window]
+        # An identifier named in the utterance itself ("my zip is ...") is
+        # left to the words next to its number; asked for, it covers the answer.
+        active = set(own - {lx.ID})
+        for s, _, kinds in self.entries:
+            active |= kinds if seq - s <= self.ID_UTTERANCES else kinds - {lx.ID}
+        if own & lx.SENSITIVE:
+            # Its own words say what its numbers are ("... the card ending in").
+            active.discard(lx.ID)
+        # What this utterance changes counts from the next one on: it still
+        # answers the question before it ("it's 921 and my zip is ..."),
+        # unless it speaks of money ("your total comes to ...").
+        if changes_topic and not own & lx.SENSITIVE:
+            if lx.MONEY in own:
+                active = set(own - {lx.ID})
             self.entries.clear()
-        while self.entries and (seq - self.entries[0][0] > self.utterances
-                                or now - self.entries[0][1] > self.window):
-            self.entries.popleft()
-        active = set(own)
-        for _, _, kinds in self.entries:
-            active |= kinds
+        elif own & lx.SENSITIVE and lx.ID not in own:
+            # A new question about something sensitive: the identifier
+            # asked for before is answered.
+            self.entries = [(s, t, k - {lx.ID}) for s, t, k in self.entries]
         if own and self.utterances > 0:
             self.entries.append((seq, now, own))
         return frozenset(active)
+
+    def renew(self, seq, now, kinds):
+        """A number of utterance *seq* was masked in the context *kinds*."""
+        if kinds and self.utterances > 0:
+            self.entries.append((seq, now, frozenset(kinds)))
+
+
+# The context a masked entity renews.
+_RENEWS = {
+    "card": {lx.CARD}, "expiry": {lx.CARD, lx.SECRET, lx.EXPIRY},
+    "cvv": {lx.CARD, lx.SECRET, lx.CVV}, "pin": {lx.SECRET, lx.PIN},
+    "ssn": {lx.SSN}, "phone": {lx.PHONE}, "account": {lx.CARD, lx.ACCOUNT},
+}
 
 
 def _backchannel(words):
@@ -195,21 +248,22 @@ def _render(tokens, slots, offset, analysis, spanish):
         if mark is None:
             continue
         kind, run = mark
-        first_last = runs.setdefault(id(run), [kind, k, k])
+        first_last = runs.setdefault(id(run), [kind, k, k, run.entity])
         first_last[2] = k
         if run.chars is not None:
             out[k] = _with_content(token, mask_content(token.content, run.chars))
         elif kind == EMAIL or should_mask(tk.shape(token.content, spanish).kind):
             out[k] = _with_content(token, mask_content(token.content, spanish=spanish))
     spans = []
-    for kind, first, last in sorted(runs.values(), key=lambda r: r[1]):
+    for kind, first, last, entity in sorted(runs.values(), key=lambda r: r[1]):
         # A span is what was masked: never just the filler inside a number.
         while first <= last and out[first] is tokens[first]:
             first += 1
         while last >= first and out[last] is tokens[last]:
             last -= 1
         if first <= last:
-            spans.append(Span(kind, first, last, int(tokens[first].start), int(tokens[last].end)))
+            spans.append(Span(kind, first, last, int(tokens[first].start), int(tokens[last].end),
+                              entity))
     return tuple(out), tuple(spans)
 
 
@@ -247,7 +301,13 @@ def make_hook(policy=None, language="en-US"):
     own. Tokens are what counts; *text* is their contents joined."""
 
     def redact(text, tokens):
-        result = redact_tokens(tokens, policy, language)
+        try:
+            result = redact_tokens(tokens, policy, language)
+        except Exception as e:  # noqa: BLE001 - fail closed, never lose an utterance
+            log.error("redaction failed ({error}): an utterance released fully masked",
+                      error=type(e).__name__)
+            masked_text, masked = fail_closed(tokens)
+            return masked_text, list(masked)
         return result.text, list(result.tokens)
 
     return redact
@@ -283,8 +343,11 @@ class CallRedactor:
         self._now = max(self._now, now)
         out = self.due(now)
         tokens = tuple(tokens)
-        words = [tk.shape(t.content, self.spanish).word for t in tokens]
-        own, changes_topic = detect.context_of(words)
+        try:
+            words = [tk.shape(t.content, self.spanish).word for t in tokens]
+            own, changes_topic = detect.context_of(words)
+        except Exception:  # noqa: BLE001 - the analysis fails closed on it below
+            words, own, changes_topic = [None], frozenset(), False
         ctx = self._context.note(self._seq, now, own, changes_topic)
         if not _backchannel(words):
             # The other party took the turn: what another stream was saying
@@ -360,9 +423,27 @@ class CallRedactor:
     def _settle(self, state, now, final=False, force=False):
         """Release what can go from the head of *state*'s queue: all of it
         when *final* (nothing more will come) or *force* (it must go now,
-        though more may come), else what is not held."""
+        though more may come), else what is not held. If the analysis
+        raises, every utterance of the queue goes out fully masked."""
         if not state.pending:
             return []
+        try:
+            count, out, lookback = self._judge(state, now, final, force)
+        except Exception as e:  # noqa: BLE001 - fail closed, never lose an utterance
+            return self._release_masked(state, now, e)
+        seqs = [state.pending.popleft().seq for _ in range(count)]
+        state.lookback, state.lookback_end = lookback
+        for seq, release in zip(seqs, out):
+            self._count(release)
+            renewed = set()
+            for span in release.spans:
+                renewed |= _RENEWS.get(span.entity, set())
+            self._context.renew(seq, now, renewed)
+        return out
+
+    def _judge(self, state, now, final, force):
+        """(how many to release, their Released, the new look-back), with
+        *state* left as it was."""
         slots, breaks, offsets = self._chain(state)
         options = {"region": self.region, "spanish": self.spanish, "breaks": breaks, "final": final}
         analysis = analyse(slots, self.policy, **options)
@@ -378,25 +459,42 @@ class CallRedactor:
                 break
             count += 1
         if not count:
-            return []
-        released = [state.pending.popleft() for _ in range(count)]
-        if not final and (analysis.open_run is not None or state.pending):
+            return 0, [], (state.lookback, state.lookback_end)
+        released = list(state.pending)[:count]
+        if not final and (analysis.open_run is not None or count < len(state.pending)):
             # Released before the number running through them was complete.
             analysis = analyse(slots, self.policy, cut_utts={p.seq for p in released},
                                **options)
+        out = [self._released(p, slots, offset, analysis, now)
+               for p, offset in zip(released, offsets)]
+        end = offsets[count - 1] + len(released[-1].tokens)
+        return count, out, self._lookback_of(slots, end, analysis, released)
+
+    def _release_masked(self, state, now, error):
+        """Fail closed: release all of *state*'s queue with every word masked."""
+        released = list(state.pending)
+        state.pending.clear()
+        state.lookback, state.lookback_end = [], 0
+        # The exception's type only: its message may quote the words.
+        log.error("redaction failed ({error}): {count} utterance(s) released fully masked",
+                  error=type(error).__name__, count=len(released), **self.log_context)
         out = []
-        for p, offset in zip(released, offsets):
-            out.append(self._released(p, slots, offset, analysis, now))
-        end = offsets[count - 1] + len(released[-1].tokens) if released else 0
-        self._keep_lookback(state, slots, end, analysis, released)
+        for p in released:
+            text, masked = fail_closed(p.tokens)
+            spans = ((Span(FAIL_CLOSED, 0, len(p.tokens) - 1, int(p.tokens[0].start),
+                           int(p.tokens[-1].end)),) if p.tokens else ())
+            release = Released(p.stream, p.role, p.tokens, _join(p.tokens), text, masked,
+                               spans, max(0.0, now - p.fed_at), p.ref)
+            self._count(release)
+            out.append(release)
         return out
 
-    def _keep_lookback(self, state, slots, end, analysis, released):
-        """Keep the number that ends the released part, if one does."""
-        state.lookback = []
+    def _lookback_of(self, slots, end, analysis, released):
+        """(look-back slots, end time) of the number that ends the released
+        part, if one does."""
         last = next((p for p in reversed(released) if p.tokens), None)
         if last is None:
-            return
+            return [], 0
         i = end - 1
         while i >= 0 and tk.shape(slots[i].content, self.spanish).kind == tk.FILLER:
             i -= 1
@@ -404,31 +502,33 @@ class CallRedactor:
                      if run.chars is None and not run.qty and run.kind != EMAIL
                      and run.first <= i <= run.last and i in run.members), None)
         if tail is None:
-            return
+            return [], 0
         keep = [j for j in tail.members if j < end][-40:]
-        state.lookback = [
+        lookback = [
             Slot(slots[j].content, slots[j].ctx, -1, readonly=True,
                  prior=tail.kind or slots[j].prior)
             for j in keep]
-        state.lookback_end = int(last.tokens[-1].end)
+        return lookback, int(last.tokens[-1].end)
 
     def _released(self, p, slots, offset, analysis, now):
         redacted, spans = _render(p.tokens, slots, offset, analysis, self.spanish)
         held = max(0.0, now - p.fed_at)
-        release = Released(p.stream, p.role, p.tokens, _join(p.tokens), _join(redacted),
-                           redacted, spans, held, p.ref)
+        return Released(p.stream, p.role, p.tokens, _join(p.tokens), _join(redacted),
+                        redacted, spans, held, p.ref)
+
+    def _count(self, release):
         self.stats["released"] += 1
-        if held > 0:
+        if release.held > 0:
             self.stats["held"] += 1
+        spans = release.spans
         for span in spans:
             self.stats[span.kind] += 1
         if spans:
             kinds = ",".join(sorted({s.kind for s in spans}))
             if self.policy.log_unredacted:
                 log.debug("redacted {count} span(s) ({kinds}) of {text!r} after {held:.3f} s",
-                          count=len(spans), kinds=kinds, text=release.text, held=held,
+                          count=len(spans), kinds=kinds, text=release.text, held=release.held,
                           **self.log_context)
             else:
                 log.debug("redacted {count} span(s) ({kinds}) after {held:.3f} s",
-                          count=len(spans), kinds=kinds, held=held, **self.log_context)
-        return release
+                          count=len(spans), kinds=kinds, held=release.held, **self.log_context)

@@ -1,13 +1,17 @@
 """``siprecd redact -c FILE``: redact utterances read from standard input.
 
-Each input line is one utterance, in call order:
+The tool to try a redaction policy on transcripts before deploying it.
+Each input line is one utterance, in call order (the order they were
+said, calls interleaved as they like):
 
 - plain text: one stream of one call, printed back as redacted text;
 - a JSON object ``{"call": "...", "stream": "...", "role": "...", "text":
-  "..."}`` (``call``, ``role`` optional; ``start``/``end`` in ms on the
-  stream's timeline optional; ``language`` optional, the call's first
-  line decides): printed back as a JSON line with ``text`` redacted and
-  ``entities`` (kind, token indices, ms) added.
+  "..."}``: ``text`` required; ``call`` (default one call for all lines),
+  ``stream`` (default the role, else one stream) and ``role`` (default
+  ``customer``) strings; ``start``/``end`` optional, in ms on the
+  stream's timeline; ``language`` optional, the call's first line
+  decides. Printed back as a JSON line with the same fields, ``text``
+  redacted and ``entities`` (kind, token indices, ms) added.
 
 Lines go through what the live pipeline does with an utterance: spoken
 numbers written as digits (when ``asr.format_numbers`` is on), then a
@@ -16,18 +20,28 @@ policy, so numbers split across lines of a stream and the other party's
 question ("what's the CVV?") count. Without times, an utterance ending
 in a number waits for the next line of its stream (or the end of input);
 with ``start``/``end`` the hold-back runs on those times, as live. Output
-is in input order.
+is in input order, one line per input line.
+
+A line that cannot be read (not JSON, no ``text``, a field of the wrong
+type) or whose redaction fails is not a reason to stop: an error line
+naming its line number (never its text) goes to standard error, the line
+is printed fully masked in its place (every word ``####``, every digit
+``#``), and the rest is redacted. The exit status is then 65
+(EX_DATAERR) at the end; 0 when every line was redacted; 78 for a bad
+configuration.
 """
 
 import json
+import re
 import sys
 
 from siprecd import config as configmod
 from siprecd.asr.results import Token
+from siprecd.redact.failclosed import mask_everything
 
 __all__ = ["register"]
 
-EXIT_DATA = 65  # sysexits EX_DATAERR: a line that cannot be read
+EXIT_DATA = 65  # sysexits EX_DATAERR: some line could not be read or redacted
 WORD_MS = 300
 PAUSE_MS = 1000
 # Seconds between lines without times: too short for any hold-back to run out.
@@ -100,31 +114,46 @@ def _redact(args):
             else:
                 lines.done(index, item.redacted_text)
 
+    bad = 0
+    if hasattr(sys.stdin, "reconfigure"):
+        # Bytes that are not UTF-8 are one bad line's problem, not the run's.
+        sys.stdin.reconfigure(errors="replace")
     for index, raw in enumerate(sys.stdin):
         line = raw.rstrip("\r\n")
         try:
             utterance = _parse(line, args.language)
-        except BadLine as e:
-            print(f"siprecd: line {index + 1}: {e}", file=sys.stderr)
-            hand_on([r for c in calls.values() for r in c.redactor.flush_all()])
-            return EXIT_DATA
-        if utterance is None:
-            lines.done(index, line)
+            if utterance is None:
+                lines.done(index, line)
+                continue
+            meta, is_json = utterance
+            call_key = meta.get("call", "-")
+            call = calls.get(call_key)
+            if call is None:
+                language = meta.get("language") or args.language
+                call = calls[call_key] = _Call(CallRedactor(policy, language), language)
+            tokens, now = _tokens(call, meta, format_numbers)
+        except Exception as e:  # noqa: BLE001 - one bad line must not stop the rest
+            bad += 1
+            reason = str(e) if isinstance(e, BadLine) else f"cannot be redacted ({type(e).__name__})"
+            print(f"siprecd: line {index + 1}: {reason}; printed fully masked", file=sys.stderr)
+            lines.done(index, _masked_line(line))
             continue
-        meta, is_json = utterance
-        call_key = meta.get("call", "-")
-        call = calls.get(call_key)
-        if call is None:
-            language = meta.get("language") or args.language
-            call = calls[call_key] = _Call(CallRedactor(policy, language), language)
-        tokens, now = _tokens(call, meta, format_numbers)
-        stream = meta.get("stream", "-")
         role = meta.get("role", "customer")
+        stream = meta.get("stream", meta.get("role", "-"))
         shown = {k: v for k, v in meta.items() if k != "text"}
+        # CallRedactor fails closed by itself: this never raises.
         hand_on(call.redactor.feed(stream, role, tokens, now, ref=(index, is_json, shown)))
     for call in calls.values():
         hand_on(call.redactor.flush_all())
-    return 0
+    return EXIT_DATA if bad else 0
+
+
+_NON_SPACE = re.compile(r"\S+")
+
+
+def _masked_line(line):
+    """*line* with every word masked, its spacing kept."""
+    return _NON_SPACE.sub(lambda m: mask_everything(m.group()), line)
 
 
 class BadLine(ValueError):

@@ -170,6 +170,10 @@ def context_of(words):
             kinds.add(lx.SECRET)
         elif w in lx.NUMBER_WORDS and prev not in lx.ID_WORDS and prev not in lx.NOT_SECRET_CODE:
             kinds.add(lx.PHONE)
+    if any(w in lx.ID_ASKS for w in words):
+        kinds.add(lx.ID)
+    if any(w in lx.MONEY_WORDS for w in words):
+        kinds.add(lx.MONEY)
     changes_topic = any(w in lx.TOPIC_WORDS for w in words)
     return frozenset(kinds), changes_topic
 
@@ -184,12 +188,20 @@ def _domain_ok(labels):
     return labels[-1] in lx.TLDS or labels[0] in lx.MAIL_PROVIDERS
 
 
-def find_emails(contents, words, breaks=frozenset()):
+def find_emails(contents, words, breaks=frozenset(), about_email=None):
     """[(first, last)] token index ranges (inclusive) of e-mail addresses.
 
     *contents* are the tokens as written, *words* their bare forms; no
     address is taken across an index in *breaks* (a new utterance after a
-    long pause)."""
+    long pause). *about_email* (a function of a token index): whether
+    e-mail is being talked about there, when a mail provider without its
+    domain ("kevin at gmail") counts; by default wherever an e-mail word
+    is among *words*."""
+    if about_email is None:
+        mentioned = any(w in lx.EMAIL_WORDS for w in words)
+
+        def about_email(i):
+            return mentioned
     spans = []
     n = len(words)
     taken = -1
@@ -202,18 +214,21 @@ def find_emails(contents, words, breaks=frozenset()):
             continue
         if w not in lx.AT_WORDS:
             continue
-        end = _spoken_domain(words, i + 1, n, breaks)
+        end = _spoken_domain(words, i + 1, n, breaks, about_email(i))
         if end is None:
             continue
         start = _spoken_local(words, i - 1, breaks, i)
         if start is None:
             continue
+        # "my work one jpatel at ...": a number word does not start an address.
+        while start < i - 1 and (words[start] in lx.NUMBER_WORDS_EN or words[start] in lx.LOCAL_JOINERS):
+            start += 1
         spans.append((start, end))
         taken = end
     return spans
 
 
-def _spoken_domain(words, j, n, breaks):
+def _spoken_domain(words, j, n, breaks, about_email):
     if j < n and j not in breaks and words[j] in ("sign", "symbol"):
         j += 1
     if j >= n or j in breaks:
@@ -233,7 +248,7 @@ def _spoken_domain(words, j, n, breaks):
         k += 2
     if len(labels) >= 2 and _domain_ok(labels):
         return end
-    if len(labels) == 1 and labels[0] in lx.MAIL_PROVIDERS:
+    if len(labels) == 1 and labels[0] in lx.MAIL_PROVIDERS and about_email:
         return end
     return None
 
@@ -248,9 +263,14 @@ def _spoken_local(words, j, breaks, at):
         if w in lx.LOCAL_JOINERS and start is not None:
             j -= 1
             continue
-        if not w or w in lx.NOT_LOCAL or not _LOCAL.fullmatch(w):
+        spelled = len(w) == 1 and j > 0 and len(words[j - 1]) == 1 and words[j - 1].isalpha()
+        if not w or (w in lx.NOT_LOCAL and not spelled) or w in lx.FILLERS \
+                or not _LOCAL.fullmatch(w):
+            # ("a" and "i" are words, except between letters: "m a r k").
             break
         start = j
-        pieces += 1
+        # Letters spelled one by one ("t h o m p s o n") are one piece together.
+        if len(w) > 1 or not (j > 0 and len(words[j - 1]) == 1):
+            pieces += 1
         j -= 1
     return start

@@ -27,6 +27,8 @@ EN_NUMBER_WORDS = {
     "hundred": ("hundred", 100), "thousand": ("thousand", 1000),
 }
 
+NUMBER_WORDS_EN = frozenset(EN_NUMBER_WORDS)
+
 ES_NUMBER_WORDS = {
     "cero": ("d", 0), "uno": ("d", 1), "dos": ("d", 2), "tres": ("d", 3),
     "cuatro": ("d", 4), "cinco": ("d", 5), "seis": ("d", 6), "siete": ("d", 7),
@@ -56,8 +58,25 @@ ES_NUMBER_WORDS = {
 }
 
 # Zero said as a letter: a digit only next to another number word or digit
-# ("oh four twenty six"), never in "oh I see".
+# ("oh four twenty six"), never in "oh I see". (A number's last "oh" before
+# "wait" stays a digit: "... four three oh, and ..." may end a card.)
 OH_WORDS = {"oh", "o"}
+# "one" after these is a pronoun ("a different one", "the new one"), not a digit.
+ONE_PRONOUN_AFTER = {
+    "different", "new", "other", "another", "same", "old", "right", "wrong", "that", "this",
+    "which", "each", "every", "no", "any", "little", "big", "blue", "black", "red", "only",
+}
+# Said inside a number being read, these mark a correction: the digits on
+# each side of them are one number being read ("six oh double one, sorry I
+# mean six oh one one", "sixty-five, no wait, sixty-four").
+CORRECTION_MARKS = {"sorry", "mean", "meant", "wait", "actually", "scratch", "oops", "correction",
+                    "rather", "no", "nope", "lo", "siento", "perdón", "perdon", "digo"}
+CORRECTION_WORDS = CORRECTION_MARKS | {
+    "i", "that", "that's", "let", "me", "start", "again", "it's", "it", "is", "hold", "on",
+    "not", "right", "hang", "from", "the", "top", "beginning", "over", "um", "uh", "oh",
+    "sorry", "ok", "okay", "so", "quiero", "decir", "es",
+}
+CORRECTION_MAX_WORDS = 6
 # "double five" = 55; a digit only when a digit follows.
 REPEAT_WORDS = {"double": 2, "triple": 3, "treble": 3, "doble": 2}
 # What a recogniser writes for a digit it mis-hears: a digit only between
@@ -71,6 +90,9 @@ FILLERS = {
 # "and" / "y" only inside a spoken compound ("one hundred and five", "treinta y uno").
 AND_WORDS = {"and": "en", "y": "es"}
 PLUS_WORDS = {"plus", "más", "mas"}
+
+# Between the month and the year of an expiry ("eleven of thirty two").
+EXPIRY_JOINERS = {"of", "de", "del"}
 
 MONTHS = {
     "january": 1, "jan": 1, "february": 2, "feb": 2, "march": 3, "mar": 3, "april": 4,
@@ -86,43 +108,60 @@ MONTHS = {
 
 # -- context -------------------------------------------------------------------
 # Context kinds: "card" (a payment card is being talked about), "secret"
-# (a CVV, PIN, expiry, passcode is asked for or given), "ssn", "phone".
+# (a CVV, PIN, expiry, passcode is asked for or given), "ssn", "phone";
+# and what the secret or number is, when the words say ("expiry", "cvv",
+# "pin", "account").
 CARD, SECRET, SSN, PHONE = "card", "secret", "ssn", "phone"
+EXPIRY, CVV, PIN, ACCOUNT = "expiry", "cvv", "pin", "account"
+# "id": what is asked for is an identifier, a place or a date that is not
+# sensitive ("and the billing zip code for that card", "what's the order
+# number", "date of birth"): the answer is not masked by context.
+ID = "id"
+# "email": an e-mail address is asked for or given.
+EMAIL = "email"
+# "money": the utterance speaks of an amount ("your total comes to").
+MONEY = "money"
+# Context kinds that ask for something sensitive.
+SENSITIVE = frozenset({CARD, SECRET, SSN, PHONE})
 
 # Phrases (tuples of words) -> kinds. Single words are one-tuples.
+_CVV = {SECRET, CARD, CVV}
+_EXPIRY = {SECRET, CARD, EXPIRY}
 CONTEXT_PHRASES = {
     # card
     ("card",): {CARD}, ("cards",): {CARD}, ("credit",): {CARD}, ("debit",): {CARD},
     ("visa",): {CARD}, ("mastercard",): {CARD}, ("master", "card"): {CARD},
     ("amex",): {CARD}, ("american", "express"): {CARD}, ("discover", "card"): {CARD},
-    ("long", "number"): {CARD}, ("account", "number"): {CARD},
+    ("long", "number"): {CARD}, ("sixteen", "digits"): {CARD}, ("16", "digits"): {CARD},
+    ("fifteen", "digits"): {CARD}, ("15", "digits"): {CARD},
     ("tarjeta",): {CARD}, ("crédito",): {CARD}, ("credito",): {CARD},
-    ("débito",): {CARD}, ("debito",): {CARD}, ("número", "de", "cuenta"): {CARD},
+    ("débito",): {CARD}, ("debito",): {CARD},
+    # accounts
+    ("account", "number"): {CARD, ACCOUNT}, ("routing",): {CARD, ACCOUNT},
+    ("número", "de", "cuenta"): {CARD, ACCOUNT},
     # secrets that belong to a card
-    ("cvv",): {SECRET, CARD}, ("cvc",): {SECRET, CARD}, ("cvv2",): {SECRET, CARD},
-    ("cvc2",): {SECRET, CARD}, ("cid",): {SECRET, CARD}, ("csc",): {SECRET, CARD},
-    ("c", "v", "v"): {SECRET, CARD}, ("c", "v", "c"): {SECRET, CARD},
-    ("security", "code"): {SECRET, CARD}, ("security", "number"): {SECRET, CARD},
-    ("security", "digits"): {SECRET, CARD},
-    ("expiry",): {SECRET, CARD}, ("expiration",): {SECRET, CARD},
-    ("expires",): {SECRET, CARD}, ("expire",): {SECRET, CARD}, ("exp",): {SECRET, CARD},
-    ("expiring",): {SECRET, CARD}, ("valid", "thru"): {SECRET, CARD},
-    ("valid", "through"): {SECRET, CARD}, ("good", "thru"): {SECRET, CARD},
-    ("good", "through"): {SECRET, CARD}, ("on", "the", "back"): {SECRET, CARD},
+    ("cvv",): _CVV, ("cvc",): _CVV, ("cvv2",): _CVV, ("cvc2",): _CVV, ("cid",): _CVV,
+    ("csc",): _CVV, ("c", "v", "v"): _CVV, ("c", "v", "c"): _CVV,
+    ("security", "code"): _CVV, ("security", "number"): _CVV, ("security", "digits"): _CVV,
+    ("on", "the", "back"): _CVV,
+    ("expiry",): _EXPIRY, ("expiration",): _EXPIRY, ("expires",): _EXPIRY,
+    ("expire",): _EXPIRY, ("exp",): _EXPIRY, ("expiring",): _EXPIRY, ("expired",): _EXPIRY,
+    ("valid", "thru"): _EXPIRY, ("valid", "through"): _EXPIRY, ("good", "thru"): _EXPIRY,
+    ("good", "through"): _EXPIRY,
     ("last", "four"): {SECRET, CARD}, ("last", "4"): {SECRET, CARD},
     ("ending", "in"): {SECRET, CARD}, ("ends", "in"): {SECRET, CARD},
-    ("vencimiento",): {SECRET, CARD}, ("caducidad",): {SECRET, CARD},
-    ("vence",): {SECRET, CARD}, ("expira",): {SECRET, CARD},
-    ("código", "de", "seguridad"): {SECRET, CARD},
-    ("codigo", "de", "seguridad"): {SECRET, CARD},
+    ("vencimiento",): _EXPIRY, ("caducidad",): _EXPIRY,
+    ("vence",): _EXPIRY, ("expira",): _EXPIRY,
+    ("código", "de", "seguridad"): _CVV, ("codigo", "de", "seguridad"): _CVV,
     ("últimos", "cuatro"): {SECRET, CARD}, ("ultimos", "cuatro"): {SECRET, CARD},
     ("últimos", "4"): {SECRET, CARD}, ("ultimos", "4"): {SECRET, CARD},
     # secrets of their own
-    ("pin",): {SECRET}, ("nip",): {SECRET}, ("passcode",): {SECRET},
-    ("pass", "code"): {SECRET}, ("password",): {SECRET}, ("access", "code"): {SECRET},
-    ("verification", "code"): {SECRET}, ("verification", "number"): {SECRET},
-    ("one", "time", "code"): {SECRET}, ("otp",): {SECRET}, ("digits",): {SECRET},
-    ("digit", "code"): {SECRET}, ("contraseña",): {SECRET}, ("clave",): {SECRET},
+    ("pin",): {SECRET, PIN}, ("nip",): {SECRET, PIN}, ("passcode",): {SECRET, PIN},
+    ("pass", "code"): {SECRET, PIN}, ("password",): {SECRET, PIN},
+    ("access", "code"): {SECRET, PIN}, ("verification", "code"): {SECRET, PIN},
+    ("verification", "number"): {SECRET, PIN}, ("one", "time", "code"): {SECRET, PIN},
+    ("otp",): {SECRET, PIN}, ("digits",): {SECRET}, ("digit", "code"): {SECRET},
+    ("contraseña",): {SECRET, PIN}, ("clave",): {SECRET, PIN},
     ("dígitos",): {SECRET}, ("digitos",): {SECRET},
     # identity numbers
     ("social",): {SSN}, ("ssn",): {SSN}, ("s", "s", "n"): {SSN},
@@ -133,8 +172,19 @@ CONTEXT_PHRASES = {
     ("cellphone",): {PHONE}, ("mobile",): {PHONE}, ("landline",): {PHONE},
     ("fax",): {PHONE}, ("callback",): {PHONE}, ("call", "back"): {PHONE},
     ("call", "me"): {PHONE}, ("reach", "me"): {PHONE}, ("reach", "you"): {PHONE},
-    ("text", "me"): {PHONE}, ("teléfono",): {PHONE}, ("telefono",): {PHONE},
+    ("text", "me"): {PHONE}, ("area", "code"): {PHONE}, ("teléfono",): {PHONE}, ("telefono",): {PHONE},
     ("celular",): {PHONE}, ("móvil",): {PHONE}, ("movil",): {PHONE},
+    # e-mail
+    ("email",): {EMAIL}, ("e-mail",): {EMAIL}, ("mail",): {EMAIL}, ("emails",): {EMAIL},
+    ("correo",): {EMAIL}, ("inbox",): {EMAIL},
+}
+# Words of a question about an identifier, a place or a date (see ID).
+ID_ASKS = {
+    "zip", "postal", "street", "address", "order", "confirmation", "tracking", "reference",
+    "member", "group", "claim", "invoice", "extension", "apartment", "suite", "room",
+    "flight", "ticket", "birth", "birthday", "born", "serial", "model", "item",
+    "sku", "policy", "student", "employee", "prescription", "rx", "booking",
+    "pedido", "orden", "factura", "nacimiento", "dirección", "direccion", "postal",
 }
 # "code" and "number" alone are context unless a word before says otherwise
 # ("zip code", "order number").
@@ -146,10 +196,15 @@ NOT_SECRET_CODE = {
     "dress", "error", "source", "tax",
 }
 
+# Words of an utterance about an amount: card context from earlier
+# utterances does not reach its numbers.
+MONEY_WORDS = {"total", "amount", "balance", "owe", "payments", "price", "costs", "fee",
+               "comes", "saldo", "monto", "total", "precio"}
 # A question on another topic ends card context from earlier utterances.
 TOPIC_WORDS = {
     "address", "street", "zip", "postal", "email", "e-mail", "birthday", "born", "birth",
     "name", "spell", "amount", "total", "balance", "order", "delivery", "shipping",
+    "payments", "owe", "price", "fee",
     "dirección", "direccion", "correo", "nombre", "cumpleaños",
 }
 
@@ -168,8 +223,24 @@ ID_WORDS = {
 NOT_CODE_BEFORE = {
     "at", "since", "of", "charge", "charged", "pay", "paid", "costs", "cost", "owe",
     "spent", "about", "around", "approximately", "roughly", "over", "under", "only",
-    "desde", "cuesta", "pagar", "pagué", "pague",
+    "for", "full", "process", "processed", "processing", "charging", "refund", "refunded",
+    "after", "before", "until", "till", "by", "from", "between", "than", "plus", "minus",
+    "desde", "cuesta", "pagar", "pagué", "pague", "por",
 }
+# Looked past for the word before a number.
+DETERMINERS = {"the", "a", "an", "that", "this", "your", "my", "those", "these", "el", "la",
+               "los", "las", "un", "una"}
+# "in 2022", "in two days" (a year, a time); "ending in", "ends in" are not.
+IN_WORDS = {"in", "en"}
+ENDING = {"ending", "ends", "end", "termina", "terminada"}
+# A number right before one of these is an amount.
+AMOUNT_AFTER = {"charged", "plus", "each", "tax", "total", "apiece", "refunded", "off"}
+# "five to seven business days", "two more weeks".
+UNIT_QUALIFIERS = {"business", "working", "more", "extra", "other", "full", "whole", "calendar"}
+# "... on the visa": what an amount is put on.
+PAYMENT_WORDS = {"visa", "mastercard", "amex", "card", "discover", "account", "bill"}
+# A number right after one of these (within three words) is an address.
+STREET_BEFORE = {"calle", "avenida", "carrera", "colonia", "boulevard", "bulevar"}
 # A number right before one of these is an amount, a time, a count.
 UNIT_WORDS = {
     "dollars", "dollar", "bucks", "cents", "cent", "percent", "pesos", "peso", "euros",
@@ -211,7 +282,20 @@ NOT_LOCAL = {
     "and", "or", "at", "send", "sent", "to", "from", "of", "on", "in", "home", "work",
     "least", "all", "once", "night", "noon", "school", "store", "office", "please",
     "so", "yes", "yeah", "no", "okay", "ok", "correo", "es", "mi", "el", "la", "con",
+    "sure", "yep", "well", "right", "just", "also", "actually", "thanks", "hi", "hello",
+    "then", "now", "like", "oh", "one", "that's", "he", "she", "he's", "she's", "works",
+    "worked", "working", "job", "lives", "living", "stays", "staying", "shop", "shopping",
+    "bought", "bank", "banking", "meet", "meeting", "arrive", "arrived", "stop", "stopped",
+    "good", "great", "better", "best", "bad", "nothing", "something", "anything", "every",
+    "should", "could", "would", "will", "can", "do", "does", "did", "has", "have", "had",
+    "what's", "who", "where", "when", "how", "why", "which", "for", "with", "by", "about",
+    "account", "number", "name", "called", "try", "use", "using", "found", "him", "sí", "si",
+    "y", "o", "de", "en", "del", "pues", "bueno",
 }
+# Words of a question or an answer about an e-mail address: a mail
+# provider alone ("john smith at gmail") is an address only after them.
+EMAIL_WORDS = {"email", "e-mail", "mail", "emails", "inbox", "correo", "electrónico",
+               "electronico", "gmail", "yahoo", "hotmail", "outlook"}
 
 # What the other party says while someone reads a number out, without
 # taking the turn ("uh huh", "okay go ahead"): a number goes on across it.
@@ -219,7 +303,7 @@ BACKCHANNEL = {
     "ok", "okay", "uh", "huh", "uh-huh", "mhm", "mm", "mmhmm", "mm-hmm", "hmm", "yes", "yeah",
     "yep", "right", "got", "it", "go", "ahead", "sure", "alright", "all", "thanks", "thank",
     "you", "great", "perfect", "continue", "i", "see", "so", "um", "next", "then", "fine",
-    "good", "keep", "going", "and", "sí", "si", "claro", "vale", "bueno", "ajá", "aja",
+    "good", "keep", "going", "on", "and", "sí", "si", "claro", "vale", "bueno", "ajá", "aja",
     "gracias", "adelante", "listo", "siga", "ok.",
 }
 BACKCHANNEL_MAX_WORDS = 4

@@ -31,15 +31,29 @@ Entity kinds (the ``kind`` of every redacted span):
     number, an account number); and a number being read in groups that
     starts like a card and already has 8 digits when its first part must
     be released before the rest is heard.
-``email`` (``email``, default off)
+``email`` (``email``, default on)
     Written (``john@example.com``) and spoken ("john dot smith at gmail
-    dot com", "arroba", "punto") addresses.
+    dot com", "j underscore smith at yahoo dot com", "m a r k at outlook
+    dot com", "arroba", "punto") addresses: words joined by "dot",
+    "underscore", "dash" or spelled letter by letter, then "at", then a
+    mail provider or a domain ending in a known top-level domain. The
+    "at" of ordinary speech ("I'm at work", "look at google dot com")
+    is not an address: the words before it must be able to be a mailbox.
 
 Numbers next to words that make them an amount, a time, a count, an
 address or an identifier ("$25", "3:30", "2 kids", "123 Main Street",
 "order number 1234") are never redacted by context alone; card numbers,
 9 and 10 digit numbers and valid phone numbers are redacted wherever
 they are.
+
+``fail_closed`` (not a policy kind)
+    The span of an utterance released with every word masked because its
+    redaction raised (see :func:`siprecd.redact.fail_closed`).
+
+Every span also names the *entity* it was taken for, as a person would
+call it (:data:`ENTITIES`): a CVV and an expiry are both ``short_numeric``
+to the policy, ``cvv`` and ``expiry`` to the reader of ``siprecd redact``
+output and of the corpus scores.
 
 "Always on" is enforced twice: the config schema refuses ``false`` for
 ``card_numbers``, ``ssn`` and ``nine_digit``, and :class:`Policy` has no
@@ -52,6 +66,8 @@ __all__ = [
     "ALWAYS_ON",
     "CARD_NUMBER",
     "EMAIL",
+    "ENTITIES",
+    "FAIL_CLOSED",
     "KINDS",
     "NINE_DIGIT",
     "PHONE_NUMBER",
@@ -70,8 +86,14 @@ SHORT_NUMERIC = "short_numeric"
 TEN_DIGIT = "ten_digit"
 PHONE_NUMBER = "phone_number"
 EMAIL = "email"
+FAIL_CLOSED = "fail_closed"
 KINDS = (CARD_NUMBER, SPOKEN_CARD_NUMBER, SSN, NINE_DIGIT, SHORT_NUMERIC, TEN_DIGIT,
          PHONE_NUMBER, EMAIL)
+# What a span is to a person: card number (or part of one), social
+# security number, phone number, card expiry, card security code, PIN or
+# passcode, bank/customer account number, e-mail address, any other
+# number masked for its length (nine_digit, ten_digit).
+ENTITIES = ("card", "ssn", "phone", "expiry", "cvv", "pin", "account", "email", "number")
 # Config keys that cannot be turned off.
 ALWAYS_ON = ("card_numbers", "ssn", "nine_digit")
 
@@ -93,7 +115,7 @@ class Policy:
     ten_digit: bool = True
     phone_numbers: bool = True
     spoken_card_numbers: bool = True
-    email: bool = False
+    email: bool = True
     # Longest wait of an utterance ending in a number for the rest of it.
     hold_back: float = attrs.field(default=3.0, validator=_non_negative)
     # Numbers split by at most this pause (timeline) are one number.

@@ -452,7 +452,8 @@ class CallControl:
             if self.recordings is not None:
                 await self.recordings.close_call(call.guid)
             # Writes of windows closed earlier (stop, stream end) finish too.
-            await defer.gatherResults([ls.writes.idle() for ls in call.roles.values()])
+            await defer.gatherResults([ls.writes.idle() for ls in call.roles.values()],
+                                      consumeErrors=True)
             await self._save_stats(call, call.roles.values())
             others = [c for c in self.calls if c.guid == call.guid and c is not call]
             if not others:

@@ -24,13 +24,13 @@ import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from siprecd.asr.results import Token
 from siprecd.hooks import Hook
 from siprecd.interfaces import RecordNotFound, StorageError
 from siprecd.numbers import format_numbers as format_spoken_numbers
+from siprecd.redact import CallRedactor, ReleaseTimer, fail_closed
 from siprecd.storage.records import Message
 
-__all__ = ["UtteranceWriter", "SerialQueue", "no_redaction", "mask_everything"]
+__all__ = ["UtteranceWriter", "SerialQueue", "no_redaction"]
 
 # Delays between attempts to store an utterance the database refused; the
 # last one repeats for as long as the node runs (a database that is down
@@ -45,20 +45,6 @@ MAX_PENDING_WRITES = 5000
 def no_redaction(text, tokens):
     """A ``redact`` hook that redacts nothing (for tests and tools)."""
     return text, tokens
-
-
-def mask_everything(tokens):
-    """*tokens* with every word masked (digits as ``#`` each, other words
-    as ``####``): what an utterance becomes when redaction cannot run."""
-    masked = []
-    for token in tokens:
-        content = token.content
-        if any(c.isdigit() for c in content):
-            content = "".join("#" if c.isalnum() else c for c in content)
-        else:
-            content = "####"
-        masked.append(Token(content, token.start, token.end, token.confidence))
-    return " ".join(t.content for t in masked), masked
 
 
 class SerialQueue:
@@ -141,17 +127,19 @@ class UtteranceWriter:
                 return
             self._redaction(call, window.params.language).feed(
                 window.key, window.leg_stream.role, tokens, ref=(window, raw))
-        except Exception:
-            self._fail_closed(call, window, raw)
+        except Exception as e:
+            self._fail_closed(call, window, raw, e)
 
-    def _fail_closed(self, call, window, raw):
-        self.log.failure("formatting or redacting an utterance of stream {stream_id} failed; "
-                         "it is stored with every word masked", guid=call.guid,
-                         stream_id=window.leg_stream.id)
+    def _fail_closed(self, call, window, raw, error):
+        # One line, the exception's type only: its message might hold words.
+        self.log.error("formatting or redacting an utterance of stream {stream_id} failed "
+                       "({error_type}); it is stored and delivered with every word masked",
+                       guid=call.guid, stream_id=window.leg_stream.id,
+                       error_type=type(error).__name__)
         tokens = list(raw.tokens)
         text = " ".join(t.content for t in tokens)
-        masked_text, masked_tokens = mask_everything(tokens)
-        self._store(call, window, raw, tokens, text, masked_text, masked_tokens,
+        masked_text, masked_tokens = fail_closed(tokens)
+        self._store(call, window, raw, tokens, text, masked_text, list(masked_tokens),
                     masked_only=True)
 
     def flush(self, call, key):
@@ -168,8 +156,6 @@ class UtteranceWriter:
     # -- redaction ------------------------------------------------------------------------
 
     def _redaction(self, call, language):
-        from siprecd.redact import CallRedactor, ReleaseTimer
-
         timer = call.redaction
         if timer is not None and timer.redactor.language != language:
             timer.stop()

@@ -199,7 +199,9 @@ class Windows:
     async def close(self, windows, call):
         """Close *windows* of *call*: every utterance of theirs is stored
         before this returns, and their counters added to their streams."""
-        await defer.gatherResults([w.pipeline.close() for w in windows])
+        # consumeErrors: at shutdown these may be cancelled; the failure is
+        # the caller's, not an unhandled one per pipeline.
+        await defer.gatherResults([w.pipeline.close() for w in windows], consumeErrors=True)
         # Utterances held back for a number that might continue are
         # released now: nothing more of these windows is coming.
         for w in windows:
@@ -209,7 +211,8 @@ class Windows:
             ls.fed += pipeline.segmenter.stats["fed"]
             ls.skipped += pipeline.segmenter.stats["skipped"]
             ls.dropped += pipeline.dropped
-        await defer.gatherResults([w.leg_stream.writes.idle() for w in windows])
+        await defer.gatherResults([w.leg_stream.writes.idle() for w in windows],
+                                  consumeErrors=True)
 
     def backlog(self):
         """(windows open, samples waiting for recognisers) over every call."""
