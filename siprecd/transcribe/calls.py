@@ -54,6 +54,9 @@ class ActiveCall:
     windows: dict = attrs.field(factory=dict)    # stream key -> Window
     origins: dict = attrs.field(factory=dict)    # stream key -> UNIX ms of position 0
     redaction: object = None     # ReleaseTimer over the call's CallRedactor
+    # Windows closed (a stop, a stream gone) whose audio is still being
+    # recognised and stored: the call's end waits for them.
+    closing: set = attrs.field(factory=set)
 
 
 class CallTable:
@@ -80,6 +83,17 @@ class CallTable:
             for other in self.by_call_id.values():
                 if other.guid == call.guid:
                     self.by_guid[call.guid] = other
+
+    def closing(self, call, d):
+        """Track *d*, the closing of some of *call*'s windows, also as
+        the call's: its end waits for it."""
+        call.closing.add(d)
+
+        def done(result):
+            call.closing.discard(d)
+            return result
+
+        return self.track(d.addBoth(done))
 
     def track(self, d):
         """Keep *d* (work on a call) until it fires; see :meth:`drain`."""
@@ -297,7 +311,8 @@ class CallControl:
         # Everything the gate let through is recognised and stored, however
         # far behind the recognisers are; the answer waits for it up to
         # stop_wait, and says so when some is still on its way.
-        closing = self.calls.track(defer.ensureDeferred(self._close_and_save(call, windows)))
+        closing = self.calls.closing(call, defer.ensureDeferred(self._close_and_save(call,
+                                                                                    windows)))
         finished = defer.Deferred()
         closing.addBoth(lambda _: finished.called or finished.callback(True))
         timer = self.clock.callLater(self.stop_wait,
@@ -419,7 +434,7 @@ class CallControl:
             for window in gone:
                 del call.windows[window.key]
             if gone:
-                self.calls.track(defer.ensureDeferred(self.windows.close(gone, call)))
+                self.calls.closing(call, defer.ensureDeferred(self.windows.close(gone, call)))
 
     def call_ended(self, session, reason):
         call = self.calls.by_call_id.get(session.call_id)
@@ -448,6 +463,10 @@ class CallControl:
                 leg_stream.close_time(now)
             windows, call.windows = list(call.windows.values()), {}
             await self.windows.close(windows, call)
+            # Windows closed before (a stop while the recognisers were
+            # behind) finish too: everything said before is stored before
+            # the call is marked ended.
+            await defer.DeferredList(list(call.closing), consumeErrors=True)
             self.writer.close_call(call)
             if self.recordings is not None:
                 await self.recordings.close_call(call.guid)
