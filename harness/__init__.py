@@ -23,6 +23,10 @@ import it.
 - :mod:`harness.receiver` -- a real HTTPS webhook receiver and OAuth2
   token endpoint.
 - :mod:`harness.pki` -- throwaway certificate authorities and certificates.
+- :mod:`harness.model_server` -- a Vosk-style model host (model list and
+  zips) over HTTP or HTTPS on loopback, for model fetching.
+- :mod:`harness.without` -- a siprecd command run as if some packages were
+  not installed (the base install, or one extra missing).
 - :mod:`harness.drills` -- what the failure drills (tests/drills) need.
 - :mod:`harness.fuzz` -- SIP seeds and mutations for the fuzzers.
 - :mod:`harness.sip_strategies` -- hypothesis strategies for SIP messages.

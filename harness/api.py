@@ -6,6 +6,7 @@ process) that verifies the server certificate against a given CA file.
 """
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -20,14 +21,16 @@ __all__ = ["create_app", "ApiClient", "Answer"]
 SIPRECD = str(Path(sys.executable).parent / "siprecd")
 
 
-def create_app(config_path, target=None, label=None):
-    """``(api_id, secret)`` of a new app, made with the CLI."""
+def create_app(config_path, target=None, label=None, env=None):
+    """``(api_id, secret)`` of a new app, made with the CLI (*env*: more
+    environment variables, e.g. those the config takes values from)."""
     args = [SIPRECD, "apps", "create", "-c", str(config_path), "--json"]
     if target:
         args += ["--webhook-target", target]
     if label:
         args += ["--label", label]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                         env=None if env is None else {**os.environ, **env})
     if out.returncode != 0:
         raise RuntimeError(f"siprecd apps create failed: {out.stderr.strip()}")
     made = json.loads(out.stdout)

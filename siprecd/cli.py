@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "siprecd.redact.cli",
     "siprecd.export.cli",
     "siprecd.storage.cli",
+    "siprecd.asr.cli",
+    "siprecd.demo.cli",
 )
 
 
@@ -42,14 +44,22 @@ def _run(args):
 
 
 def _check_config(args):
-    from siprecd.checks import check_files
+    """Every problem of the file, one line each: errors on standard error
+    (exit status 78), then, when there is none, OK and the warnings and
+    notes on standard output (exit status 0)."""
+    from siprecd.checks import ERROR, find_problems
     from siprecd.config import EXIT_CONFIG
 
     try:
         config = configmod.load(args.config)
-        check_files(config)
+        problems = find_problems(config)
     except configmod.ConfigError as e:
         print(f"siprecd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        for problem in errors:
+            print(f"siprecd: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     listeners = []
     for name, listener in (("SIP/UDP", config.sip.udp), ("SIP/TCP", config.sip.tcp),
@@ -58,13 +68,18 @@ def _check_config(args):
             listeners.append(f"{name} {listener.host}:{listener.port}")
     print(f"{args.config}: OK ({'; '.join(listeners) or 'no listeners'}; "
           f"state in {config.state_dir})")
+    for problem in problems:
+        print(f"{problem.severity}: {problem}")
     return 0
 
 
 def build_parser():
+    from siprecd import __version__
+
     parser = argparse.ArgumentParser(
         prog="siprecd", description="SIPREC recording server that transcribes calls."
     )
+    parser.add_argument("--version", action="version", version=f"siprecd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")

@@ -103,7 +103,7 @@ class Sip:
     max_message_size: Annotated[ByteSize, Range(1024, 16 * 1024 * 1024)] = 65536
     max_call_duration: Duration = 4 * 3600.0
     session_expires: Annotated[Duration, Range(90, None)] = 1800.0
-    # Order in which call identifiers are looked for (SPEC §1).
+    # Order in which call identifiers are looked for (README, "SIP and SIPREC").
     guid_sources: Annotated[
         list[
             Literal[
@@ -181,14 +181,18 @@ class RemoteAsr:
 class Asr:
     backend: Annotated[str, NonEmpty()] = "vosk"
     threads: Annotated[int, Range(1, 256)] = 2
-    # Folder holding models by name; relative to this file.
-    models_dir: FilePath = Path("/usr/share/vosk")
+    # Folder holding models by name; relative paths are under state_dir.
+    models_dir: StatePath = Path("models")
     # language -> model folder name (in models_dir) or path.
     models: dict[str, Annotated[str, NonEmpty()]] = attrs.field(
         factory=lambda: {"en-us": "vosk-model-small-en-us-0.15"}
     )
-    # Let Vosk fetch a missing model by name (needs Internet access).
-    download: bool = False
+    # Fetch a missing model given by name into models_dir at start, the way
+    # Vosk's downloader does (its model list and zip files).
+    download: bool = True
+    # Where models are fetched from: a folder URL holding model-list.json
+    # and <name>.zip (null: Vosk's own, https://alphacephei.com/vosk/models/).
+    download_url: Optional[Annotated[str, Pattern(r"https?://\S+", "an http(s):// URL")]] = None
     endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
     # How long stop-streaming waits for the speech it let through to be

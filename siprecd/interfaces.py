@@ -9,7 +9,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted",
-    "IStreamConsumer", "IASRBackend", "IRecognizer",
+    "IStreamConsumer", "IASRBackend", "ILanguageStates", "IRecognizer",
 ]
 
 
@@ -38,6 +38,10 @@ class IReadiness(Interface):
 
     def pending():
         """A dict of component name -> reason it is not ready yet."""
+
+    def details():
+        """A dict of section name -> JSON-able state the parts report for
+        /v1/health beyond readiness (e.g. each language's model)."""
 
 
 class PortsExhausted(Exception):
@@ -299,10 +303,23 @@ class IASRBackend(Interface):
 
     def new_recognizer(language, sample_rate=8000):
         """An IRecognizer for one stream; raises ValueError for a language
-        it does not have."""
+        it does not have, and ``siprecd.asr.common.AsrNotReady`` (or its
+        ``LanguageUnavailable``) for one it has but cannot serve now."""
 
     def stop():
         """Release models, threads and connections (may return a Deferred)."""
+
+
+class ILanguageStates(Interface):
+    """Optional for an IASRBackend whose languages come up (or fail) one by
+    one: it is ready (``ready``, ``start()`` fired) once one language is,
+    ``new_recognizer`` raises ``siprecd.asr.common.LanguageUnavailable``
+    for a configured language that is not, and /v1/health shows each."""
+
+    def language_states():
+        """{language tag: {"state": "waiting" | "fetching" | "loading" |
+        "ready" | "unavailable", "detail": one line}} for every configured
+        language."""
 
 
 class IRecognizer(Interface):

@@ -1,5 +1,10 @@
 """Log output: text or JSON lines, filtered by level, built from config.
 
+With ``logging.file`` the file is opened for appending and reopened (by
+name) on SIGHUP, so logrotate can move it away and tell siprecd to start
+a new one (``contrib/logrotate/siprecd``); lines being written meanwhile
+go to one file or the other, never lost or torn.
+
 Code logs with ``twisted.logger.Logger`` and stable keys (``guid``,
 ``call_id``, ``stream_id``, ``address``...) so the JSON output can be
 searched by them. Secrets and unredacted transcript text are never put in
@@ -10,17 +15,22 @@ reason.
 import json
 import re
 import sys
+import threading
 from datetime import datetime, timezone
 
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
 )
+from zope.interface import implementer
+
+__all__ = ["make_observer", "event_as_json_line", "LogFile", "ConfiguredObserver"]
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -74,17 +84,69 @@ def _text_line(event):
     return text if text is not None else ""
 
 
+class LogFile:
+    """A log file opened by name for appending, that :meth:`reopen` opens
+    again by the same name (after logrotate moved it). Writes may come
+    from any thread (Twisted logs from thread pools too)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self):
+        return open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def write(self, text):
+        with self._lock:
+            self._file.write(text)
+
+    def flush(self):
+        with self._lock:
+            self._file.flush()
+
+    def reopen(self):
+        """Open the file by its name again; the old one is closed. Raises
+        OSError when it cannot be opened (the old one is kept then)."""
+        fresh = self._open()
+        with self._lock:
+            old, self._file = self._file, fresh
+        old.close()
+
+    def close(self):
+        with self._lock:
+            self._file.close()
+
+
+@implementer(ILogObserver)
+class ConfiguredObserver:
+    """The observer of the ``logging`` section; :meth:`reopen` reopens its
+    file (nothing to do when it writes to standard output)."""
+
+    def __init__(self, observer, output):
+        self._observer = observer
+        self.output = output
+
+    def __call__(self, event):
+        self._observer(event)
+
+    def reopen(self):
+        """True when a log file was reopened; OSError when it cannot be."""
+        if isinstance(self.output, LogFile):
+            self.output.reopen()
+            return True
+        return False
+
+
 def make_observer(logging_config, stream=None):
     """Build the observer for the ``logging`` section of the config."""
     if stream is None:
-        if logging_config.file == "-":
-            stream = sys.stdout
-        else:
-            stream = open(logging_config.file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        stream = sys.stdout if logging_config.file == "-" else LogFile(logging_config.file)
     formatter = event_as_json_line if logging_config.format == "json" else _text_line
     observer = FileLogObserver(stream, formatter)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[logging_config.level])
-    return FilteringLogObserver(observer, [_drop_socket_chatter, predicate])
+    return ConfiguredObserver(FilteringLogObserver(observer, [_drop_socket_chatter, predicate]),
+                              stream)
 
 
 # Twisted announces every socket it opens and closes; with two per recorded

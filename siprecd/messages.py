@@ -48,7 +48,7 @@ def utterance_item(message):
 
 
 def webhook_payload(message):
-    """The body of the real-time webhook (SPEC §3) for one stored message
+    """The body of the real-time webhook (docs/api.rst) for one stored message
     (read back from storage, so guid, role, externalId and sequence are set)."""
     return {
         "type": "transcript",

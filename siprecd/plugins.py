@@ -14,6 +14,7 @@ import attrs
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from siprecd.extras import extra_for_module, install_hint
 from siprecd.structure import ConfigError
 
 __all__ = ["PluginKind"]
@@ -43,6 +44,23 @@ class PluginKind:
             listed = ", ".join(names) or "none (is siprecd installed?)"
             raise ConfigError(f"unknown {self.what} {name!r}; available: {listed}", self.key)
 
+    def load(self, name):
+        """The factory of plug-in *name*; ConfigError (at ``key``) for an
+        unknown name or one that cannot be loaded, naming the packaging
+        extra to install when that is what is missing."""
+        self.check_name(name)
+        try:
+            return self._entry_points()[name].load()
+        except ImportError as e:
+            extra = extra_for_module(e.name)
+            if extra is not None:
+                raise ConfigError(
+                    f"{self.what} {name!r} needs the {e.name} package, which is not "
+                    f"installed; install it with: {install_hint(extra)}", self.key) from None
+            raise ConfigError(f"cannot load {self.what} {name!r}: {e}", self.key) from None
+        except Exception as e:
+            raise ConfigError(f"cannot load {self.what} {name!r}: {e}", self.key) from None
+
     def create(self, name, config, reactor):
         """The provider *name*'s factory makes, checked against the interface.
 
@@ -50,11 +68,7 @@ class PluginKind:
         cannot be loaded, or one that does not provide the interface; the
         factory itself may raise ConfigError for its own keys.
         """
-        self.check_name(name)
-        try:
-            factory = self._entry_points()[name].load()
-        except Exception as e:
-            raise ConfigError(f"cannot load {self.what} {name!r}: {e}", self.key) from None
+        factory = self.load(name)
         provider = factory(config, reactor)
         try:
             verifyObject(self.interface, provider)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.api import ApiClient, create_app
-from harness.daemon import Daemon, write_config
+from harness.daemon import Daemon, free_port, write_config
 from siprecd.config import EXIT_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +111,10 @@ def test_siprecd_run_reports_config_errors(tmp_path):
 
 
 def test_the_shipped_config_runs_as_the_readme_says(tmp_path):
-    """`twistd -n siprecd -c etc/siprecd.yaml` on the default ports."""
+    """`make run`: `siprecd run -c etc/siprecd.yaml` on the default ports,
+    with SIPRECD_STATE_DIR=./var, on a machine that cannot reach Vosk's
+    model host (an https proxy that refuses connections makes this machine
+    offline however it is connected)."""
     (tmp_path / "etc").mkdir()
     shutil.copy(REPO / "etc" / "siprecd.yaml", tmp_path / "etc" / "siprecd.yaml")
     for port, kind in ((5070, socket.SOCK_STREAM), (5070, socket.SOCK_DGRAM), (8443, socket.SOCK_STREAM)):
@@ -120,20 +123,37 @@ def test_the_shipped_config_runs_as_the_readme_says(tmp_path):
                 s.bind(("0.0.0.0", port))
             except OSError:
                 pytest.fail(f"port {port} is taken on this machine; the default config needs it")
-    args = [str(BIN / "twistd"), "-n", "siprecd", "-c", "etc/siprecd.yaml"]
-    with Daemon(tmp_path / "etc" / "siprecd.yaml", args=args, cwd=tmp_path) as daemon:
+    state = tmp_path / "var"
+    env = {"SIPRECD_STATE_DIR": str(state), "https_proxy": f"http://127.0.0.1:{free_port()}",
+           "no_proxy": "", "NO_PROXY": ""}
+    args = [str(BIN / "siprecd"), "run", "-c", "etc/siprecd.yaml"]
+    with Daemon(tmp_path / "etc" / "siprecd.yaml", args=args, cwd=tmp_path, env=env) as daemon:
         for label, port in (("SIP/UDP", 5070), ("SIP/TCP", 5070), ("HTTPS API", 8443)):
             daemon.wait_for(rf"listening for {label} on 0\.0\.0\.0:{port}$")
-        assert (tmp_path / "var" / "tls" / "api-selfsigned.crt").exists()
-        # No English model can be had on a test machine: the daemon runs,
-        # says exactly what is missing and how to fix it, and stays not-ready.
+        assert (state / "tls" / "api-selfsigned.crt").exists()
+        # The English model is fetched at first start; offline, one line
+        # says what to place where, and the daemon stays up, not ready.
+        attempt = daemon.wait_for(r"asr: fetching the Vosk model")
+        assert attempt.endswith(
+            "asr: fetching the Vosk model vosk-model-small-en-us-0.15 for en-us from "
+            f"https://alphacephei.com/vosk/models/ into {state / 'models'} (asr.download)")
         line = daemon.wait_for(r"asr: the vosk backend could not start")
-        assert "vosk-model-small-en-us-0.15" in line and "asr.download" in line
+        reason = line.split("asr: the vosk backend could not start: ", 1)[1].split(" -- ")[0]
+        assert reason.startswith(
+            f"asr.models.en-us: no Vosk model at {state / 'models'}/vosk-model-small-en-us-0.15 "
+            "and fetching it failed: cannot read "
+            "https://alphacephei.com/vosk/models/model-list.json: ")
+        assert reason.endswith(
+            "place the unpacked model folder there (from https://alphacephei.com/vosk/models/"
+            "vosk-model-small-en-us-0.15.zip), then restart siprecd")
         config = tmp_path / "etc" / "siprecd.yaml"
-        api = ApiClient(8443, tmp_path / "var" / "tls" / "api-selfsigned.crt",
-                        *create_app(config))
+        api = ApiClient(8443, state / "tls" / "api-selfsigned.crt",
+                        *create_app(config, env=env))
         answer = api.get("/v1/health")
         assert answer.status == 503 and answer.code == "503-01"
         assert answer.body["healthCheck"] == "FAILURE"
+        assert answer.body["pending"] == {"asr": f"speech recognition unavailable: {reason}"}
+        assert answer.body["languages"]["en-us"] == {"state": "unavailable", "detail": reason}
         code, seconds = daemon.terminate()
     assert code == 0 and seconds < 5
+    assert sum("place the unpacked model folder" in x for x in daemon.lines) == 1

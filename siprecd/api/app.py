@@ -1,4 +1,4 @@
-"""The Klein resource tree of the HTTPS API (SPEC §3).
+"""The Klein resource tree of the HTTPS API (docs/api.rst).
 
 Every request goes through :meth:`ControlApi._serve`: body size (413-01),
 then authentication with the app id and secret headers (401-01; secrets
@@ -392,7 +392,7 @@ class ControlApi:
             raise errors.NotFound("draining is not available here")
         return await defer.maybeDeferred(self.on_drain)
 
-    # -- the File Exporter (SPEC §3) ----------------------------------------------------
+    # -- the File Exporter (docs/api.rst) ----------------------------------------------
 
     async def _listing(self, request, app, what, fields):
         """Run a Catalogue listing with the body's *fields*, on a thread."""
@@ -486,7 +486,8 @@ class ControlApi:
                 raise errors.ServiceUnavailable(
                     "not ready", extra={"healthCheck": "FAILURE", "ready": False})
             return {"healthCheck": "SUCCESS", "ready": True}
-        details = {"ready": not pending, "node": self.node_name, "pending": pending}
+        details = {"ready": not pending, "node": self.node_name, "pending": pending,
+                   **self.readiness.details()}
         if pending:
             why = "; ".join(pending)
             raise errors.ServiceUnavailable(f"not ready: {why}",

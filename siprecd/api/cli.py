@@ -14,7 +14,10 @@ import json
 from siprecd.clitools import CommandError, with_storage
 from siprecd.messages import iso_ms
 
-__all__ = ["register"]
+__all__ = ["register", "local_api_url"]
+
+# Listening on every address of a family: reach the node over loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 def register(subparsers):
@@ -52,7 +55,8 @@ def register(subparsers):
     drain = subparsers.add_parser(
         "drain", help="make a running node refuse new calls while its calls finish")
     drain.add_argument("-c", "--config", required=True, help="the node's YAML configuration")
-    drain.add_argument("--url", help="the node's API (default: https://127.0.0.1:<api.port>)")
+    drain.add_argument("--url", help="the node's API (default: where api.host and api.port "
+                                      "say it listens; loopback when api.host is 0.0.0.0 or ::)")
     drain.set_defaults(func=_drain)
 
 
@@ -168,6 +172,15 @@ def _rotate(args):
     return with_storage(args.config, job)
 
 
+def local_api_url(config):
+    """The node's API where it listens (``api.host``, ``api.port``), from
+    the node's own machine."""
+    host = _WILDCARDS.get(config.api.host, config.api.host)
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"https://{host}:{config.api.port}"
+
+
 def _drain(args):
     """POST /internal/v1/drain to the node, with the cluster secret."""
     import ssl
@@ -185,7 +198,7 @@ def _drain(args):
     if not config.cluster.secret:
         return fail("cluster.secret is not set; set it, or send SIGUSR1 to the daemon "
                     "(e.g. systemctl kill -s USR1 siprecd)")
-    url = (args.url or f"https://127.0.0.1:{config.api.port}").rstrip("/")
+    url = (args.url or local_api_url(config)).rstrip("/")
     trust = (config.cluster.ca_bundle or config.api.certificate
              or config.state_dir / "tls" / "api-selfsigned.crt")
     context = ssl.create_default_context(cafile=str(trust))

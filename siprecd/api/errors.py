@@ -1,4 +1,4 @@
-"""The API's errors: every non-2xx answer is the SPEC §3 envelope
+"""The API's errors: every non-2xx answer is the envelope of docs/api.rst
 ``{"error": {"requestId", "message", "code"}}`` with a fresh request id.
 
 Generic codes are ``<status>-01``; the start/stop specific ones come from
@@ -16,7 +16,7 @@ __all__ = [
 
 
 class ApiError(Exception):
-    """An answer other than 2xx, with its SPEC code and message."""
+    """An answer other than 2xx, with its code (docs/api.rst) and message."""
 
     code = "500-01"
     headers = {}
@@ -56,7 +56,7 @@ class NotFound(ApiError):
 
 
 class MethodNotAllowed(NotFound):
-    """No route for that method. The SPEC's generic codes have no 405, so
+    """No route for that method. The API's generic codes have no 405, so
     this is a 404-01 whose Allow header names the methods there are."""
 
 

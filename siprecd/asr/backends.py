@@ -32,8 +32,9 @@ def available():
 
 
 def check_name(config):
-    """ConfigError (key ``asr.backend``) unless the name is installed."""
-    KIND.check_name(config.asr.backend)
+    """ConfigError (key ``asr.backend``) unless the name is installed and loads
+    (its optional packages are there)."""
+    KIND.load(config.asr.backend)
 
 
 def create_backend(config, reactor):

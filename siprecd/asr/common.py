@@ -7,7 +7,7 @@ from siprecd.structure import ConfigError
 
 __all__ = [
     "normalise_language", "languages_of", "RecognizerBusy", "RecognizerClosed",
-    "AsrNotReady", "OneCallAtATime", "Waiters",
+    "AsrNotReady", "LanguageUnavailable", "OneCallAtATime", "Waiters",
 ]
 
 
@@ -46,6 +46,12 @@ class RecognizerClosed(RuntimeError):
 
 class AsrNotReady(RuntimeError):
     """new_recognizer() before the backend's start() has fired."""
+
+
+class LanguageUnavailable(AsrNotReady):
+    """new_recognizer() for a configured language whose model is not
+    loaded (still loading or fetching, or missing); ``str()`` says why.
+    Other languages of the same backend may be working."""
 
 
 class OneCallAtATime:

@@ -4,9 +4,12 @@ Loading a model takes seconds (and longer on a slow disk), and a remote
 farm may not be up yet, so start-up does not wait for the backend: the
 stage registers ``asr`` as pending on the root's Readiness (SIP OPTIONS
 and INVITE get 503, /v1/health says why) and the next stages start at
-once. When the backend's ``start()`` fires, ``asr`` is done. When it
-fails, the reason is logged as one critical line and stays in the
-readiness report; the daemon keeps running so the operator can see it
+once. When the backend's ``start()`` fires, ``asr`` is done: with a
+backend whose languages come up one by one (``ILanguageStates``, the
+Vosk backend), that is once one language is served, and /v1/health shows
+each language's state under ``languages``. When it fails (no language
+can be served), the reason is logged as one critical line and stays in
+the readiness report; the daemon keeps running so the operator can see it
 there, fix the cause and restart.
 """
 
@@ -15,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from siprecd.asr.backends import create_backend
+from siprecd.interfaces import ILanguageStates
 
 __all__ = ["AsrService", "READINESS_KEY"]
 
@@ -25,8 +29,7 @@ class AsrService(service.Service):
     """Starts and stops one IASRBackend; see the module doc.
 
     *backend* is an IASRBackend not yet started; *readiness* the root
-    service's ``Readiness`` (anything with ``wait_for(name, reason)`` and
-    ``done(name)``).
+    service's ``Readiness`` (``wait_for``, ``fail``, ``done``, ``add_details``).
     """
 
     log = Logger()
@@ -47,10 +50,18 @@ class AsrService(service.Service):
         service.Service.startService(self)
         self.error = None
         describe = getattr(self.backend, "describe", None)
-        reason = describe() if describe is not None else f"starting ASR backend {self.backend.name}"
-        self.readiness.wait_for(READINESS_KEY, reason)
-        self.log.info("asr: {reason}", reason=reason)
+        reason = describe if describe is not None else f"starting ASR backend {self.backend.name}"
+        # A backend with per-language states (Vosk) loads or fetches: work
+        # that ends. Others may wait on servers that are not up yet, which
+        # is no reason for systemd to think start-up is still going on.
+        finite = ILanguageStates.providedBy(self.backend)
+        self.readiness.wait_for(READINESS_KEY, reason, external=not finite)
+        if finite:
+            self.readiness.add_details("languages", self.backend.language_states)
         self.starting = defer.maybeDeferred(self.backend.start)
+        # After start(): what it is doing now (loading, or fetching first).
+        if not self.starting.called:
+            self.log.info("asr: {reason}", reason=reason() if callable(reason) else reason)
         self.starting.addCallbacks(self._started, self._failed)
         # Nothing returned on purpose: the next stages start meanwhile.
 
@@ -67,7 +78,7 @@ class AsrService(service.Service):
         if not self.running:
             return  # stopped while starting: not an error
         self.error = failure.getErrorMessage() or failure.type.__name__
-        self.readiness.wait_for(READINESS_KEY, f"speech recognition unavailable: {self.error}")
+        self.readiness.fail(READINESS_KEY, f"speech recognition unavailable: {self.error}")
         self.log.critical(
             "asr: the {backend} backend could not start: {error} -- this node refuses "
             "calls (503) until that is fixed and siprecd restarted",

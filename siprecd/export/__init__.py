@@ -1,4 +1,4 @@
-"""The daily "utterances" batch feed (SPEC §3 File Exporter).
+"""The daily "utterances" batch feed (the File Exporter of docs/api.rst).
 
 - :mod:`~siprecd.export.feed`: the rows and the two formats (jsonl, csv);
 - :mod:`~siprecd.export.layout`: where files live (date and hour partitions);

@@ -1,4 +1,4 @@
-"""What the File Exporter API (SPEC §3) lists and serves, without HTTP.
+"""What the File Exporter API (docs/api.rst) lists and serves, without HTTP.
 
 The API hands request values straight to a :class:`Catalogue`; it answers
 with plain lists, or a :class:`FeedFile` for a download, or raises:
@@ -17,7 +17,7 @@ field at fault (``feed``, ``version``, ``format``, ``date``, ``interval``,
 ``fileName``) and whose ``str()`` is one line that is safe to show the
 client (a value is quoted, shortened, never interpreted).
 
-Accepted values (plain or in partition form, as SPEC §3 allows):
+Accepted values (plain or in partition form, as docs/api.rst allows):
 
 ==========  ==============================  =============================
 field       plain                           partition form

@@ -30,7 +30,7 @@ DRAFT_NS = "urn:ietf:params:xml:ns:recording"
 APKT_NS = "http://acmepacket.com/siprec/extensiondata"
 AC_NS = "http://AudioCodes"
 
-# The 16 hex digits of an Avaya UCID: node, sequence, UNIX time (SPEC §1).
+# The 16 hex digits of an Avaya UCID: node, sequence, UNIX time (README, "SIP and SIPREC").
 DEFAULT_UCID_HEX = "0002D3DF63111234"
 DEFAULT_CISCO_GUID = "3735928559-305419896-2882400001-42"
 

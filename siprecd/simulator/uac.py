@@ -65,7 +65,7 @@ __all__ = ["SipClient", "SiprecCall", "UacTimers", "ConnectError", "resolve", "U
 
 USER_AGENT = f"siprecd-src/{__version__}"
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
-DEFAULT_PORTS = {"UDP": 5070, "TCP": 5070, "TLS": 5071}   # siprecd's defaults (SPEC §1)
+DEFAULT_PORTS = {"UDP": 5070, "TCP": 5070, "TLS": 5071}   # siprecd's defaults
 RTCP_INTERVAL = 5.0  # seconds of call time between sender reports
 
 

@@ -5,7 +5,7 @@ Contact centres name a call by whatever their platform uses: Avaya's UCID
 by an Oracle or AudioCodes SBC), Cisco's GUID, a Genesys UUID, the SIPREC
 session id, or at worst the SIP Call-ID. :func:`find_identifiers` collects
 every candidate a recording INVITE carries and :func:`choose_guid` picks one
-in the configured order (``sip.guid_sources``, SPEC §1); all of them are
+in the configured order (``sip.guid_sources``); all of them are
 stored with the call so that a client can be matched whichever it uses.
 
 Normalisation makes the same call look the same from every source: an Avaya

@@ -1,6 +1,6 @@
 """Recording metadata (RFC 7865, and the dialects SRCs actually send) as objects.
 
-One reader serves every dialect (SPEC §1), because they differ in spelling
+One reader serves every dialect, because they differ in spelling
 more than in meaning:
 
 - RFC 7865, namespace ``urn:ietf:params:xml:ns:recording:1``: ``session_id``,
@@ -255,7 +255,7 @@ def _parse_tree(data, max_depth):
         raise MetadataError(f"metadata uses a forbidden XML feature ({type(e).__name__})") from None
     except ParseError as e:
         if builder.closed:
-            # Text trailing the root element (SPEC §1): the document is whole.
+            # Text trailing the root element: the document is whole.
             return builder.root
         if getattr(e, "code", None) == _UNBOUND_PREFIX:
             raise _UnboundPrefix() from None

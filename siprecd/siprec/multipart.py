@@ -4,7 +4,7 @@ A SIPREC offer is ``multipart/mixed`` holding ``application/sdp`` and
 ``application/rs-metadata+xml`` (RFC 7866 §8). Session recording clients in
 the field bend RFC 2046 in many small ways, and a recording that is refused
 because of a stray space is a recording lost, so this parser accepts what it
-can make sense of (SPEC §1):
+can make sense of:
 
 - parts in any order, preamble and epilogue text;
 - a ``Content-Length`` on a part: honoured when it lands exactly before the

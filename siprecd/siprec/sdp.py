@@ -475,7 +475,7 @@ def negotiate(offer, codec_preference, *, accept_srtp=False):
     """Decide, per m-line of *offer*, what to take: a :class:`StreamChoice`,
     or None for a stream the answer refuses with port 0.
 
-    Our preference order wins over the offer's (SPEC §1): the codec is the
+    Our preference order wins over the offer's (README, "SIP and SIPREC"): the codec is the
     first of *codec_preference* the m-line offers at its clock rate.
     """
     preference = tuple(name.upper() for name in codec_preference)

@@ -31,8 +31,9 @@ def available():
 
 
 def check_name(config):
-    """ConfigError (key ``storage.backend``) unless the name is installed."""
-    KIND.check_name(config.storage.backend)
+    """ConfigError (key ``storage.backend``) unless the name is installed and loads
+    (its optional packages are there)."""
+    KIND.load(config.storage.backend)
 
 
 def create_storage(config, reactor):

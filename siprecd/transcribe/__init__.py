@@ -13,7 +13,7 @@ Each module has one job:
 - ``utterances``: each finished utterance formatted, redacted, stored,
   handed on;
 - ``service``: ``TranscriptionService``, the parts as one stage of a node;
-- ``errors``: why a start or stop was refused, with SPEC §3's codes.
+- ``errors``: why a start or stop was refused, with the codes of docs/api.rst.
 """
 
 from siprecd.transcribe.errors import (

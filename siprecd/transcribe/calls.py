@@ -5,7 +5,7 @@ of them is stored.
 work in flight on them, for a clean drain). :class:`CallControl` is
 the ``ICallListener`` that keeps it (a call is stored when it is offered,
 and the 200 OK waits for that; updated on re-INVITEs; finalised and ended
-on BYE) and carries out start-streaming and stop-streaming as SPEC §3
+on BYE) and carries out start-streaming and stop-streaming as docs/api.rst
 defines them, with its error codes as :mod:`siprecd.transcribe.errors`
 exceptions.
 
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from siprecd.asr.common import AsrNotReady
 from siprecd.interfaces import ICallListener, StorageError
 from siprecd.storage.records import Call, Stream
 from siprecd.transcribe.errors import (
@@ -272,6 +273,10 @@ class CallControl:
         except ValueError as e:
             _close_all(recognizers)
             raise NotAllowed(str(e)) from None
+        except AsrNotReady as e:
+            # A configured language whose model is missing or still loading.
+            _close_all(recognizers)
+            raise AsrUnavailable(str(e)) from None
         except Exception as e:
             _close_all(recognizers)
             self.log.failure("making recognisers for guid {guid}", guid=call.guid)

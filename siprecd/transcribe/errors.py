@@ -1,6 +1,6 @@
 """Why a start-streaming or stop-streaming request was refused.
 
-Each error carries the code of SPEC §3 (``"<HTTP status>-<sub code>"``)
+Each error carries its code from docs/api.rst (``"<HTTP status>-<sub code>"``)
 and its HTTP status; ``str()`` is the message for the error body.
 """
 

@@ -1,7 +1,7 @@
 """A start-streaming request, checked once: :class:`StartRequest`.
 
 The API reads the JSON body into a ``StartRequest`` (every type, enum and
-length checked here, with SPEC §3's codes as
+length checked here, with docs/api.rst's codes as
 :mod:`siprecd.transcribe.errors` exceptions) and hands that one object
 down unchanged: to the local transcription service, or, on another node,
 as the body it was read from. :class:`LegSettings` is what is in force for

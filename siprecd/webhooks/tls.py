@@ -91,9 +91,11 @@ class ClientTLSPolicy:
         return creator
 
 
-def check_targets(config):
-    """Load the TLS material of every webhook target, raising ConfigError
-    (naming the key) for one that does not load: for ``check-config``,
-    so a bad file is found before the daemon runs, not at start."""
+def check_targets(config, only=None):
+    """Load the TLS material of every webhook target (or of the one named
+    *only*), raising ConfigError (naming the key) for one that does not
+    load: for ``check-config``, so a bad file is found before the daemon
+    runs, not at start."""
     for name, target in config.webhooks.targets.items():
-        ClientTLSPolicy.from_target(target, f"webhooks.targets.{name}")
+        if only is None or name == only:
+            ClientTLSPolicy.from_target(target, f"webhooks.targets.{name}")
