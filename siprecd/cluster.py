@@ -11,6 +11,8 @@ lease) marks its active calls ended ("node lost"), so the API stops
 offering them and their transcripts are kept and served by the others.
 At start a node also ends the calls it owned before it restarted (a
 SIGKILL or a crash leaves them active in the database, but they are gone).
+Either way ``on_node_gone(node, reason, before_ms)`` is told, so that the
+SBCs of those calls get a BYE (:mod:`siprecd.orphans`).
 
 With SQLite there is one node; the same code runs and finds nobody else.
 """
@@ -23,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from siprecd.hooks import Hook
+from siprecd.outage import OutageLog
 
 __all__ = ["ClusterService", "advertise_url"]
 
@@ -48,7 +51,7 @@ class ClusterService(service.Service):
     name = "cluster"
 
     def __init__(self, storage, node, clock, address, heartbeat_interval=2.0, dead_after=10.0,
-                 monotonic=time.monotonic, on_reaped=()):
+                 monotonic=time.monotonic, on_reaped=(), on_node_gone=()):
         self.storage = storage
         self.node = node
         self.clock = clock
@@ -63,12 +66,19 @@ class ClusterService(service.Service):
         self.reaped = {}            # dead node -> (its last heartbeat, guids ended)
         # Told ``(node, guids)`` when a dead node's calls were ended.
         self.on_reaped = Hook("on_reaped", *on_reaped)
+        # Told ``(node, reason, before_ms)`` when the calls a node had were
+        # ended without it: this node's own after a restart (those stored
+        # before *before_ms*), a dead node's (before_ms None).
+        self.on_node_gone = Hook("on_node_gone", *on_node_gone)
+        self.heartbeats = OutageLog(clock, self.log, "cluster: heartbeat", state="failed",
+                                    ongoing="still failing", back="working again")
 
     @classmethod
-    def from_config(cls, config, storage, clock, on_reaped=()):
+    def from_config(cls, config, storage, clock, on_reaped=(), on_node_gone=()):
         c = config.cluster
         return cls(storage, config.node.name, clock, advertise_url(config),
-                   c.heartbeat_interval, c.dead_after, on_reaped=on_reaped)
+                   c.heartbeat_interval, c.dead_after, on_reaped=on_reaped,
+                   on_node_gone=on_node_gone)
 
     def startService(self):
         service.Service.startService(self)
@@ -76,10 +86,12 @@ class ClusterService(service.Service):
 
     async def _start(self):
         # Calls this node had before it restarted are gone with it.
+        started_ms = int(self.clock.seconds() * 1000)
         ended = await self.storage.end_calls_of_node(self.node, "node restarted")
         if ended:
             self.log.warn("ended {count} calls this node had before it restarted",
                           count=len(ended))
+        self.on_node_gone(self.node, "node restarted", started_ms)
         await self.storage.heartbeat_node(self.node, self.address)
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = self.clock
@@ -106,8 +118,9 @@ class ClusterService(service.Service):
             if await self.storage.try_lease(_LEASE, self.node, ttl):
                 await self._reap(nodes)
         except Exception as e:
-            self.log.warn("cluster: heartbeat failed ({error}); trying again in {interval}s",
-                          error=str(e), interval=self.heartbeat_interval)
+            self.heartbeats.failed(str(e), retry_in=self.heartbeat_interval)
+        else:
+            self.heartbeats.succeeded()
 
     def _observe(self, nodes):
         now = self.monotonic()
@@ -131,6 +144,7 @@ class ClusterService(service.Service):
                 continue        # already ended what it had at this heartbeat
             guids = await self.storage.end_calls_of_node(info.id, "node lost")
             self.reaped[info.id] = (info.heartbeat_ms, guids)
+            self.on_node_gone(info.id, "node lost", None)
             if guids:
                 self.on_reaped(info.id, guids)
                 self.log.warn(
@@ -149,6 +163,7 @@ class ClusterService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self.heartbeats.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self._beating

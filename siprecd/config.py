@@ -94,6 +94,24 @@ class SipRateLimit:
 
 
 @attrs.frozen
+class SipConnections:
+    """SIP over TCP and TLS: what one connection and one source may hold."""
+
+    # Connections open at once, from every source; refused past it (the
+    # SBCs of trusted_sources get the last tenth). null: derived at start
+    # from the process's file limit (see README, "Limits").
+    max: Optional[Positive] = None
+    # Connections open at once from one address; trusted_sources exempt.
+    per_source: Optional[Positive] = 32
+    # A message must be complete this long after its first byte arrived,
+    # or its connection is closed (slow or stalled senders).
+    message_timeout: Annotated[Duration, Range(0.1, 600)] = 10.0
+    # A connection that carries no dialog and has sent nothing for this
+    # long is closed (trusted_sources exempt). null: never.
+    idle_timeout: Optional[Annotated[Duration, Range(1, None)]] = 120.0
+
+
+@attrs.frozen
 class Sip:
     udp: Listener = Listener()
     tcp: Listener = Listener()
@@ -122,8 +140,10 @@ class Sip:
     # they get 503 with Retry-After. Requests in a dialog and responses
     # are never limited. null: no limit.
     rate_limit: Optional[SipRateLimit] = SipRateLimit()
-    # Sources (CIDR, or single addresses) that skip rate_limit: the SBCs.
+    # Sources (CIDR, or single addresses) that skip rate_limit, the
+    # per-source connection cap and the idle timeout: the SBCs.
     trusted_sources: list[Annotated[str, NonEmpty()]] = ()
+    connections: SipConnections = SipConnections()
 
     def validate(self, path):
         import ipaddress
@@ -146,12 +166,27 @@ class Media:
     receive_buffer: Annotated[ByteSize, Range(65536, None)] = 1024 * 1024
     jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
     port_quarantine: Duration = 5.0
+    # Ports in use when the node last stopped without hanging up (a crash,
+    # kill -9; kept in state_dir/media-ports) are not handed out for this
+    # long after the next start.
+    restart_quarantine: Duration = 300.0
     mixed_role: Role = "customer"
     # New INVITEs that would take the streams in progress past this get 503.
     max_streams: Positive = 1000
+    # Latch each stream to the address and port of its first valid packet
+    # (with SRTP: its first authenticated one); others are dropped and
+    # counted. false: take packets from anyone (not safe).
+    latch: bool = True
+    # With a host in the SDP: how long a first valid packet from another
+    # host waits for one from the SDP's host before it may latch.
+    latch_wait: Annotated[Duration, Range(0, 30)] = 1.0
+    # A stream whose latched source has been silent this long while another
+    # source sends latches to the newcomer. null: never (a re-INVITE or
+    # UPDATE naming the new address moves it). See README, "Media sources".
+    relatch_after: Optional[Annotated[Duration, Range(1, None)]] = None
+    # Take packets only from the host in the SDP (the hint is a rule).
     check_source: bool = False
-    # After a stream's first packet, take packets only from that address and
-    # port (or from the SDP's host when it names one); others are counted.
+    # The older name for latch and check_source together.
     strict_source: bool = False
     # SDES-SRTP (RFC 4568): "allowed" takes SRTP when offered and plain RTP
     # when not; "required" answers 488 to an offer without keys; "off"

@@ -167,6 +167,25 @@ class IStorage(Interface):
         """Fires with the App when *secret* is right for an active app,
         else None (unknown, revoked and wrong are not told apart)."""
 
+    # Health -----------------------------------------------------------------
+
+    def ping():
+        """A trivial query: fires with None when storage answers, fails
+        with StorageError when it does not."""
+
+    # SIP dialogs of calls in progress -----------------------------------------
+
+    def save_dialog(dialog, now=None):
+        """Store (or update) a DialogRecord by (Call-ID, local tag, remote tag)."""
+
+    def forget_dialog(call_id, local_tag, remote_tag):
+        """Delete a dialog (its call ended). Fires with True if it was there."""
+
+    def take_dialogs_of_node(node, before_ms=None):
+        """Delete and return the DialogRecords of *node* (those created
+        before *before_ms* when given), oldest first: the node that gets
+        them hangs them up (once, however many nodes ask)."""
+
     # Calls, legs, streams ---------------------------------------------------
 
     def upsert_call(call, now=None):

@@ -69,6 +69,8 @@ RTP_COUNTERS = {
     "duplicates": ("siprecd_rtp_duplicate_packets", "Duplicate RTP packets (dropped)."),
     "malformed": ("siprecd_rtp_malformed_packets", "Datagrams on RTP ports that are not "
                   "valid RTP."),
+    "refused": ("siprecd_rtp_refused_packets", "RTP and RTCP datagrams refused because they "
+                "came from another source than the stream's (media.latch, check_source)."),
 }
 # WebhookService.stats key -> (metric, help).
 WEBHOOK_COUNTERS = {

@@ -9,7 +9,8 @@ back from anywhere but the frozen :class:`Node` it returns.
 children start in the order of :attr:`Node.services`::
 
     storage -> export -> webhooks -> cluster -> asr -> transcription
-    -> media -> SIP/UDP, SIP/TCP, SIP/TLS -> HTTPS API -> metrics -> SIP
+    -> RTP port journal -> media -> SIP/UDP, SIP/TCP, SIP/TLS -> HTTPS API -> metrics
+    -> SIP
 
 (SIP, the recording server, last: stopped first, so calls are hung up
 while the SIP sockets are still open.)
@@ -25,7 +26,9 @@ from siprecd import config as configmod
 from siprecd import tls
 from siprecd.service import ListeningPort, Readiness
 
-__all__ = ["Node", "Drain", "build_node", "usable_codecs"]
+__all__ = ["Node", "Drain", "build_node", "usable_codecs", "connection_limits"]
+
+log = Logger()
 
 
 @attrs.frozen
@@ -52,6 +55,7 @@ class Node:
     api: object = None               # siprecd.api.app.ControlApi
     metrics: object = None           # siprecd.metrics.SiprecdMetrics
     services: tuple = ()             # the root service's children, in start order
+    orphans: object = None           # siprecd.orphans.OrphanReaper
 
 
 class Drain:
@@ -113,6 +117,7 @@ def build_node(config, reactor):
     from siprecd.asr import AsrService
     from siprecd.cluster import ClusterService
     from siprecd.export import ExportService
+    from siprecd.media.ports import PortJournalService
     from siprecd.recordings import RecordingStore
     from siprecd.siprec.server import RecordingService
     from siprecd.storage import StorageService
@@ -143,9 +148,6 @@ def build_node(config, reactor):
     # resumes what was pending when the node stopped.
     webhooks = WebhookService.from_config(config, storage, reactor,
                                           on_outcome=listener(lambda m: m.webhook_outcome))
-    # Heartbeats; ends the calls of dead nodes and this node's own calls
-    # from before a restart.
-    cluster = ClusterService.from_config(config, storage, reactor)
     # Speech recognition loads in the background: the node stays not
     # ready (SIP 503, /v1/health says why) until its model is in.
     asr_service = AsrService.from_config(config, reactor, readiness)
@@ -154,8 +156,12 @@ def build_node(config, reactor):
         on_utterance=(webhooks.notify,), on_stored=listener(lambda m: m.utterance_stored),
         on_asr_call=listener(lambda m: m.asr_call))
 
-    calls, media, media_transport, sip_server, sip_ports = _sip_and_media(
-        config, reactor, transcription, readiness)
+    calls, media, media_transport, sip_server, sip_ports, orphans = _sip_and_media(
+        config, reactor, transcription, readiness, storage)
+    # Heartbeats; ends the calls of dead nodes and this node's own calls
+    # from before a restart, and has their SBCs sent a BYE.
+    cluster = ClusterService.from_config(config, storage, reactor,
+                                         on_node_gone=(orphans.node_gone,))
     drain = Drain(readiness, sip_server, calls, reactor)
     calls_controller = api = None
     api_ports = ()
@@ -164,7 +170,7 @@ def build_node(config, reactor):
             config, reactor, storage, transcription, cluster, readiness, recordings, drain,
             listener(lambda m: m.api_request))
     services = [storage_service, export, webhooks, cluster, asr_service, transcription,
-                media_transport, *sip_ports, *api_ports]
+                PortJournalService(media.ports.ports), media_transport, *sip_ports, *api_ports]
     if metrics is not None:
         from siprecd.metrics import MetricsService, ScrapeSources
 
@@ -176,25 +182,32 @@ def build_node(config, reactor):
     services.append(RecordingService(sip_server))
     return Node(config, reactor, readiness, storage, recordings, asr_service.backend,
                 transcription, webhooks, export, cluster, calls, media, media_transport,
-                sip_server, drain, calls_controller, api, metrics, tuple(services))
+                sip_server, drain, calls_controller, api, metrics, tuple(services),
+                orphans=orphans)
 
 
-def _sip_and_media(config, reactor, transcription, readiness):
+def _sip_and_media(config, reactor, transcription, readiness, storage):
     """SIP and RTP: the recording server, the media plane (one socket pair
-    per stream, bound before the 200 OK names it) and the SIP listeners."""
+    per stream, bound before the 200 OK names it), the SIP listeners, and
+    the keeper of each call's dialog with the reaper that hangs up those
+    of a node that is gone (siprecd.orphans)."""
     from siprecd.calls import CallListeners, CallRegistry
+    from siprecd.orphans import DialogKeeper, OrphanReaper
+    from siprecd.siprec.orphans import OrphanedDialogs
     from siprecd.media.manager import MediaManager, SocketAwarePorts
-    from siprecd.media.ports import RangePortAllocator
+    from siprecd.media.ports import PortJournal, RangePortAllocator
     from siprecd.media.transport import MediaTransport
     from siprecd.sip.endpoint import SipEndpoint
     from siprecd.sip.transport import Transports
     from siprecd.siprec.server import RecordingServer
 
-    transports = Transports(reactor)
+    tls_client = (tls.sip_client_options(config.sip.tls) if config.sip.tls.enabled else None)
+    transports = Transports(reactor, tls_client_options=tls_client)
     endpoint = SipEndpoint(reactor, transports, max_message_size=config.sip.max_message_size)
     ports = SocketAwarePorts(RangePortAllocator(
         reactor, config.media.port_min, config.media.port_max, config.media.port_quarantine,
-        probe_host=config.media.host,
+        probe_host=config.media.host, journal=PortJournal(config.state_dir / "media-ports"),
+        restart_quarantine=config.media.restart_quarantine,
     ))
     calls = CallRegistry()
     media_transport = MediaTransport(reactor, config.media)
@@ -205,21 +218,50 @@ def _sip_and_media(config, reactor, transcription, readiness):
         return sip_server.hang_up(session, reason)
 
     media = MediaManager(media_transport, transcription, ports, hang_up=hang_up)
+    dialogs = DialogKeeper(storage, config.node.name)
     sip_server = RecordingServer(
-        endpoint, reactor, config, CallListeners(calls, media, transcription), ports, readiness,
-        codecs=usable_codecs(config.media.codecs),
+        endpoint, reactor, config, CallListeners(calls, media, transcription, dialogs), ports,
+        readiness, codecs=usable_codecs(config.media.codecs),
     )
-    sip_ports = _sip_listeners(config, reactor, endpoint, transports)
-    return calls, media, media_transport, sip_server, sip_ports
+    sip_ports = _sip_listeners(config, reactor, endpoint, transports,
+                               in_use=sip_server.connection_in_use)
+    orphans = OrphanReaper(storage, OrphanedDialogs(endpoint, reactor, config))
+    return calls, media, media_transport, sip_server, sip_ports, orphans
 
 
-def _sip_listeners(config, reactor, endpoint, transports):
+def connection_limits(config, reactor):
+    """The caps of SIP stream connections (``sip.connections``), the total
+    kept below what the file limit leaves for them; logged."""
+    from siprecd import resources
+    from siprecd.sip.limits import ConnectionLimits
+
+    wanted = config.sip.connections
+    soft, hard = resources.file_limit()
+    cap, budget = resources.connection_cap(wanted.max, soft, config.media.max_streams)
+    if wanted.max is not None and budget is not None and wanted.max > budget:
+        log.warn(
+            "sip.connections.max {wanted} is more than the file limit leaves for SIP "
+            "connections ({budget} of {soft} descriptors, after {streams} media streams); "
+            "using {cap}", wanted=wanted.max, budget=budget, soft=soft,
+            streams=config.media.max_streams, cap=cap)
+    log.info(
+        "SIP connections: at most {cap} open ({per_source} per source), file limit {soft} "
+        "(hard {hard})", cap=cap, per_source=wanted.per_source or "no cap", soft=soft, hard=hard)
+    return ConnectionLimits(reactor, max_connections=cap, per_source=wanted.per_source,
+                            trusted=config.sip.trusted_sources)
+
+
+def _sip_listeners(config, reactor, endpoint, transports, in_use=lambda connection: False):
     from siprecd.sip.transport import SipDatagramProtocol, SipStreamFactory
 
     sip = config.sip
+    limits = connection_limits(config, reactor) if (sip.tcp.enabled or sip.tls.enabled) else None
 
     def stream_factory(kind):
-        factory = SipStreamFactory(endpoint, transports, kind, sip.max_message_size)
+        factory = SipStreamFactory(
+            endpoint, transports, kind, sip.max_message_size, clock=reactor, limits=limits,
+            message_timeout=sip.connections.message_timeout,
+            idle_timeout=sip.connections.idle_timeout, in_use=in_use)
         transports.stream_factories[kind] = factory
         return factory
 

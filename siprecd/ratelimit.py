@@ -34,6 +34,14 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def give_back(self, key):
+        """Return the token a :meth:`take` took (a request that turned out
+        not to count, e.g. an authentication that succeeded)."""
+        entry = self._buckets.get(key)
+        if entry is not None:
+            tokens, at = entry
+            self._buckets[key] = (min(self.burst, tokens + 1.0), at)
+
     def peek(self, key):
         """Like :meth:`take` without taking: 0.0 when a token is there."""
         entry = self._buckets.get(key)

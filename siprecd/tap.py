@@ -50,6 +50,23 @@ def _wants_own_observer(options):
     return bool(parent.get("nodaemon")) or options.config.logging.file != "-"
 
 
+def _raise_file_limit():
+    """Raise the soft file limit to the hard one where allowed; log both."""
+    from twisted.logger import Logger
+
+    from siprecd import resources
+
+    before, now, hard = resources.raise_file_limit()
+    if now is None:
+        return
+    log = Logger(namespace="siprecd.resources")
+    if now != before:
+        log.info("file limit raised from {before} to {now} open files (hard limit {hard})",
+                 before=before, now=now, hard=hard)
+    else:
+        log.info("file limit: {now} open files (hard limit {hard})", now=now, hard=hard)
+
+
 def makeService(options, reactor=None):
     """Build the root service from parsed Options (or anything with .config):
     the node's parts (:func:`siprecd.node.build_node`) as its children."""
@@ -57,6 +74,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options.config
     observer = logs.make_observer(config.logging) if _wants_own_observer(options) else None
+    _raise_file_limit()
     try:
         prepare_state_dir(config)
         from siprecd.node import build_node

@@ -186,3 +186,32 @@ def listener_options(listener, where="sip.tls"):
         listener.certificate, listener.private_key, listener.min_version, listener.client_ca,
         where=where, max_version=listener.max_version, ciphers=listener.ciphers,
     )
+
+
+def sip_client_options(listener, where="sip.tls"):
+    """A function ``host -> client TLS options`` for SIP/TLS connections we
+    open ourselves (a BYE to an SBC whose connection is gone).
+
+    The peer is verified against ``client_ca`` (the CA of the SBCs'
+    certificates) when it is set, else against the system's trust store,
+    and by its host name or address; our own certificate is offered as
+    the client certificate."""
+    chain = load_certificates(listener.certificate, f"{where}.certificate")
+    key_data = _read(listener.private_key, f"{where}.private_key")
+    try:
+        leaf = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            chain[0], ssl.KeyPair.load(key_data, crypto.FILETYPE_PEM))
+    except Exception:
+        raise ConfigError(f"no usable private key for the certificate in {listener.certificate}",
+                          f"{where}.private_key") from None
+    trust = None
+    if listener.client_ca is not None:
+        trust = ssl.trustRootFromCertificates(
+            load_certificates(listener.client_ca, f"{where}.client_ca"))
+
+    def options(host):
+        return ssl.optionsForClientTLS(
+            host, trustRoot=trust, clientCertificate=leaf,
+            extraCertificateOptions={"raiseMinimumTo": _TLS_VERSIONS[listener.min_version]})
+
+    return options

@@ -1,6 +1,7 @@
 """Two nodes sharing one PostgreSQL, in this process: heartbeats, start/stop
 sent to the node that does not have the call (forwarded over internal
-HTTPS to the owner), a dead node's calls ended by the survivor, a node's
+HTTPS to the owner), a dead node's calls ended by the survivor (and their
+SBC sent a BYE from the stored dialog), a node's
 own calls from before a restart ended, drain. Real sockets, real TLS with
 certificates from a throwaway CA, a real SIPREC call from the simulator.
 (tests/test_scale_out.py runs the same with Kamailio and subprocesses.)"""
@@ -115,6 +116,15 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
         assert guid in b.node.cluster.reaped["node-a"][1]
         answer = await call(via_b, "stop", guid)
         assert answer.code == "400-203"
+        # ... and tells the SBC: the survivor sends a BYE in the dead node's
+        # dialog, and the simulated SBC ends the call on it.
+        summary = await placed.addTimeout(15, reactor)
+        placed = None
+        assert summary.calls[0].ended_by == "srs", summary.calls[0].problems
+        (node, reason, statuses), = b.node.orphans.results
+        assert (node, reason, list(statuses.values())) == ("node-a", "node lost", [200])
+        print(f"\nnode lost: {len(statuses)} BYE sent by the survivor, answered "
+              f"{list(statuses.values())}")
     finally:
         await b.stopService()
         await a.stopService()

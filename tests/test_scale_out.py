@@ -18,7 +18,9 @@ One test walks through the life of such a cluster:
    connection refused). The survivor keeps serving its calls (start/stop
    and utterances), every utterance the dead node had stored is still read
    through the survivor, and the dead node's calls are marked ended within
-   cluster.dead_after plus a margin.
+   cluster.dead_after plus a margin; the survivor sends their SBCs a BYE
+   (through Kamailio, from the dialogs the dead node stored), so none of
+   them streams on to a node that is gone.
 4. The survivor drains (SIGUSR1): Kamailio's probe takes it out too and new
    calls are refused (503), while its calls go on to their end.
 
@@ -26,6 +28,7 @@ Every wait is on an event (a log line, a call being answered) or a polling
 loop on the API or the database with a deadline.
 """
 
+import re
 import signal
 import time
 
@@ -308,12 +311,20 @@ async def test_two_nodes_behind_kamailio(tmp_path, postgres_schema):
 
         # The survivor's calls went on undisturbed (hold and resume by
         # re-INVITE, BYE, all through Kamailio, draining or not); the dead
-        # node's could not end.
+        # node's were ended by the survivor's BYE.
         results = []
         for placed in (udp_calls, tcp_calls, late_calls, failover_udp, failover_tcp):
             results += (await placed.addTimeout(CALL_SECONDS + 30, reactor)).calls
         placing.clear()
         by_guid = {r.guid: r for r in results}
+        told = [g for g in on["node-a"] if by_guid[g].ended_by == "srs"]
+        byes = [await threads.deferToThread(
+            nodes["node-b"].wait_for,
+            rf"sent BYE for call {re.escape(by_guid[g].call_id)} .* node node-a had", 10)
+            for g in on["node-a"]]
+        print(f"node lost: node-b sent {len(byes)} BYE for the {len(on['node-a'])} calls of "
+              f"node-a; {len(told)} SBC calls ended by them")
+        assert told == on["node-a"], {g: by_guid[g].problems for g in on["node-a"]}
         survivors = on["node-b"] + late_guids + failover_guids
         bad = {g: by_guid[g].problems for g in survivors if by_guid[g].problems}
         assert not bad, bad

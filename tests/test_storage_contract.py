@@ -15,7 +15,7 @@ from siprecd.interfaces import IStorage, RecordNotFound, StorageError
 from siprecd.storage import migrate
 from siprecd.storage.postgresql import PostgresStorage
 from siprecd.storage.records import (
-    ACTIVE, DEAD, DELIVERED, ENDED, IN_FLIGHT, PENDING, Call, Message, Stream,
+    ACTIVE, DEAD, DELIVERED, ENDED, IN_FLIGHT, PENDING, Call, DialogRecord, Message, Stream,
 )
 from siprecd.storage.sqlite import SqliteStorage
 
@@ -189,6 +189,44 @@ async def test_a_dead_nodes_calls_are_ended(storage):
     assert await storage.end_calls_of_node("dead", "node died", now=T0 + 5) == ["1"]
     assert (await storage.get_call_by_guid("1")).end_reason == "node died"
     assert (await storage.get_call_by_guid("3")).state == ACTIVE
+
+
+def a_dialog(call_id, node="node-a", **kw):
+    fields = dict(
+        call_id=call_id, local_tag="srs1", remote_tag="src1", node=node, guid=f"g-{call_id}",
+        transport="UDP", local_uri="<sip:srs@192.0.2.1>;tag=srs1",
+        remote_uri="<sip:src@192.0.2.10>;tag=src1", remote_target="sip:src@192.0.2.10:5060",
+        route_set=["<sip:proxy.example:5060;lr>"], local_seq=17, remote_seq=1,
+        source="192.0.2.10:5060", local_address="192.0.2.1:5070")
+    fields.update(kw)
+    return DialogRecord(**fields)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dialogs_are_kept_updated_forgotten_and_taken_once(storage):
+    await storage.save_dialog(a_dialog("c1"), now=T0)
+    await storage.save_dialog(a_dialog("c2", remote_tag=""), now=T0 + 1)
+    await storage.save_dialog(a_dialog("c3", node="node-b"), now=T0 + 2)
+    await storage.save_dialog(a_dialog("c4"), now=T0 + 50)
+    # An update (re-INVITE: a new target, more CSeq) keeps the row and its age.
+    await storage.save_dialog(a_dialog("c1", remote_target="sip:src@192.0.2.11:5062",
+                                       local_seq=19, remote_seq=2), now=T0 + 60)
+    assert await storage.forget_dialog("c2", "srs1", None) is True
+    assert await storage.forget_dialog("c2", "srs1", None) is False
+    # A restarted node takes those stored before it started, once.
+    taken = await storage.take_dialogs_of_node("node-a", before_ms=T0 + 10)
+    assert [d.call_id for d in taken] == ["c1"]
+    c1 = taken[0]
+    assert (c1.remote_target, c1.local_seq, c1.remote_seq) == ("sip:src@192.0.2.11:5062", 19, 2)
+    assert c1.route_set == ["<sip:proxy.example:5060;lr>"] and c1.created_ms == T0
+    assert (c1.local_uri, c1.remote_uri, c1.transport, c1.secure) == (
+        "<sip:srs@192.0.2.1>;tag=srs1", "<sip:src@192.0.2.10>;tag=src1", "UDP", False)
+    assert await storage.take_dialogs_of_node("node-a", before_ms=T0 + 10) == []
+    # A dead node's are all taken by whoever reaps it, once.
+    assert [d.call_id for d in await storage.take_dialogs_of_node("node-a")] == ["c4"]
+    assert [d.call_id for d in await storage.take_dialogs_of_node("node-b")] == ["c3"]
+    assert await storage.take_dialogs_of_node("node-b") == []
+    await storage.ping()
 
 
 @pytest_twisted.ensureDeferred

@@ -3,13 +3,23 @@
 Every request goes through :meth:`ControlApi._serve`: body size (413-01),
 then authentication with the app id and secret headers (401-01; secrets
 are checked by storage against salted hashes, in constant time), then the
-app's rate limit (429-01 with Retry-After), then the route. Anything a
+app's rate limit (429-01 with Retry-After), then the route.
+
+Checking a secret costs a slow hash on purpose, so an address may make
+only so many failed attempts (429-01 past them). Each verification is
+counted as a failure the moment it starts and given back when it
+succeeds, so requests that arrive together cannot all pass the check
+before any of them has failed; requests with the same credentials while
+one verification of them is in flight wait for its answer instead of
+hashing again. Storage failures reach the client as a generic 503; the
+details are in the log. Anything a
 route raises becomes the error envelope with a fresh requestId; an
 unexpected exception is logged with its traceback and answered 500-01
 without details. Start and stop are written to the audit log.
 """
 
 import functools
+import hashlib
 import json
 import re
 from importlib import resources
@@ -18,6 +28,7 @@ from urllib.parse import quote, unquote_to_bytes, urlencode
 from klein import Klein
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server, static
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
@@ -25,13 +36,14 @@ from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
 from siprecd.api import errors
 from siprecd.api.control import check_owner, owners_of
+from siprecd.api.health import StorageProbe
 from siprecd.api.http import write_json
 from siprecd.api.views import call_in_progress, conversation_view
 from siprecd.export.layout import APPS_DIR
 from siprecd.hooks import Hook
-from siprecd.interfaces import StorageError
-from siprecd.ratelimit import RateLimiter
+from siprecd.interfaces import StorageError, StorageUnavailable
 from siprecd.messages import api_message, iso_ms
+from siprecd.ratelimit import RateLimiter
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
 from siprecd.transcribe.request import StartRequest, stop_guid
 
@@ -111,6 +123,12 @@ class ControlApi:
         self.public_health = public_health
         self.limits = RateLimiter(clock, rate, burst)
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
+        # /v1/health answers for storage as it does for the ASR model.
+        self.storage_probe = StorageProbe(storage, clock)
+        # (api id, digest of the secret) -> _Shared verification in flight.
+        self._verifying = {}
+        # Secret verifications (slow hashes) started, for metrics and tests.
+        self.verifications = 0
         # on_request(request, route name) as each request is routed (for
         # siprecd.metrics, which waits for request.notifyFinish()).
         self.on_request = Hook("on_request", *on_request)
@@ -185,16 +203,33 @@ class ControlApi:
             raise errors.Unauthorized(
                 f"the {self.id_header.decode()} and {self.secret_header.decode()} headers "
                 "are required")
+        key = (api_id, hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest())
+        shared = self._verifying.get(key)
+        charged = shared is None
+        if charged:
+            # Counted as a failure now, given back if it succeeds.
+            wait = self.auth_failures.take(peer)
+            if wait:
+                raise errors.TooManyRequests(
+                    "too many failed authentications from this address",
+                    headers={"Retry-After": RateLimiter.retry_after(wait)})
+            self.verifications += 1
+            shared = _Shared(self.storage.verify_app_secret(api_id, secret))
+            self._verifying[key] = shared
+            shared.when_done(lambda: self._verifying.pop(key, None))
         try:
-            app = await self.storage.verify_app_secret(api_id, secret)
-        except StorageError as e:
-            raise errors.ServiceUnavailable(f"cannot check credentials now: {e}",
+            app = await shared.wait()
+        except StorageError:
+            if charged:
+                self.auth_failures.give_back(peer)
+            raise errors.ServiceUnavailable("cannot check credentials now; try again",
                                             headers={"Retry-After": 5}) from None
         if app is None:
-            self.auth_failures.take(peer)
             self.log.info("refused credentials for app id {api_id} from {peer}",
                           api_id=api_id[:64], peer=peer)
             raise errors.Unauthorized("unknown app id or wrong secret")
+        if charged:
+            self.auth_failures.give_back(peer)
         wait = self.limits.take(app.api_id)
         if wait:
             raise errors.TooManyRequests(
@@ -482,10 +517,12 @@ class ControlApi:
         pending = self.readiness.pending()
         if app is None:
             # Without credentials (api.public_health): liveness and readiness only.
-            if pending:
+            if pending or not await self.storage_probe.check():
                 raise errors.ServiceUnavailable(
                     "not ready", extra={"healthCheck": "FAILURE", "ready": False})
             return {"healthCheck": "SUCCESS", "ready": True}
+        if not await self.storage_probe.check():
+            pending["storage"] = "storage is unavailable"
         details = {"ready": not pending, "node": self.node_name, "pending": pending,
                    **self.readiness.details()}
         if pending:
@@ -626,8 +663,56 @@ def openapi_document():
 
 
 def _unavailable(error):
-    return errors.ServiceUnavailable(f"storage is unavailable: {error}",
+    """The answer to a storage failure. Its details (host, database, path,
+    row) are for the log: an outage is logged there by storage itself,
+    once; anything else (a value that does not decrypt) here, as it
+    happens. The client learns only what it can do."""
+    if isinstance(error, StorageUnavailable):
+        return errors.ServiceUnavailable("storage is unavailable; try again",
+                                         headers={"Retry-After": 5})
+    ControlApi.log.warn("a stored value cannot be read: {error}", error=str(error))
+    return errors.ServiceUnavailable("a stored value cannot be read; the node's log says why",
                                      headers={"Retry-After": 5})
+
+
+class _Shared:
+    """One Deferred's result for any number of waiters."""
+
+    _PENDING = object()
+
+    def __init__(self, d):
+        self._result = self._PENDING
+        self._waiters = []
+        self._done = []
+        d.addBoth(self._fired)
+
+    def _fired(self, result):
+        self._result = result
+        for callback in self._done:
+            callback()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._tell(waiter)
+
+    def _tell(self, waiter):
+        if isinstance(self._result, Failure):
+            waiter.errback(self._result)
+        else:
+            waiter.callback(self._result)
+
+    def when_done(self, callback):
+        if self._result is self._PENDING:
+            self._done.append(callback)
+        else:
+            callback()
+
+    def wait(self):
+        d = defer.Deferred()
+        if self._result is self._PENDING:
+            self._waiters.append(d)
+        else:
+            self._tell(d)
+        return d
 
 
 async def _catalogue_call(function, *args):

@@ -83,8 +83,8 @@ class LocalCalls:
             return      # the transcription service answers 400-203
         try:
             legs = await self.storage.legs_for_guid(guid)
-        except StorageError as e:
-            raise AsrUnavailable(f"cannot read the conversation: {e}") from None
+        except StorageError:
+            raise AsrUnavailable("cannot read the conversation now; try again") from None
         check_owner(app, legs, guid, True)
 
     async def start(self, app, request):

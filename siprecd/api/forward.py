@@ -104,8 +104,8 @@ class ForwardingCalls:
             if call is None or call.state != "active" or call.node == self.cluster.node:
                 return None
             return await self.cluster.live_address(call.node)
-        except StorageError as e:
-            raise errors.ServiceUnavailable(f"storage is unavailable: {e}",
+        except StorageError:
+            raise errors.ServiceUnavailable("storage is unavailable; try again",
                                             headers={"Retry-After": 5}) from None
 
     async def _forward(self, address, action, app, body):

@@ -16,7 +16,8 @@ from siprecd.interfaces import ICallListener, IMediaPortAllocator, IStreamConsum
 
 __all__ = ["StreamId", "MediaManager", "SocketAwarePorts", "ENDED_TOTALS"]
 
-ENDED_TOTALS = ("packets", "bytes", "lost", "late", "duplicates", "malformed", "out_of_window")
+ENDED_TOTALS = ("packets", "bytes", "lost", "late", "duplicates", "malformed", "out_of_window",
+                "refused")
 
 
 @attrs.frozen

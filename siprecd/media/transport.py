@@ -12,12 +12,29 @@ process (``tick`` seconds) decodes all batched audio, releases gaps whose
 wait is over and ends streams idle for ``media.rtp_timeout`` while not on
 hold.
 
-With ``media.check_source``, datagrams whose source host is not the one the
-SDP announced are dropped and counted (the port is not checked: SBCs and
-NATs often send from another port than the one they advertise).
-``media.strict_source`` goes further: when the SDP names no usable host,
-the address and port of the stream's first accepted packet are latched and
-nothing from elsewhere is taken; the count is ``foreign_packets``.
+Where a stream's packets may come from (``media.latch``, on by default):
+a stream latches to the source (address and port) of its first valid
+packet -- RTP version 2 with one of the stream's payload types, and with
+SRTP one that authenticates -- and from then on takes packets only from
+there. Everything else is dropped and counted (``refused``, also under
+its older names ``foreign_packets`` and ``source_rejected``).
+
+The SDP's connection address is a hint: a first valid packet from that
+host latches at once. One from another host (a NAT, an SBC that sends
+from another interface) latches only when nothing valid came from the
+SDP's host for ``media.latch_wait`` after it; until then it is dropped.
+With ``media.check_source`` the hint is a rule: only the SDP's host is
+ever taken. A c= of 0.0.0.0, or none, gives no hint.
+
+A legitimate source moves by re-INVITE or UPDATE: an offer naming another
+address or port opens the latch again. With ``media.relatch_after`` (off
+by default), a stream whose latched source has been silent that long
+while another source sends may latch to the newcomer; an attacker who
+can reach the port can use that silence (hold, silence suppression), so
+it is off unless chosen.
+
+``media.strict_source`` is the older name for latch plus check_source.
+``media.latch: false`` takes anyone (the old default; not safe).
 
 An SRTP stream (SDES keys in the offer, see ``siprecd.media.srtp``) has
 its datagrams unprotected between the source check and the receiver; what
@@ -74,40 +91,126 @@ def _normal_host(host):
     return str(address)
 
 
+# RTP payload types 72-76 are RTCP packet types 200-204 (RFC 5761 §4).
+_RTCP_TYPES = frozenset(range(72, 77))
+
+
 class _SourceCheck:
-    """Where a stream's packets may come from.
+    """Where a stream's packets may come from; see the module docstring.
 
-    ``host`` is the host the SDP announced (None: anyone, or see latch).
-    With *latch* (``media.strict_source``) and no host, the (host, port)
-    of the first packet taken is ``latched`` and only it is accepted after.
-    """
+    ``host`` is the SDP's host (None: no hint), ``require_host`` makes it
+    a rule, ``latch`` latches to the first valid source (``latched``,
+    the address tuple as datagrams carry it). *clock* is an IReactorTime;
+    ``payload_types`` the types a valid packet may have."""
 
-    def __init__(self, host=None, latch=False):
+    def __init__(self, clock, host=None, latch=True, require_host=False, wait=1.0,
+                 relatch_after=None, payload_types=()):
+        self.clock = clock
         self.host = host
         self.latch = latch
+        self.require_host = require_host
+        self.wait = wait
+        self.relatch_after = relatch_after
+        self.payload_types = frozenset(payload_types)
         self.latched = None
         self.rejected = 0
+        self.accepted = 0
+        self.latches = 0
+        self._candidate = None      # (address, since): another host, waiting out `wait`
+        self._quiet_since = None    # (time, accepted then): for relatch_after
 
     @property
     def active(self):
-        return self.host is not None or self.latch
+        return self.latch or (self.require_host and self.host is not None)
 
-    def accepts(self, addr):
-        if self.host is not None:
-            return addr[0] == self.host
-        return self.latched is None or tuple(addr[:2]) == self.latched
+    def reopen(self):
+        """The SDP moved the source: latch again from the next valid packet."""
+        self.latched = None
+        self._candidate = None
+        self._quiet_since = None
+
+    def valid(self, data):
+        """Whether *data* (plain RTP) may latch a stream."""
+        if len(data) < 12 or data[0] >> 6 != 2:
+            return False
+        payload_type = data[1] & 0x7F
+        if payload_type in _RTCP_TYPES:
+            return False
+        return not self.payload_types or payload_type in self.payload_types
+
+    def admit(self, data, addr):
+        """Whether the plain packet *data* from *addr* is taken, latching
+        when it should; counted when refused."""
+        latched = self.latched
+        if latched is not None:
+            if addr == latched:
+                self.accepted += 1
+                return True
+            if self.relatch_after is not None and self._may_relatch(data, addr):
+                return True
+            self.rejected += 1
+            return False
+        host = self.host
+        if host is not None and addr[0] != host and self.require_host:
+            self.rejected += 1
+            return False
+        if not self.latch:
+            return True
+        if not self.valid(data):
+            # Never latches; the receiver counts it as malformed or
+            # not ours (and takes nothing from it).
+            return True
+        if host is not None and addr[0] != host:
+            if not self._waited(addr):
+                self.rejected += 1
+                return False
+        self._latch(addr)
+        return True
+
+    def _waited(self, addr):
+        """A valid packet from another host than the SDP's: may it latch?"""
+        now = self.clock.seconds()
+        candidate = self._candidate
+        if candidate is None:
+            self._candidate = (addr, now)
+            return self.wait <= 0
+        return candidate[0] == addr and now - candidate[1] >= self.wait
+
+    def _latch(self, addr):
+        self.latched = addr
+        self.latches += 1
+        self.accepted += 1
+        self._candidate = None
+        self._quiet_since = None
+
+    def _may_relatch(self, data, addr):
+        if not self.valid(data):
+            return False
+        if self.require_host and self.host is not None and addr[0] != self.host:
+            return False
+        now = self.clock.seconds()
+        quiet = self._quiet_since
+        if quiet is None or quiet[1] != self.accepted:
+            self._quiet_since = (now, self.accepted)
+            return False
+        if now - quiet[0] < self.relatch_after:
+            return False
+        log.info("media source moved from {old} to {new} after {seconds:.1f}s of silence "
+                 "(media.relatch_after)", old=_address(self.latched), new=_address(addr),
+                 seconds=now - quiet[0])
+        self._latch(addr)
+        return True
 
     def accepts_rtcp(self, addr):
         """RTCP comes from the RTP source's host (its port is its own)."""
-        host = self.host
-        if host is None and self.latched is not None:
-            host = self.latched[0]
+        host = self.latched[0] if self.latched is not None else None
+        if host is None and self.require_host:
+            host = self.host
         return host is None or addr[0] == host
 
-    def took(self, addr):
-        """A packet from *addr* was accepted: latch it if it is the first."""
-        if self.latch and self.host is None and self.latched is None:
-            self.latched = tuple(addr[:2])
+
+def _address(addr):
+    return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
 class RtpProtocol(DatagramProtocol):
@@ -123,32 +226,47 @@ class RtpProtocol(DatagramProtocol):
 
     def update_source(self):
         """Pick the datagram handler for the current source check and SRTP."""
-        if self.srtp is None and (self.source is None or not self.source.active):
+        source = self.source
+        if self.srtp is None and (source is None or not source.active):
             # No indirection: the reactor calls the receiver itself.
             self.datagramReceived = self.receiver.datagram_received
+        elif self.srtp is None and source.latch and source.relatch_after is None:
+            self.datagramReceived = self._latched_path(source, self.receiver.datagram_received)
         else:
             self.datagramReceived = self._checked
 
+    @staticmethod
+    def _latched_path(source, deliver):
+        # The common case, kept to one comparison and one call per packet:
+        # a plain stream, latched (its sender's address compared as the
+        # tuple the socket layer gives).
+        def latched(data, addr):
+            if addr == source.latched or source.admit(data, addr):
+                deliver(data, addr)
+
+        return latched
+
     def _checked(self, data, addr):
         source = self.source
-        if source is not None and source.active:
-            if not source.accepts(addr):
-                source.rejected += 1
-                return
         srtp = self.srtp
         if srtp is not None:
+            if source is not None and source.latched is not None and addr != source.latched \
+                    and source.relatch_after is None:
+                source.rejected += 1   # not even worth a decryption
+                return
             if looks_like_rtcp(data):  # RTCP multiplexed on the RTP port
-                plain = srtp.unprotect_rtcp(data)
-                if plain is not None:
-                    self.receiver.receive_rtcp(plain, addr)
+                if source is None or source.accepts_rtcp(addr):
+                    plain = srtp.unprotect_rtcp(data)
+                    if plain is not None:
+                        self.receiver.receive_rtcp(plain, addr)
+                else:
+                    source.rejected += 1
                 return
             data = srtp.unprotect(data)
             if data is None:
-                return
-        if source is not None and source.latched is None and len(data) >= 12 \
-                and data[0] >> 6 == 2:  # only what looks like RTP (or authenticated) latches
-            source.took(addr)
-        self.receiver.datagram_received(data, addr)
+                return      # counted by the SRTP context; never latches
+        if source is None or not source.active or source.admit(data, addr):
+            self.receiver.datagram_received(data, addr)
 
 
 class RtcpProtocol(DatagramProtocol):
@@ -190,6 +308,7 @@ class MediaStream:
         self._allocated = allocated
         self._closed = None
         self.remote = (None, None)
+        self._named = None        # the last usable address the SDP named
         self.srtp = None          # SrtpReceiver while the stream is SRTP
         self._srtp_stats = None   # its counters, kept if the stream turns plain
         receiver.on_end = self._receiver_ended
@@ -208,18 +327,23 @@ class MediaStream:
 
     def set_remote(self, host, port=None):
         """Where the SDP says the stream comes from (again on every
-        re-INVITE); with ``media.check_source`` only that host is accepted
-        from then on. *port* is kept for the record only. A host of None or
-        an unspecified address (hold by ``c=0.0.0.0``) accepts anyone, or
-        with ``media.strict_source`` the first source seen from then on."""
-        old_host, old_port = self.remote
-        moved = (_normal_host(host) != _normal_host(old_host)
-                 or (old_port is not None and port != old_port))
+        re-INVITE or UPDATE): the hint for latching (with
+        ``media.check_source``, the only host taken). An offer that names
+        another address, or another port, opens the latch again; the same
+        one (a refresh) keeps it. A host of None or an unspecified address
+        (hold by ``c=0.0.0.0``) is no move: the latch and the last address
+        named stay, so a hold is no opening for anyone else."""
+        old_port = self.remote[1]
+        named = _normal_host(host)
+        moved = ((named is not None and self._named is not None and named != self._named)
+                 or (port is not None and old_port is not None and port != old_port))
         self.remote = (host, port)
+        if named is not None:
+            self._named = named
         if self._source is not None:
-            self._source.host = _normal_host(host)
+            self._source.host = self._named
             if moved:
-                self._source.latched = None
+                self._source.reopen()
             self.rtp_listener.protocol.update_source()
 
     def set_srtp(self, choice):
@@ -245,12 +369,22 @@ class MediaStream:
     def renegotiate(self, codec=None, payload_type=None, dtmf_payload_type=None):
         """A re-INVITE changed the stream's codec or payload types."""
         self.receiver.renegotiate(codec, payload_type, dtmf_payload_type)
+        if self._source is not None:
+            receiver = self.receiver
+            types = {receiver.payload_type, receiver.cn_payload_type}
+            if receiver.dtmf_payload_type is not None:
+                types.add(receiver.dtmf_payload_type)
+            self._source.payload_types = frozenset(types)
 
     def stats(self):
         out = self.receiver.stats()
-        rejected = self._source.rejected if self._source is not None else 0
+        source = self._source
+        rejected = source.rejected if source is not None else 0
+        out["refused"] = rejected
+        # The same count under the names it had before latching was the default.
         out["source_rejected"] = rejected
         out["foreign_packets"] = rejected
+        out["latched"] = _address(source.latched) if source and source.latched else None
         out["srtp"] = self.srtp is not None
         if self.srtp is not None:
             out.update(self.srtp.stats())
@@ -288,8 +422,8 @@ class MediaTransport(service.Service):
     """Opens and serves the RTP streams of one process.
 
     *media* is the ``media`` config section (``siprecd.config.Media``):
-    host, receive_buffer, jitter_window, check_source, strict_source and
-    rtp_timeout are used here. *allocator* (an IMediaPortAllocator) hands out ports when
+    host, receive_buffer, jitter_window, latch, latch_wait, relatch_after,
+    check_source, strict_source and rtp_timeout are used here. *allocator* (an IMediaPortAllocator) hands out ports when
     :meth:`open_stream` is not given one. *tick* is the period of the shared
     timer: PCM comes out at least that often, and the longer it is, the
     larger the batches and the cheaper each packet.
@@ -340,8 +474,7 @@ class MediaTransport(service.Service):
             stream, consumer, self.reactor, codec=codec, payload_type=payload_type,
             dtmf_payload_type=dtmf_payload_type, jitter_window=self.media.jitter_window,
         )
-        strict = getattr(self.media, "strict_source", False)
-        source = _SourceCheck(latch=strict) if self.media.check_source or strict else None
+        source = self._source_check(receiver)
         if port is not None:
             rtp_port, rtcp_port = self._bind_pair(port, receiver, source)
             allocated = False
@@ -368,6 +501,21 @@ class MediaTransport(service.Service):
         self.streams[media_stream] = None
         self.group.add(receiver)
         return media_stream
+
+    def _source_check(self, receiver):
+        media = self.media
+        strict = getattr(media, "strict_source", False)
+        latch = getattr(media, "latch", True) or strict
+        require_host = media.check_source or strict
+        if not latch and not require_host:
+            return None
+        types = {receiver.payload_type, receiver.cn_payload_type}
+        if receiver.dtmf_payload_type is not None:
+            types.add(receiver.dtmf_payload_type)
+        return _SourceCheck(
+            self.reactor, latch=latch, require_host=require_host,
+            wait=getattr(media, "latch_wait", 1.0),
+            relatch_after=getattr(media, "relatch_after", None), payload_types=types)
 
     def _bind_pair(self, port, receiver, source):
         host = self.media.host

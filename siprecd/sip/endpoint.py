@@ -6,7 +6,10 @@ top Via with ``received``/``rport`` (RFC 3261 §18.2.1, RFC 3581), and sends
 responses back the way RFC 3261 §18.2.2 says: on the connection the request
 came in on while it is open, else to ``received``:``rport`` or the sent-by
 address. Malformed input gets a 400 when a response can be formed and is
-otherwise dropped and logged; no exception escapes to the reactor.
+otherwise dropped and logged; no exception escapes to the reactor. A
+request whose handling ran out of descriptors or buffers (EMFILE,
+ENFILE...) is answered 503 with Retry-After, never 500, and logged once
+per burst.
 
 The transaction user (``ua``, bound with :meth:`SipEndpoint.bind`)
 provides :class:`ITransactionUser`: ``admit`` asked before a new request
@@ -23,6 +26,8 @@ from twisted.logger import Logger
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
+from siprecd.resources import is_exhaustion
+from siprecd.sip.limits import BurstLog
 from siprecd.sip.message import (
     KeepAlive,
     SipParseError,
@@ -44,6 +49,8 @@ from siprecd.sip.transaction import (
 __all__ = ["Source", "SipEndpoint", "DEFAULT_PORTS"]
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+# Seconds an SBC is asked to wait when the process is out of descriptors.
+EXHAUSTED_RETRY_AFTER = 10
 
 
 @attrs.frozen
@@ -108,7 +115,9 @@ class SipEndpoint:
         # (Call-ID, CSeq number) of INVITEs answered 2xx and not yet ACKed:
         # the ACK for a 2xx has a branch of its own, so it is matched here.
         self._accepted = {}
-        self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0}
+        self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0,
+                         "exhausted": 0}
+        self._exhausted = BurstLog(clock, self.log, "out of file descriptors or buffers")
 
     def bind(self, ua):
         """Hand requests to *ua* (an ITransactionUser) from now on."""
@@ -149,7 +158,10 @@ class SipEndpoint:
             # was malformed: the request is bad, not the server.
             self._malformed(SipParseError(e.reason, request=getattr(message, "method", None)
                                           and message), source)
-        except Exception:
+        except Exception as e:
+            if is_exhaustion(e):
+                self._out_of_resources(message, source, e)
+                return
             self.counters["errors"] += 1
             self.log.failure(
                 "error handling a SIP message from {address}",
@@ -160,6 +172,22 @@ class SipEndpoint:
                     self._send_response(make_response(message, 500), source)
                 except Exception:
                     self.log.failure("could not send 500")
+
+    def _out_of_resources(self, message, source, error):
+        self.counters["exhausted"] += 1
+        self._exhausted.refused(source.host, str(error))
+        if not hasattr(message, "method") or message.method == "ACK":
+            return
+        response = make_response(message, 503, "Out of Resources", headers=[
+            ("Retry-After", str(EXHAUSTED_RETRY_AFTER))])
+        txn = self.server_txns.get(server_key(message))
+        try:
+            if txn is not None and txn.state in ("trying", "proceeding"):
+                txn.respond(response)
+            elif txn is None:
+                self._send_response(response, source)
+        except Exception:
+            self.log.info("could not answer 503 for want of resources; dropped")
 
     def _malformed(self, error, source):
         self.counters["malformed"] += 1

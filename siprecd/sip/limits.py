@@ -21,6 +21,13 @@ Refusals are counted (``counters``, for metrics and ``stats()``) and
 logged once per burst: the first refusal at once, then one summary when
 refusals have stopped for ``quiet`` seconds. Time comes from the injected
 clock.
+
+:class:`ConnectionLimits` does the same one level down, for SIP over TCP
+and TLS: how many connections one source address may hold
+(``sip.connections.per_source``, trusted sources exempt) and how many the
+process holds in all (``sip.connections.max``, kept below the file
+limit). A connection over a limit is closed as soon as it is accepted,
+before anything is read from it.
 """
 
 import collections
@@ -31,7 +38,7 @@ from twisted.logger import Logger
 from siprecd.ratelimit import RateLimiter
 from siprecd.sip.message import make_response, new_tag
 
-__all__ = ["Admission", "BurstLog", "SourceRateLimiter"]
+__all__ = ["Admission", "BurstLog", "ConnectionLimits", "SourceRateLimiter", "TrustedSources"]
 
 # Seconds a well-behaved SBC is asked to wait when the node is full.
 FULL_RETRY_AFTER = 30
@@ -51,14 +58,45 @@ class SourceRateLimiter(RateLimiter):
                 del self._buckets[key]
 
 
-class BurstLog:
-    """One warning when refusals start, one summary when they stop."""
+class TrustedSources:
+    """``sip.trusted_sources``: addresses and CIDR networks (the SBCs) that
+    no per-source limit applies to. ``host in trusted`` answers."""
 
-    def __init__(self, clock, log, what, quiet=10.0):
+    def __init__(self, networks=()):
+        self.networks = tuple(ipaddress.ip_network(t, strict=False) for t in networks)
+        self._cache = {}
+
+    def __contains__(self, host):
+        if not self.networks:
+            return False
+        found = self._cache.get(host)
+        if found is None:
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+                found = any(address in net for net in self.networks)
+            except ValueError:
+                found = False
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[host] = found
+        return found
+
+
+class BurstLog:
+    """One warning when refusals start, one summary when they stop.
+
+    *what* names the limit; *subject* what is refused (new SIP requests,
+    SIP connections...), for the two lines."""
+
+    def __init__(self, clock, log, what, quiet=10.0, subject="new SIP requests",
+                 answer=" with 503", kind="overload"):
+        self.kind = kind
         self.clock = clock
         self.log = log
         self.what = what
         self.quiet = quiet
+        self.subject = subject
+        self.answer = answer
         self._count = 0
         self._started = self._last = None
         self._sources = collections.Counter()
@@ -73,9 +111,10 @@ class BurstLog:
         if self._count == 0:
             self._started = now
             self.log.warn(
-                "overload: refusing new SIP requests with 503 ({what}{detail}); more "
+                self.kind + ": refusing {subject}{answer} ({what}{detail}); more "
                 "refusals are counted and summed up when they stop",
-                what=self.what, detail=f": {detail}" if detail else "", source=source,
+                subject=self.subject, answer=self.answer, what=self.what,
+                detail=f": {detail}" if detail else "", source=source,
             )
             self._timer = self.clock.callLater(self.quiet, self._check)
         self._count += 1
@@ -100,9 +139,10 @@ class BurstLog:
             return
         top = ", ".join(f"{s} ({n})" for s, n in self._sources.most_common(3))
         self.log.warn(
-            "overload over: {count} new SIP requests refused with 503 ({what}) in "
+            self.kind + " over: {count} {subject} refused{answer} ({what}) in "
             "{seconds:.1f}s{sources}",
-            count=self._count, what=self.what, seconds=self._last - self._started,
+            count=self._count, subject=self.subject, answer=self.answer, what=self.what,
+            seconds=self._last - self._started,
             sources=f" from {len(self._sources)} source(s): {top}" if top else "",
         )
         self._count = 0
@@ -121,8 +161,7 @@ class Admission:
         self.max_streams = max_streams
         self.limiter = (SourceRateLimiter(clock, rate, burst, max_keys=_MAX_SOURCES)
                         if rate is not None else None)
-        self.trusted = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
-        self._trusted_cache = {}
+        self.trusted = TrustedSources(trusted)
         self.counters = collections.Counter(rate_limited=0, max_calls=0, max_streams=0)
         self._logs = {
             "rate_limited": BurstLog(clock, self.log, "sip.rate_limit per source", quiet),
@@ -138,19 +177,7 @@ class Admission:
                    burst=limit.burst if limit else None, trusted=config.sip.trusted_sources)
 
     def is_trusted(self, host):
-        if not self.trusted:
-            return False
-        found = self._trusted_cache.get(host)
-        if found is None:
-            try:
-                address = ipaddress.ip_address(host.strip("[]"))
-                found = any(address in net for net in self.trusted)
-            except ValueError:
-                found = False
-            if len(self._trusted_cache) > 10_000:
-                self._trusted_cache.clear()
-            self._trusted_cache[host] = found
-        return found
+        return host in self.trusted
 
     def check(self, request, host, calls, streams):
         """A 503 for a new INVITE/OPTIONS from *host* that must be refused,
@@ -187,5 +214,69 @@ class Admission:
 
     def flush(self):
         """Log the summaries of bursts in progress (at shutdown)."""
+        for burst in self._logs.values():
+            burst.flush()
+
+
+class ConnectionLimits:
+    """Which new SIP stream connections (TCP, TLS) are taken; see the
+    module docstring.
+
+    *max_connections* caps every connection of the process; connections
+    from untrusted sources are refused already at *max_connections* less
+    a tenth (at least one), so that the SBCs (*trusted*) still get in while
+    a flood holds the rest. *per_source* caps the connections of one
+    untrusted address (None: no cap)."""
+
+    log = Logger()
+
+    def __init__(self, clock, *, max_connections, per_source=None, trusted=(), quiet=10.0):
+        self.clock = clock
+        self.max_connections = max_connections
+        self.per_source = per_source
+        self.untrusted_max = max(1, max_connections - max(1, max_connections // 10))
+        self.trusted = trusted if isinstance(trusted, TrustedSources) else TrustedSources(trusted)
+        self.open = 0
+        self._by_source = collections.Counter()
+        self.counters = collections.Counter(
+            connections_refused_per_source=0, connections_refused_total=0,
+            message_timeouts=0, idle_timeouts=0)
+        self._logs = {
+            "per_source": BurstLog(clock, self.log, f"sip.connections.per_source {per_source}",
+                                   quiet, subject="SIP connections", answer=""),
+            "total": BurstLog(clock, self.log, f"sip.connections.max {max_connections}", quiet,
+                              subject="SIP connections", answer=""),
+        }
+
+    def admit(self, host):
+        """True when a connection from *host* may be kept (it is then
+        counted until :meth:`closed`); False when it must be closed."""
+        trusted = host in self.trusted
+        if self.open >= (self.max_connections if trusted else self.untrusted_max):
+            self.counters["connections_refused_total"] += 1
+            self._logs["total"].refused(host, f"{self.open} open")
+            return False
+        if (not trusted and self.per_source is not None
+                and self._by_source[host] >= self.per_source):
+            self.counters["connections_refused_per_source"] += 1
+            self._logs["per_source"].refused(host)
+            return False
+        self.open += 1
+        self._by_source[host] += 1
+        return True
+
+    def closed(self, host):
+        """A connection :meth:`admit` took is closed."""
+        self.open -= 1
+        left = self._by_source[host] - 1
+        if left > 0:
+            self._by_source[host] = left
+        else:
+            del self._by_source[host]
+
+    def by_source(self, host):
+        return self._by_source.get(host, 0)
+
+    def flush(self):
         for burst in self._logs.values():
             burst.flush()

@@ -970,6 +970,11 @@ class StreamParser:
         self._scan_from = 0
         self._pending = None  # (head, body start, message end) awaiting its body
 
+    @property
+    def buffered(self):
+        """Bytes of a message not yet complete (0 between messages)."""
+        return len(self._buffer)
+
     def feed(self, data):
         if self.broken:
             return []

@@ -8,6 +8,7 @@ it refuses new calls (503) and, when the grace period is over, hangs up
 the calls still running with a BYE of its own.
 """
 
+import collections
 import socket
 
 from twisted.application import service
@@ -16,10 +17,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from siprecd.clock import monotonic_for
-from siprecd.interfaces import IDrainable, PortsExhausted
+from siprecd.interfaces import IDrainable, PortsExhausted, StorageError
+from siprecd.resources import is_exhaustion
 from siprecd.sip.dialog import Dialog, OutOfOrder
 from siprecd.sip.endpoint import DEFAULT_PORTS, ITransactionUser, Source
-from siprecd.sip.limits import Admission
+from siprecd.sip.limits import Admission, BurstLog
 from siprecd.sip.message import make_response, new_tag, parse_uri
 from siprecd.siprec import guid as guidmod
 from siprecd.siprec.metadata import MetadataError, parse_metadata
@@ -66,8 +68,15 @@ class RecordingServer:
         self.draining = False
         self._drained = []
         self._timers = {}        # dialog id -> {name: DelayedCall}
+        # Stream connections -> calls (pending or up) that came on them:
+        # a connection a dialog uses is never closed for being idle.
+        self._connections = collections.Counter()
         # Per-source rate, max_calls, max_streams (siprecd.sip.limits).
         self.admission = Admission.from_config(config, clock)
+        # Calls refused because storage or resources failed them: logged
+        # once when it starts and summed up when it stops.
+        self._cannot_record = BurstLog(clock, self.log, "the call could not be taken",
+                                       subject="new calls", kind="cannot record")
         endpoint.bind(self)
 
     # -- addresses ------------------------------------------------------------
@@ -122,6 +131,20 @@ class RecordingServer:
         calls = len(self.calls) + len(self.pending)
         streams = self._streams_in_progress() if request.method == "INVITE" else 0
         return self.admission.check(request, source.host, calls, streams)
+
+    def connection_in_use(self, connection):
+        """Whether a call (offered or up) came on the stream *connection*."""
+        return self._connections.get(connection, 0) > 0
+
+    def _use_connection(self, session, delta):
+        connection = getattr(getattr(session, "source", None), "connection", None)
+        if connection is None:
+            return
+        count = self._connections[connection] + delta
+        if count > 0:
+            self._connections[connection] = count
+        else:
+            self._connections.pop(connection, None)
 
     def _streams_in_progress(self):
         return (sum(len(s.streams) for s in self.calls.values())
@@ -196,8 +219,9 @@ class RecordingServer:
         except NotAcceptable as e:
             txn.respond(_not_acceptable(request, e))
             return
-        except PortsExhausted:
-            self.log.warn("no free RTP port; refusing call {call_id}", call_id=request.call_id)
+        except PortsExhausted as e:
+            self._cannot_record.refused(source.host, _phrase(e))
+            self.log.info("no free RTP port; refusing call {call_id}", call_id=request.call_id)
             txn.respond(self._unavailable(request, "Media Ports Exhausted"))
             return
         session.dialog = dialog
@@ -205,6 +229,7 @@ class RecordingServer:
         session.timer = timer
         session.source = source
         self.pending[txn.key] = session
+        self._use_connection(session, 1)
         self.log.info(
             "recording session offered: guid {guid} from {address} ({n} stream(s))",
             guid=chosen.value, call_id=request.call_id, address=f"{source.host}:{source.port}",
@@ -244,7 +269,14 @@ class RecordingServer:
 
     def _refuse(self, request, txn, session, failure):
         self.pending.pop(txn.key, None)
-        self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
+        if failure.check(StorageError, PortsExhausted) or is_exhaustion(failure.value):
+            # Expected under an outage or overload, and answered 503: one
+            # warning per burst (storage logs its outage itself), no traceback.
+            self._cannot_record.refused(session.source.host, _phrase(failure.value))
+            self.log.info("refusing call {call_id} with 503: {error}",
+                          call_id=request.call_id, error=_phrase(failure.value))
+        else:
+            self.log.failure("could not take call {call_id}", failure, call_id=request.call_id)
         if txn.state == "proceeding":
             txn.respond(self._unavailable(request, "Cannot Record"))
         # Listeners that did take the call get to forget it again.
@@ -511,6 +543,7 @@ class RecordingServer:
             return
         session.state = "ended"
         session.ended_reason = reason
+        self._use_connection(session, -1)
         if session.dialog is not None:
             self.calls.pop(session.dialog.id, None)
             self._cancel_timers(session)
@@ -572,6 +605,7 @@ class RecordingService(service.Service):
     def stopService(self):
         service.Service.stopService(self)
         self.server.admission.flush()
+        self.server._cannot_record.flush()
         if not self.server.calls:
             return None
         d = self.server.hang_up_all("shutdown")

@@ -10,7 +10,7 @@ import attrs
 
 __all__ = [
     "App", "Call", "Leg", "Stream", "Message", "OutboxItem", "PurgeResult",
-    "AuditEntry", "NodeInfo", "ExportRun",
+    "AuditEntry", "NodeInfo", "ExportRun", "DialogRecord",
     "ACTIVE", "ENDED", "PENDING", "IN_FLIGHT", "DELIVERED", "DEAD",
 ]
 
@@ -161,6 +161,39 @@ class NodeInfo:
     address: str | None
     started_ms: int
     heartbeat_ms: int
+
+
+@attrs.frozen
+class DialogRecord:
+    """The SIP dialog of a recording session in progress, as kept for a BYE
+    sent after the node that had it restarted or was lost (RFC 3261 §12:
+    what a request in the dialog needs, and where it goes).
+
+    ``local_uri`` is our To header as answered (name-addr, our tag),
+    ``remote_uri`` the SRC's From; ``source`` and ``local_address`` are
+    ``host:port`` of the SRC's end and of the listener it reached."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str              # "" when the SRC sent no From tag
+    node: str
+    guid: str | None
+    transport: str               # "UDP", "TCP" or "TLS"
+    local_uri: str
+    remote_uri: str
+    remote_target: str
+    route_set: list
+    local_seq: int
+    remote_seq: int
+    source: str
+    local_address: str
+    secure: bool = False
+    created_ms: int | None = None
+    updated_ms: int | None = None
+
+    @property
+    def key(self):
+        return (self.call_id, self.local_tag, self.remote_tag)
 
 
 @attrs.frozen

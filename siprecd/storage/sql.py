@@ -23,10 +23,12 @@ from zope.interface import implementer
 
 from siprecd.crypto import DecryptError, Keyring
 from siprecd.interfaces import IStorage, RecordNotFound, StorageError, StorageUnavailable
+from siprecd.outage import OutageLog
 from siprecd.storage import migrate
 from siprecd.storage.records import (
     ACTIVE, DEAD, DELIVERED, ENDED, IN_FLIGHT, PENDING,
-    App, AuditEntry, Call, ExportRun, Leg, Message, NodeInfo, OutboxItem, PurgeResult, Stream,
+    App, AuditEntry, Call, DialogRecord, ExportRun, Leg, Message, NodeInfo, OutboxItem,
+    PurgeResult, Stream,
 )
 from siprecd.storage.secret_hash import check_secret, dummy_hash, hash_secret
 
@@ -94,6 +96,7 @@ class SqlStorage:
         self._in_flight = set()
         self._closed = False
         self._verified = {}
+        self.outage = OutageLog(reactor, self.log, f"{self.name} storage")
         # siprecd.crypto.Keyring when storage.encryption has a key: then
         # messages.unredacted_text, and the tokens of messages that keep
         # unredacted text, are stored encrypted (see _seal/_unseal).
@@ -154,19 +157,20 @@ class SqlStorage:
         claim_due took twice are claimable again when their lease ends."""
         for delay in (*self.retry_delays, None):
             try:
-                return await pool.runInteraction(fn, *args)
+                result = await pool.runInteraction(fn, *args)
             except Exception as e:
                 error = self._error(e)
+                if isinstance(error, StorageUnavailable):
+                    # Logged once per outage, with a periodic summary.
+                    self.outage.failed(str(error), retry_in=None if self._closed else delay)
                 if isinstance(error, StorageUnavailable) and delay is not None and not self._closed:
-                    self.log.warn(
-                        "{backend} storage: {error}; retrying in {delay}s",
-                        backend=self.name, error=str(error), delay=delay,
-                    )
                     await task.deferLater(self.reactor, delay, lambda: None)
                     continue
                 if error is e:
                     raise
                 raise error from e
+            self.outage.succeeded()
+            return result
 
     def _off_reactor(self, fn, *args):
         return threads.deferToThreadPool(self.reactor, self._reader.threadpool, fn, *args)
@@ -199,6 +203,7 @@ class SqlStorage:
         while self._in_flight:
             await self.drain()
         self._closed = True
+        self.outage.stop()
         await self._close_pools()
 
     async def _close_pools(self):
@@ -394,6 +399,65 @@ class SqlStorage:
         rows = tx.rows("SELECT * FROM calls WHERE state = ? ORDER BY started_ms, guid LIMIT ?",
                        (ACTIVE, limit))
         return [self._call(row) for row in rows]
+
+    # Dialogs ----------------------------------------------------------------
+
+    def _dialog(self, row):
+        return DialogRecord(
+            call_id=row["call_id"], local_tag=row["local_tag"], remote_tag=row["remote_tag"],
+            node=row["node"], guid=row["guid"], transport=row["transport"],
+            local_uri=row["local_uri"], remote_uri=row["remote_uri"],
+            remote_target=row["remote_target"],
+            route_set=list(self.dialect.unjson(row["route_set"]) or []),
+            local_seq=row["local_seq"], remote_seq=row["remote_seq"], source=row["source"],
+            local_address=row["local_address"], secure=bool(row["secure"]),
+            created_ms=row["created_ms"], updated_ms=row["updated_ms"])
+
+    def save_dialog(self, dialog, now=None):
+        return self._write(self._tx_save_dialog, dialog, self._now(now))
+
+    def _tx_save_dialog(self, tx, d, now):
+        tx.execute(
+            "INSERT INTO dialogs (call_id, local_tag, remote_tag, node, guid, transport,"
+            " local_uri, remote_uri, remote_target, route_set, local_seq, remote_seq, source,"
+            " local_address, secure, created_ms, updated_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (call_id, local_tag, remote_tag) DO UPDATE SET node = excluded.node,"
+            " guid = excluded.guid, transport = excluded.transport,"
+            " remote_target = excluded.remote_target, route_set = excluded.route_set,"
+            " local_seq = excluded.local_seq, remote_seq = excluded.remote_seq,"
+            " source = excluded.source, local_address = excluded.local_address,"
+            " updated_ms = excluded.updated_ms",
+            (d.call_id, d.local_tag, d.remote_tag or "", d.node, d.guid, d.transport,
+             d.local_uri, d.remote_uri, d.remote_target, self.dialect.json(list(d.route_set)),
+             d.local_seq, d.remote_seq, d.source, d.local_address, bool(d.secure),
+             d.created_ms if d.created_ms is not None else now, now),
+        )
+
+    def forget_dialog(self, call_id, local_tag, remote_tag):
+        return self._write(self._tx_forget_dialog, call_id, local_tag, remote_tag or "")
+
+    def _tx_forget_dialog(self, tx, call_id, local_tag, remote_tag):
+        return tx.execute(
+            "DELETE FROM dialogs WHERE call_id = ? AND local_tag = ? AND remote_tag = ?",
+            (call_id, local_tag, remote_tag)) > 0
+
+    def take_dialogs_of_node(self, node, before_ms=None):
+        return self._write(self._tx_take_dialogs, node, before_ms)
+
+    def _tx_take_dialogs(self, tx, node, before_ms):
+        if before_ms is None:
+            rows = tx.rows("DELETE FROM dialogs WHERE node = ? RETURNING *", (node,))
+        else:
+            rows = tx.rows("DELETE FROM dialogs WHERE node = ? AND created_ms < ? RETURNING *",
+                           (node, int(before_ms)))
+        return sorted((self._dialog(r) for r in rows), key=lambda d: (d.created_ms, d.key))
+
+    def ping(self):
+        return self._read(self._tx_ping)
+
+    def _tx_ping(self, tx):
+        tx.row("SELECT 1 AS one")
 
     # Legs and streams -------------------------------------------------------
 

@@ -277,10 +277,10 @@ class CallControl:
             # A configured language whose model is missing or still loading.
             _close_all(recognizers)
             raise AsrUnavailable(str(e)) from None
-        except Exception as e:
+        except Exception:
             _close_all(recognizers)
             self.log.failure("making recognisers for guid {guid}", guid=call.guid)
-            raise AsrUnavailable(f"speech recognition is unavailable: {e}") from None
+            raise AsrUnavailable("speech recognition is unavailable; try again") from None
         try:
             await self._leg_streams(call, params, roles)
         except Exception as e:
@@ -288,7 +288,7 @@ class CallControl:
             if isinstance(e, StorageError):
                 self.log.error("cannot store the leg of guid {guid}: {error}", guid=call.guid,
                                error=str(e))
-                raise AsrUnavailable(f"cannot store the transcription: {e}") from None
+                raise AsrUnavailable("cannot store the transcription now; try again") from None
             raise
         if call.phase != "active":
             _close_all(recognizers)
@@ -394,8 +394,11 @@ class CallControl:
 
         def failed(failure):
             self._forget(call)
-            self.log.error("cannot store call {guid}; refusing it: {error}", guid=call.guid,
-                           call_id=call.call_id, error=failure.getErrorMessage())
+            # An outage is logged by storage, and the refusal by the SIP
+            # layer; an error of any other kind is worth its own line.
+            level = self.log.info if failure.check(StorageError) else self.log.error
+            level("cannot store call {guid}; refusing it: {error}", guid=call.guid,
+                  call_id=call.call_id, error=failure.getErrorMessage())
             return failure
 
         d.addCallbacks(stored, failed)
