@@ -64,6 +64,28 @@ AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
 PUBLIC_WHEN_ASKED = "public when asked"
 
 
+# What start and stop answer beside autotranscribeResponse (ours): every
+# stream of every session of the guid, and for a start the leg and the
+# settings in force.
+EXTRA_ANSWER_KEYS = ("streams", "settings", "legId")
+
+
+def _start_stop_body(result):
+    """The vendor API's answer from a controller's result ({role: ...}
+    and the extra keys), the extras beside ``autotranscribeResponse``."""
+    result = dict(result)
+    extras = {key: result.pop(key) for key in EXTRA_ANSWER_KEYS if key in result}
+    return {"isOk": True, "autotranscribeResponse": result, **extras}
+
+
+def _stream_ids(result):
+    """{role: streamId} of the roles' main streams, and every streamId (audit)."""
+    out = {role: v["streamId"] for role, v in result.items()
+           if isinstance(v, dict) and "streamId" in v}
+    out["all"] = [s["streamId"] for s in result.get("streams", ()) if "streamId" in s]
+    return out
+
+
 _app = Klein()
 
 
@@ -245,17 +267,16 @@ class ControlApi:
         result = await self.calls.start(app, start)
         await self._audit("transcription.started", app, start.guid, {
             "customerId": start.customer_id, "agentId": start.agent_id,
-            "streams": {role: v["streamId"]
-                        for role, v in result["autotranscribeResponse"].items()}})
-        return {"isOk": True, **result}
+            "streams": _stream_ids(result)})
+        return _start_stop_body(result)
 
     @route("/mg-autotranscribe/v1/stop-streaming", ["POST"])
     async def stop_streaming(self, request, app):
         guid = stop_guid(_json_body(request))
         result = await self.calls.stop(app, guid)
         await self._audit("transcription.stopped", app, guid, {
-            "streams": {role: v["streamId"] for role, v in result.items()}})
-        return {"isOk": True, "autotranscribeResponse": result}
+            "streams": _stream_ids(result)})
+        return _start_stop_body(result)
 
     async def _audit(self, action, app, guid, detail):
         self.log.info("audit: {action} guid={guid} by app {app_id}", action=action, guid=guid,
@@ -406,7 +427,7 @@ class ControlApi:
         body = payload.get("request")
         start = StartRequest.from_json(body if isinstance(body, dict) else {})
         result = await self.local_calls.start(app, start)
-        return {"isOk": True, **result}
+        return _start_stop_body(result)
 
     @route("/internal/v1/stop-streaming", ["POST"], authenticate=False)
     async def internal_stop(self, request, app):
@@ -418,7 +439,7 @@ class ControlApi:
         body = payload.get("request")
         guid = stop_guid(body if isinstance(body, dict) else {})
         result = await self.local_calls.stop(app, guid)
-        return {"isOk": True, "autotranscribeResponse": result}
+        return _start_stop_body(result)
 
     @route("/internal/v1/drain", ["POST"], authenticate=False)
     async def internal_drain(self, request, app):

@@ -80,7 +80,7 @@ def _calls(args):
             for p in call["participants"]:
                 name = f" ({p['name']})" if p["name"] else ""
                 print(f"    participant {', '.join(p['aors']) or p['id']}{name} "
-                      f"sends {', '.join(p['sends']) or 'nothing'}")
+                      f"sends {', '.join(p['sendsLabels']) or 'nothing'}")
             for session in call["sessions"]:
                 for s in session["streams"]:
                     print(f"    stream {s['label'] or '-'} (m-line {s['audioIndex']}) "

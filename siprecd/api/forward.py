@@ -91,8 +91,7 @@ class ForwardingCalls:
         owner = await self._owner(guid)
         if owner is None:
             return await self.local.stop(app, guid)
-        answer = await self._forward(owner, "stop", app, {"namespace": "siprec", "guid": guid})
-        return answer.get("autotranscribeResponse", {})
+        return await self._forward(owner, "stop", app, {"namespace": "siprec", "guid": guid})
 
     async def _owner(self, guid):
         """The API URL of the live node that owns *guid*, or None to answer
@@ -124,8 +123,12 @@ class ForwardingCalls:
                 "the node that has this call cannot be reached; try again",
                 headers={"Retry-After": 2}) from None
         if response.code == 200 and isinstance(answer, dict):
-            # The owner's answer as it is, less isOk (the entry node adds it).
-            return {k: v for k, v in answer.items() if k != "isOk"}
+            # The owner's answer as a controller's result: {role: ...} and
+            # the extra keys (streams, settings, legId) beside them.
+            result = dict(answer.get("autotranscribeResponse", {}))
+            result.update({key: answer[key] for key in ("streams", "settings", "legId")
+                           if key in answer})
+            return result
         error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
         raise ForwardedError(response.code, error.get("code"),
                              error.get("message", "the owner node refused the request"))

@@ -1,27 +1,51 @@
 """How conversations and calls in progress are shown, by the API and the CLI.
 
 Pure functions of what storage and the transcription service hold; one
-place, so ``GET /conversation/v1/calls`` and ``siprecd calls`` agree.
+place, so GET conversations, ``GET /conversation/v1/calls`` and
+``siprecd calls`` agree.
 """
 
 from siprecd.messages import iso_ms
 
-__all__ = ["conversation_view", "call_in_progress", "participants_view", "identifiers_view"]
+__all__ = ["conversation_view", "call_in_progress", "participant_view", "identifiers_view"]
 
 
 def identifiers_view(call):
     """Every candidate call identifier seen (source and value)."""
-    return [{"source": i.get("source"), "value": i.get("value")} for i in call.identifiers or ()]
+    return [{"source": i.get("source"), "value": i.get("value")}
+            for i in (call.identifiers or ())]
 
 
-def participants_view(call):
-    """The metadata's participants: AORs, name, the streams (labels) they send."""
-    return [{"id": p.get("id"), "aors": list(p.get("aors") or ()), "name": p.get("name"),
-             "sends": list(p.get("labels") or ())} for p in call.participants or ()]
+def participant_view(p):
+    """A participant the recording metadata named: AORs, name, the labels
+    of the streams it sends, its session, whether it left."""
+    return {"id": p.get("id"), "aors": list(p.get("aors") or ()), "name": p.get("name"),
+            "sendsLabels": list(p.get("labels") or ()), "callId": p.get("callId"),
+            "left": bool(p.get("left", False))}
+
+
+def _sessions(sip):
+    sessions = sip.get("sessions")
+    if sessions is None and sip.get("callId"):
+        sessions = [sip]        # stored before sessions were listed
+    return sessions or []
+
+
+def _stored_session_view(s):
+    return {"callId": s.get("callId"), "transport": s.get("transport"),
+            "sessionId": s.get("sessionId"), "metadataDialect": s.get("metadataDialect"),
+            "delayedOffer": bool(s.get("delayedOffer", False)), "mixed": s.get("mixed"),
+            "streams": [{"label": st.get("label"), "audioIndex": st.get("audioIndex"),
+                         "codec": st.get("codec"), "seat": st.get("seat"),
+                         "participant": st.get("participant")}
+                        for st in s.get("streams") or ()]}
 
 
 def conversation_view(call, legs):
-    """A Conversation object of the API."""
+    """A Conversation object of the API: the vendor API's fields, then what
+    siprecd parsed of the call (additive): every SIPREC session of the guid
+    with its streams, the participants with their AOR, name and the streams
+    they send, every candidate identifier, and whether it was recorded mixed."""
     agents = list(dict.fromkeys(leg.agent_id for leg in legs if leg.agent_id))
     customer = next((leg.customer_id for leg in reversed(legs) if leg.customer_id), None)
     return {
@@ -35,22 +59,23 @@ def conversation_view(call, legs):
         "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
                   "agentId": leg.agent_id, "startTimestamp": iso_ms(leg.started_ms),
                   "endTimestamp": iso_ms(leg.ended_ms)} for leg in legs],
-        "identifiers": identifiers_view(call),
-        "participants": participants_view(call),
         "mixed": bool(call.mixed),
+        "identifiers": identifiers_view(call),
+        "participants": [participant_view(p) for p in (call.participants or ())],
+        "sessions": [_stored_session_view(s) for s in _sessions(call.sip or {})],
     }
 
 
-def _stored_sessions(call):
+def _stored_sessions_in_progress(call):
     """The SIP side of a call as stored (for a call on another node)."""
-    sip = call.sip or {}
-    return [{"callId": sip.get("callId"), "transport": sip.get("transport"), "phase": None,
-             "startTimestamp": iso_ms(call.started_ms),
-             "streams": [{"label": s.get("label"), "audioIndex": s.get("audioIndex"),
-                          "codec": s.get("codec"), "onHold": None, "role": None,
-                          "streamId": None, "transcription": None, "participant": None}
-                         for s in sip.get("streams") or ()],
-             "transcription": None}]
+    return [{"callId": s.get("callId"), "transport": s.get("transport"), "phase": None,
+             "startTimestamp": None,
+             "streams": [{"label": st.get("label"), "audioIndex": st.get("audioIndex"),
+                          "codec": st.get("codec"), "onHold": None, "role": None,
+                          "streamId": None, "transcription": None,
+                          "participant": st.get("participant")}
+                         for st in s.get("streams") or ()],
+             "transcription": None} for s in _sessions(call.sip or {})]
 
 
 def call_in_progress(call, legs, live):
@@ -59,14 +84,14 @@ def call_in_progress(call, legs, live):
     what storage says, without transcription state)."""
     sessions = [dict({k: v for k, v in s.items() if k != "startTimestampMs"},
                      startTimestamp=iso_ms(s["startTimestampMs"])) for s in live] \
-        if live else _stored_sessions(call)
+        if live else _stored_sessions_in_progress(call)
     return {
         "externalId": call.guid,
         "conversationId": call.conversation_id,
         "node": call.node,
         "startTimestamp": iso_ms(call.started_ms),
         "identifiers": identifiers_view(call),
-        "participants": participants_view(call),
+        "participants": [participant_view(p) for p in (call.participants or ())],
         "mixed": bool(call.mixed),
         "sessions": sessions,
         "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
