@@ -187,7 +187,7 @@ async def test_the_offer_is_answered_only_once_the_call_is_stored(storage):
     held.held[0].callback(None)
     await d
     assert (await storage.get_call_by_guid(GUID)) is not None
-    assert set(await started) == {"customer", "agent", "streams"}
+    assert set(await started) == {"customer", "agent", "streams", "settings", "legId"}
 
 
 @pytest_twisted.ensureDeferred
@@ -357,7 +357,7 @@ async def test_a_mixed_call_is_one_stream_in_the_configured_role(storage, mixed_
     session = await offered(service, streams=1)
     line = Line(service, session, 0)
     result = await start(service, media_line_order="AGENT_FIRST")
-    assert list(result) == [mixed_role, "streams"]
+    assert list(result) == [mixed_role, "streams", "settings", "legId"]
     line.play(np.concatenate([tone(0.3), silence(1.0)]))
     await service.stop(GUID)
     (m,) = await messages(storage)
