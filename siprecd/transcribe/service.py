@@ -25,6 +25,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
+from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.partials import PartialWriter
 from siprecd.transcribe.utterances import UtteranceWriter
@@ -48,7 +49,9 @@ class TranscriptionService(service.Service):
     recogniser call, *on_partial(LivePartial)* every interim result (at
     most one per *partial_interval* seconds of audio per stream, while
     *partials_wanted(guid, app_id, webhook_target)* says someone wants
-    them), *on_call_event(CallEvent)* what happens to calls.
+    them), *on_call_event(CallEvent)* what happens to calls. *auto_start*
+    (an AutoStart, or None) starts transcription of each session when it
+    is answered.
     """
 
     name = "transcription"
@@ -59,7 +62,8 @@ class TranscriptionService(service.Service):
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
-                 on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None):
+                 on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None,
+                 auto_start=None, stop_wait=5.0):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if extra_role not in ROLES:
@@ -91,8 +95,8 @@ class TranscriptionService(service.Service):
             partials=self.partials)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting,
-            on_call_event=on_call_event)
+            recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
+            stop_wait=stop_wait, on_call_event=on_call_event)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -102,10 +106,11 @@ class TranscriptionService(service.Service):
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
         options.setdefault("partial_interval", config.live.partial_interval)
+        options.setdefault("auto_start", AutoStart.from_config(config, storage))
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
-                   format_numbers=config.asr.format_numbers,
+                   format_numbers=config.asr.format_numbers, stop_wait=config.asr.stop_wait,
                    mixed_role=config.media.mixed_role,
                    extra_role=config.media.extra_stream_role,
                    max_rate=config.asr.sample_rate, **options)
@@ -146,6 +151,10 @@ class TranscriptionService(service.Service):
 
     def is_streaming(self, guid):
         return self.control.is_streaming(guid)
+
+    def live(self, guid):
+        """This node's sessions of *guid* now; see :meth:`CallControl.live`."""
+        return self.control.live(guid)
 
     def backlog(self):
         """(windows open, seconds of audio waiting for recognisers), for metrics."""

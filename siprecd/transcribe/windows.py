@@ -176,8 +176,6 @@ class Windows:
                  on_asr_call=(), partials=None):
         self.calls = calls
         self.partials = partials
-        # call id -> Deferreds of closes in flight (see closing()).
-        self._closing = {}
         self.backend = backend
         self.writer = writer
         self.clock = clock
@@ -242,7 +240,7 @@ class Windows:
             return
         window = call.windows.pop(stream_key(stream.label, stream.audio_index), None)
         if window is not None:
-            self.calls.track(defer.ensureDeferred(self.close([window], call)))
+            self.calls.closing(call, defer.ensureDeferred(self.close([window], call)))
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -269,25 +267,6 @@ class Windows:
     async def close(self, windows, call):
         """Close *windows* of *call*: every utterance of theirs is stored
         before this returns, and their counters added to their streams."""
-        done = defer.Deferred()
-        self._closing.setdefault(call.call_id, set()).add(done)
-        try:
-            await self._close(windows, call)
-        finally:
-            closing = self._closing.get(call.call_id, set())
-            closing.discard(done)
-            if not closing:
-                self._closing.pop(call.call_id, None)
-            done.callback(None)
-
-    def closing(self, call):
-        """Fires once every close of *call*'s windows in flight is done
-        (a stream that ended before the call, a stop): the call ends after
-        the last utterance of each is stored."""
-        return defer.gatherResults(list(self._closing.get(call.call_id, ())),
-                                   consumeErrors=True)
-
-    async def _close(self, windows, call):
         for w in windows:
             for at, piece in w.feed.flush():
                 w.pipeline.pcm(at, piece)
