@@ -226,9 +226,6 @@ def test_two_sessions_with_one_guid_are_both_transcribed_and_neither_cut(node, v
                  [payloads(voices[0]), payloads(voices[1]), payloads(voices[2]),
                   payloads(voices[3])], speed=SPEED, sources=sources)
         # The first session ends; the second goes on, still transcribed.
-        # The session ends once its streams' last utterances are stored:
-        # the audio went faster than real time, so after the recogniser's
-        # backlog (tens of seconds on a busy machine).
         assert a.in_dialog(first, "BYE").status == 200
         # (The session's end waits for its recognisers to catch up, which
         # may take a while on a loaded machine.)
