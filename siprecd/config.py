@@ -248,6 +248,9 @@ class Asr:
     # is transcribed and delivered after the answer all the same.
     stop_wait: Annotated[Duration, Range(0, 300)] = 5.0
     format_numbers: bool = True
+    # Word times in interim results (live output) from the local Vosk
+    # backend; they make its first partial of an utterance come later.
+    partial_word_times: bool = False
     remote: RemoteAsr = RemoteAsr()
 
 

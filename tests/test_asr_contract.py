@@ -110,11 +110,14 @@ async def test_interim_results_grow_while_speaking_and_end_with_the_final(backen
     heard = [p for p in partials if p.text]
     assert heard, "no interim result had words"
     final_words = " ".join(w.word for w in words_of(finals)).split()
-    # Interim words are timed like final ones (when the backend times them:
-    # vosk-server sends partial text only) and are words the final has.
+    # Interim words are timed like final ones when the backend times them
+    # (the local one with partial_word_times; vosk-server sends partial text
+    # only) and are words the final has.
     assert all(not p.words or p.words[0].start >= 0.9 for p in heard)
-    if backend.name == "vosk":
+    if getattr(backend, "partial_word_times", False):
         assert all(p.words for p in heard)
+    else:
+        assert not any(p.words for p in heard)
     assert set(heard[-1].text.split()) & set(final_words)
     # Without asking, accept() gives finished results only.
     again = backend.new_recognizer("ko")
@@ -179,3 +182,22 @@ async def test_streams_recognised_at_once_do_not_disturb_each_other(backend, spe
         r.close()
     assert together == alone
     assert alone[0] == alone[2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_local_backend_times_interim_words_when_asked(speech):
+    first, _ = speech
+    timed = VoskBackend(reactor, {"ko": str(ko_model_dir())}, "/nonexistent", threads=1,
+                        partial_word_times=True)
+    await timed.start()
+    try:
+        recognizer = timed.new_recognizer("ko")
+        pcm = np.concatenate([SILENCE, first, SILENCE]).astype("<i2").tobytes()
+        heard = []
+        for i in range(0, len(pcm), 3200):
+            results = await recognizer.accept_partial(pcm[i:i + 3200])
+            heard += [r for r in results if not r.final and r.text]
+        recognizer.close()
+        assert heard and all(p.words and p.words[0].start >= 0.9 for p in heard)
+    finally:
+        await timed.stop()

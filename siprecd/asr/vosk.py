@@ -76,8 +76,10 @@ class VoskBackend:
     name = "vosk"
 
     def __init__(self, reactor, models, models_dir, threads=2, download=False,
-                 download_url=None):
+                 download_url=None, partial_word_times=False):
         self._reactor = reactor
+        # Word times in interim results (asr.partial_word_times).
+        self.partial_word_times = partial_word_times
         self.models_dir = Path(models_dir)
         self.threads = threads
         self.download = download
@@ -100,7 +102,7 @@ class VoskBackend:
     def from_config(cls, config, reactor):
         asr = config.asr
         return cls(reactor, asr.models, config.in_state_dir(asr.models_dir), asr.threads,
-                   asr.download, asr.download_url)
+                   asr.download, asr.download_url, partial_word_times=asr.partial_word_times)
 
     # Where models are -------------------------------------------------------
 
@@ -307,7 +309,8 @@ class VoskBackend:
             if not self.ready:
                 raise AsrNotReady("the vosk backend has not finished loading its models")
             raise LanguageUnavailable(f"the {tag} model is not loaded yet ({state}: {detail})")
-        return VoskRecognizer(self, model, tag, sample_rate)
+        return VoskRecognizer(self, model, tag, sample_rate,
+                              partial_word_times=self.partial_word_times)
 
     def stop(self):
         return defer.ensureDeferred(self._stop())
@@ -380,8 +383,9 @@ class VoskRecognizer(OneCallAtATime):
     ``FinalResult()``.
     """
 
-    def __init__(self, backend, model, language, sample_rate=8000):
+    def __init__(self, backend, model, language, sample_rate=8000, partial_word_times=False):
         self._backend = backend
+        self.partial_word_times = partial_word_times
         self._model = model
         self.language = language
         self.sample_rate = sample_rate
@@ -411,9 +415,11 @@ class VoskRecognizer(OneCallAtATime):
         if self._kaldi is None:
             kaldi = vosk.KaldiRecognizer(self._model, self.sample_rate)
             kaldi.SetWords(True)
-            # Word times in interim results too (they place a partial on
-            # the stream's timeline); costs nothing until one is asked for.
-            kaldi.SetPartialWords(True)
+            # Word times in interim results only when asked for: Vosk then
+            # aligns the partial lattice, and its first words come a second
+            # or more later (bench/live_bench); without, a partial is text
+            # placed where it was heard by.
+            kaldi.SetPartialWords(self.partial_word_times)
             self._kaldi = kaldi
         return self._kaldi
 
