@@ -2,13 +2,14 @@
 once, back-pressure with a bounded queue) and the hub (who sees what)."""
 
 import json
+import uuid
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from siprecd.live.events import LiveEvent, encode, final_event
 from siprecd.live.hub import FORBIDDEN_CLOSE, LiveHub, Subscription
-from siprecd.live.request import LiveRefused, LiveRequest
+from siprecd.live.request import MAX_AFTER, LiveRefused, LiveRequest
 from siprecd.live.session import TOO_SLOW, LiveSession
 from siprecd.storage.records import Message
 from siprecd.transcribe.events import CallEvent, StreamInfo
@@ -264,12 +265,17 @@ def test_what_a_client_may_ask_for():
     assert wanted.positions == {"s1": 3, "s2": 7, "s3": 1} and wanted.replay
     assert LiveRequest.from_args({b"externalId": [b"g"], b"replay": [b"true"]}).replay
     assert LiveRequest.from_args({b"externalId": [b"g"], b"after": [b""]}).replay
+    # The most positions, with streamIds (uuids) and the longest sequences, fit.
+    most = b",".join(b"%s:%s" % (str(uuid.uuid4()).encode(), b"9" * 12) for _ in range(64))
+    assert len(most) <= MAX_AFTER
+    assert len(LiveRequest.from_args({b"externalId": [b"g"], b"after": [most]}).positions) == 64
     for bad in ({b"after": [b"s1:3"]}, {b"externalId": [b"g"], b"after": [b"s1"]},
                 {b"externalId": [b"g"], b"after": [b"s1:x"]},
                 {b"externalId": [b"g", b"h"]}, {b"externalId": [b"\xff"]},
                 {b"externalId": [b"g"], b"replay": [b"maybe"]},
                 {b"externalId": [b"g"], b"after": [b",".join(
-                    f"s{i}:1".encode() for i in range(100))]}):
+                    f"s{i}:1".encode() for i in range(100))]},
+                {b"externalId": [b"g"], b"after": [b"," * (MAX_AFTER + 1)]}):
         try:
             LiveRequest.from_args(bad)
         except LiveRefused as e:

@@ -21,9 +21,14 @@ import re
 
 import attrs
 
-__all__ = ["LiveRequest", "LiveRefused", "MAX_POSITIONS"]
+__all__ = ["LiveRequest", "LiveRefused", "MAX_POSITIONS", "MAX_AFTER"]
 
 MAX_POSITIONS = 64
+# Characters of ``after`` in all: 64 positions of streamIds (uuids) fit,
+# and the request line
+# (percent-encoded, up to three bytes a character) stays under the HTTP
+# server's line limit (16 KiB).
+MAX_AFTER = 4096
 MAX_EXTERNAL_ID = 256
 _STREAM = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
@@ -53,6 +58,8 @@ class LiveRequest:
             raise LiveRefused(f"externalId must be 1-{MAX_EXTERNAL_ID} printable characters")
         positions = {}
         afters = args.get(b"after") or []
+        if sum(len(raw) for raw in afters) > MAX_AFTER:
+            raise LiveRefused(f"after may be at most {MAX_AFTER} characters long")
         for raw in afters:
             for part in _text(raw, "after").split(","):
                 part = part.strip()
