@@ -48,8 +48,11 @@ SENTENCES = [
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def backend():
+    # No spares: every stream gets a fresh recogniser, so that confidences
+    # can be compared exactly between runs (a recogniser handed on from
+    # another stream may break ties otherwise; see siprecd.asr.vosk).
     b = VoskBackend(reactor, {KO_LANGUAGE: str(ko_model_dir())}, ko_model_dir().parent,
-                    threads=2)
+                    threads=2, spare_recognizers=0)
     await b.start()
     yield b
     await b.stop()

@@ -104,8 +104,9 @@ class CallControl:
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
-                 recordings=None, accepting=lambda: True):
+                 recordings=None, accepting=lambda: True, admission=None):
         self.calls = calls
+        self.admission = admission
         self.storage = storage
         self.backend = backend
         self.clock = clock
@@ -142,7 +143,7 @@ class CallControl:
                 raise AsrUnavailable("this node is shutting down")
         except Exception:
             return defer.fail()
-        return self.calls.track(self._serialised(call, self._start(call, params)))
+        return self.calls.track(self._serialised(call, self._admitted(call, params)))
 
     def stop(self, guid):
         """stop-streaming: a Deferred firing with ``{role: {"streamId",
@@ -191,6 +192,15 @@ class CallControl:
             return result
 
         return defer.ensureDeferred(coroutine).addBoth(done)
+
+    async def _admitted(self, call, params):
+        """_start if the recognisers can keep the streams in real time
+        (siprecd.transcribe.admission); refused with 500-201 if not."""
+        if self.admission is None:
+            return await self._start(call, params)
+        streams = len(self.windows.roles(call.session, params.media_line_order))
+        with self.admission.reserve(params.language, streams, call.guid):
+            return await self._start(call, params)
 
     async def _start(self, call, params):
         await self._stored(call)

@@ -22,6 +22,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
+from siprecd.transcribe.admission import Admission
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.segment import SAMPLE_RATE
 from siprecd.transcribe.utterances import UtteranceWriter
@@ -51,7 +52,8 @@ class TranscriptionService(service.Service):
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
-                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0):
+                 skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
+                 max_lag=1.0, admission=True, processors=None, target_load=0.85):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
@@ -74,11 +76,13 @@ class TranscriptionService(service.Service):
                 threshold=vad_threshold, chunk=chunk, skip_after=skip_after, preroll=preroll,
                 skip_silence=skip_silence),
             warn_backlog=int(warn_backlog * SAMPLE_RATE),
-            max_backlog=int(max_backlog * SAMPLE_RATE), mixed_role=mixed_role,
+            max_backlog=int(max_backlog * SAMPLE_RATE), max_lag=max_lag, mixed_role=mixed_role,
             on_asr_call=on_asr_call)
+        self.admission = Admission(backend, self.windows, processors=processors,
+                                   target_load=target_load, max_lag=max_lag, enabled=admission)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting)
+            recordings=recordings, accepting=lambda: self.accepting, admission=self.admission)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -87,11 +91,14 @@ class TranscriptionService(service.Service):
             from siprecd.redact import Policy
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
+        capacity = config.asr.capacity
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
                    format_numbers=config.asr.format_numbers,
-                   mixed_role=config.media.mixed_role, **options)
+                   mixed_role=config.media.mixed_role, max_lag=capacity.max_lag,
+                   admission=capacity.enabled, processors=capacity.cpus,
+                   target_load=capacity.target_load, **options)
 
     # -- listeners (for tests and tools that observe a running node) ------------------
 
@@ -125,6 +132,11 @@ class TranscriptionService(service.Service):
     def backlog(self):
         """(windows open, samples waiting for recognisers), for metrics."""
         return self.windows.backlog()
+
+    def lags(self):
+        """How far behind real time each open window's recognition is (s)."""
+        now = self.clock.seconds()
+        return [w.pipeline.lag(now) for w in self.windows.open_windows()]
 
     # -- IStreamConsumer ---------------------------------------------------------------
 

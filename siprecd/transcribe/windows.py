@@ -119,12 +119,13 @@ class Windows:
     log = Logger()
 
     def __init__(self, calls, backend, writer, clock, *, segmenter_options, warn_backlog,
-                 max_backlog, mixed_role=CUSTOMER, on_asr_call=()):
+                 max_backlog, max_lag=1.0, mixed_role=CUSTOMER, on_asr_call=()):
         self.calls = calls
         self.backend = backend
         self.writer = writer
         self.clock = clock
         self.segmenter_options = dict(segmenter_options)
+        self.max_lag = max_lag
         self.warn_backlog = warn_backlog
         self.max_backlog = max_backlog
         self.mixed_role = mixed_role
@@ -189,9 +190,9 @@ class Windows:
         window = Window(None, leg_stream, call.params, key)
         window.pipeline = StreamPipeline(
             recognizer, Segmenter(**self.segmenter_options),
-            lambda utterance: self.writer.utterance(call, window, utterance),
-            warn_backlog=self.warn_backlog, max_backlog=self.max_backlog, log_context=context,
-            on_asr_call=self.on_asr_call)
+            lambda utterance: self.writer.utterance(call, window, utterance), clock=self.clock,
+            max_lag=self.max_lag, warn_backlog=self.warn_backlog, max_backlog=self.max_backlog,
+            log_context=context, on_asr_call=self.on_asr_call)
         call.windows[key] = window
         leg_stream.windows += 1
         return window
@@ -216,8 +217,12 @@ class Windows:
 
     def backlog(self):
         """(windows open, samples waiting for recognisers) over every call."""
-        windows = [w for call in self.calls for w in call.windows.values()]
+        windows = self.open_windows()
         return len(windows), sum(w.pipeline.backlog for w in windows)
+
+    def open_windows(self):
+        """Every window open now, over every call."""
+        return [w for call in self.calls for w in call.windows.values()]
 
     def _now_ms(self):
         return int(round(self.clock.seconds() * 1000))
