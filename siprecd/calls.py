@@ -40,7 +40,8 @@ class CallRegistry:
         return self.by_guid.get(guid)
 
     def __len__(self):
-        return len(self.by_guid)
+        # Sessions, not guids: several sessions may share one guid.
+        return len(self.by_call_id)
 
 
 @implementer(ICallListener)

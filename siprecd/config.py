@@ -36,7 +36,7 @@ Port = Annotated[int, Range(1, 65535)]
 Positive = Annotated[int, Range(1, None)]
 Host = Annotated[str, NonEmpty()]
 Role = Literal["customer", "agent"]
-Codec = Literal["PCMU", "PCMA", "G729"]
+Codec = Literal["PCMU", "PCMA", "G729", "G722", "opus"]
 TlsVersion = Literal["1.2", "1.3"]
 
 
@@ -126,15 +126,20 @@ class Sip:
         list[
             Literal[
                 "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
-                "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+                "cisco-guid", "genesys-uuid", "broadworks-tracking-id", "broadworks-call-id",
+                "metadata-session", "call-id",
             ]
         ],
         NonEmpty(),
     ] = (
         "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
-        "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+        "cisco-guid", "genesys-uuid", "broadworks-tracking-id", "broadworks-call-id",
+        "metadata-session", "call-id",
     )
     max_calls: Positive = 500
+    # Audio streams offered (recvonly) to an INVITE that came without SDP
+    # (delayed offer, as Cisco CUCM's built-in-bridge recording sends).
+    delayed_offer_streams: Annotated[int, Range(1, 16)] = 2
     user_agent: str = "siprecd"
     # New INVITEs and OPTIONS per source address (token bucket); past it
     # they get 503 with Retry-After. Requests in a dialog and responses
@@ -162,7 +167,9 @@ class Media:
     advertised_host: Optional[Host] = None
     port_min: Annotated[int, Range(1024, 65534)] = 20000
     port_max: Annotated[int, Range(1025, 65535)] = 29999
-    codecs: Annotated[list[Codec], NonEmpty()] = ("PCMU", "PCMA", "G729")
+    # The codecs taken; which one a stream gets is the SRC's choice (the
+    # first of these its m-line offers).
+    codecs: Annotated[list[Codec], NonEmpty()] = ("PCMU", "PCMA", "G729", "G722", "opus")
     receive_buffer: Annotated[ByteSize, Range(65536, None)] = 1024 * 1024
     jitter_window: Annotated[Duration, Range(0, 2)] = 0.06
     port_quarantine: Duration = 5.0
@@ -171,6 +178,9 @@ class Media:
     # long after the next start.
     restart_quarantine: Duration = 300.0
     mixed_role: Role = "customer"
+    # Role of an audio stream beyond the first two that replaces none
+    # (3-way call, conference, supervisor barge-in).
+    extra_stream_role: Role = "agent"
     # New INVITEs that would take the streams in progress past this get 503.
     max_streams: Positive = 1000
     # Latch each stream to the address and port of its first valid packet
@@ -250,6 +260,9 @@ class Asr:
     # Where models are fetched from: a folder URL holding model-list.json
     # and <name>.zip (null: Vosk's own, https://alphacephei.com/vosk/models/).
     download_url: Optional[Annotated[str, Pattern(r"https?://\S+", "an http(s):// URL")]] = None
+    # The highest sample rate recognisers are fed at: narrower audio is fed
+    # at its own rate, wider (Opus, 48 kHz) is resampled down to this.
+    sample_rate: Literal[8000, 16000, 48000] = 16000
     endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
     format_numbers: bool = True

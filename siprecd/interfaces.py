@@ -84,14 +84,17 @@ class ICallListener(Interface):
 class IStreamConsumer(Interface):
     """What the media plane hands upward for each recorded stream.
 
-    Positions are in samples at 8 kHz from the start of that stream's
+    PCM comes at the codec's own rate (8 kHz for G.711 and G.729, 16 kHz
+    for G.722, 48 kHz for Opus). Positions are in samples at the rate of
+    the stream's latest ``pcm`` call, from the start of that stream's
     timeline (the first RTP packet of the stream is position 0; holds,
-    pauses and losses keep their length), so ``position / 8`` is ms.
-    Calls come in stream order from the reactor thread.
+    pauses and losses keep their length), so ``position / rate`` is
+    seconds. A codec switch that changes the rate converts the position:
+    the time stays true. Calls come in stream order from the reactor thread.
     """
 
-    def pcm(stream, position, samples):
-        """*samples*: int16 numpy array that starts at *position*."""
+    def pcm(stream, position, samples, rate):
+        """*samples*: int16 numpy array that starts at *position*, at *rate* Hz."""
 
     def event(stream, kind, position, detail):
         """kind: "dtmf" (detail: digit and duration in samples), "hold",

@@ -64,7 +64,16 @@ def webhook_payload(message):
         "messageId": message.id,
         "legId": message.leg_id,
         "sequence": message.sequence,
+        **_participant(message),
     }
+
+
+def _participant(message):
+    """``{"participant": {"id", "aor", "name"}}`` when the metadata named the
+    stream's sender (additive: every stream of a 3-way call or conference
+    says who is speaking), else nothing."""
+    participant = (message.stream_params or {}).get("participant")
+    return {"participant": dict(participant)} if participant else {}
 
 
 def api_message(message):
@@ -85,5 +94,6 @@ def api_message(message):
     }
     if message.language:
         out["language"] = message.language
+    out.update(_participant(message))
     out.update(item)
     return out

@@ -49,7 +49,6 @@ from siprecd.service import ListeningPort
 
 __all__ = ["SiprecdMetrics", "ScrapeSources", "MetricsService", "make_site"]
 
-SAMPLE_RATE = 8000
 # Utterance latency: the recogniser's endpoint (asr.endpoint_silence) and the
 # redaction hold-back (up to redaction.hold_back) are part of it.
 LATENCY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0)
@@ -259,7 +258,7 @@ class _ScrapeCollector:
         yield GaugeMetricFamily(
             "siprecd_asr_queue_seconds",
             "Audio waiting for speech recognisers, all streams together.",
-            value=backlog / SAMPLE_RATE)
+            value=backlog)
 
     @staticmethod
     def _webhooks(webhooks):

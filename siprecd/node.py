@@ -97,17 +97,22 @@ class Drain:
         self._watch = None
 
 
-def usable_codecs(wanted, g729_available=None):
-    """media.codecs less G729 when libbcg729 cannot be loaded (with a warning)."""
+def usable_codecs(wanted, unavailable=None):
+    """media.codecs less those this machine cannot decode (G.729 without
+    libbcg729, G.722 without the g722 package, Opus without libopus), each
+    with a warning. *unavailable(name)* says why a codec cannot be used
+    (default: ``media.codecs.unavailable_reason``)."""
     from siprecd.media import codecs
 
-    available = codecs.g729_available() if g729_available is None else g729_available
-    if "G729" in wanted and not available:
-        Drain.log.warn(
-            "G.729 is not offered: {reason}", reason=codecs.G729_UNAVAILABLE_REASON
-        )
-        wanted = tuple(c for c in wanted if c != "G729")
-    return tuple(wanted)
+    unavailable = unavailable or codecs.unavailable_reason
+    usable = []
+    for name in wanted:
+        reason = unavailable(name)
+        if reason:
+            Drain.log.warn("{codec} is not offered: {reason}", codec=name, reason=reason)
+        else:
+            usable.append(name)
+    return tuple(usable)
 
 
 def build_node(config, reactor):

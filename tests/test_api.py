@@ -168,6 +168,9 @@ async def test_every_error_code_and_the_happy_path(tmp_path):
         for role in first.values():
             assert role["status"] == {"code": 1000, "description": "OK"}
             assert len(role["streamId"]) == UUID_LENGTH
+        # Additive, beside it: every stream, with its role, label and session.
+        assert [(s["role"], s["streamId"]) for s in started.body["streams"]] == [
+            ("customer", first["customer"]["streamId"]), ("agent", first["agent"]["streamId"])]
 
         answer = await call(app, "start", guid, autotranscribeParams=ko)
         assert (answer.status, answer.code) == (409, "409-201")

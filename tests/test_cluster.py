@@ -71,7 +71,7 @@ async def test_start_and_stop_through_the_node_without_the_call(tmp_path, postgr
         # The other listeners of the offer run once this one returns; then
         # the call is stored (before the 200 OK), where B can find it.
         await task.deferLater(reactor, 0, lambda: None)
-        await a.node.transcription.calls.by_guid[guid].stored.wait()
+        await a.node.transcription.calls.conversation(guid).sessions[0].stored.wait()
 
         started = await call(via_b, "start", guid, autotranscribeParams={"language": "ko"})
         assert started.status == 200, started.body

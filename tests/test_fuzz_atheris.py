@@ -5,6 +5,7 @@ input libFuzzer saved. ``SIPRECD_FUZZ_RUNS`` sets the inputs per target
 (default 5,000: a few seconds each); longer runs are for by hand."""
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,16 @@ pytest.importorskip("atheris", reason="atheris (the test extra) is not installed
 
 HARNESS = Path(__file__).resolve().parent.parent / "fuzz" / "siprecd_fuzz.py"
 RUNS = int(os.environ.get("SIPRECD_FUZZ_RUNS", "5000"))
+#: Memory a target may use beyond what it starts with. Linux carries a
+#: process's peak RSS across fork and exec, so a harness started from a
+#: pytest process that holds recogniser models (gigabytes) begins "at" that
+#: peak; libFuzzer's own limit is therefore set above the inherited figure.
+RSS_BUDGET_MB = 2048
+
+
+def rss_limit_mb():
+    inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return inherited + RSS_BUDGET_MB
 
 
 @pytest.mark.parametrize("target", ["sip", "sdp", "multipart", "metadata", "rtp"])
@@ -24,7 +35,8 @@ def test_atheris_target(target, tmp_path):
                    timeout=60)
     done = subprocess.run(
         [sys.executable, str(HARNESS), target, str(corpus), f"-runs={RUNS}", "-seed=1",
-         "-max_len=4096", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
+         "-max_len=4096", f"-rss_limit_mb={rss_limit_mb()}", f"-artifact_prefix={tmp_path}/",
+         "-print_final_stats=1"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     crashes = sorted(p.name for p in tmp_path.glob("crash-*")) + sorted(
         p.name for p in tmp_path.glob("timeout-*"))

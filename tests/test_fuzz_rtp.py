@@ -98,7 +98,7 @@ class Timeline:
         self.end = 0
         self.events = []
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         assert position == self.end, (position, self.end)
         assert samples.dtype == np.int16
         self.end += len(samples)

@@ -31,7 +31,7 @@ class PcmRecorder:
         self.chunks = {}
         self.events = {}
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         self.chunks.setdefault(stream, []).append((position, np.array(samples, dtype=np.int16)))
 
     def event(self, stream, kind, position, detail):

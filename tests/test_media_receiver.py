@@ -30,7 +30,7 @@ class Recorder:
         self.events = []
         self.end = 0
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         assert position == self.end, f"PCM at {position}, expected {self.end}"
         assert samples.dtype == np.int16
         self.end += len(samples)
@@ -565,8 +565,8 @@ def test_group_serves_many_streams_of_mixed_codecs_and_sizes():
 
 def test_consumer_failures_do_not_stop_the_stream():
     class Broken(Recorder):
-        def pcm(self, stream, position, samples):
-            super().pcm(stream, position, samples)
+        def pcm(self, stream, position, samples, rate=8000):
+            super().pcm(stream, position, samples, rate)
             raise RuntimeError("consumer bug")
 
     clock = Clock()
@@ -696,3 +696,90 @@ def test_renegotiated_codec_and_payload_types():
     assert np.array_equal(rec.audio, np.concatenate([a.decoded(), b.decoded()]))
     s = r.stats()
     assert (s["unknown_payload_type"], s["dtmf_events"], s["lost"]) == (1, 0, 0)
+
+
+# -- wideband: G.722 (16 kHz audio on an 8 kHz clock) and Opus (48 kHz) ---------------
+
+needs_g722 = pytest.mark.skipif(codecs.unavailable_reason("G722") is not None,
+                                reason=str(codecs.unavailable_reason("G722")))
+needs_opus = pytest.mark.skipif(codecs.unavailable_reason("OPUS") is not None,
+                                reason=str(codecs.unavailable_reason("OPUS")))
+
+
+class RateRecorder(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def pcm(self, stream, position, samples, rate=8000):
+        if self.rates and rate != self.rates[-1]:
+            # A rate change converts the position: the same time in new samples.
+            assert position == self.end * rate // self.rates[-1]
+            self.end = position
+        super().pcm(stream, position, samples, rate)
+        self.rates.append(rate)
+
+
+def _g722_packets(count, lose=()):
+    encoder = codecs.make_encoder("G722")
+    pcm = noise(count * 320, seed=7)
+    payloads = [encoder.encode(pcm[i * 320:(i + 1) * 320]) for i in range(count)]
+    packets = [build_rtp(9, 100 + i, 8000 + i * 160, 0xABCD, payloads[i])
+               for i in range(count) if i not in lose]
+    return payloads, packets
+
+
+@needs_g722
+def test_g722_is_handed_up_at_16_khz_and_a_loss_keeps_the_timeline():
+    clock, out = Clock(), RateRecorder()
+    r = StreamReceiver("s", out, clock, codec="G722")
+    payloads, packets = _g722_packets(20, lose={5})
+    for data in packets:
+        r.datagram_received(data)
+        clock.advance(0.02)
+    r.end()
+    assert set(out.rates) == {16000}
+    assert len(out.audio) == 20 * 320            # the lost packet filled: time stays true
+    assert r.stats()["audio_ms"] == 400 and r.stats()["rate"] == 16000
+    # The audio before the loss is the decoder's, sample for sample.
+    reference = codecs.make_decoder("G722")
+    expected = np.concatenate([reference.decode(p) for p in payloads[:5]])
+    assert np.array_equal(out.audio[:5 * 320], expected)
+
+
+@needs_opus
+def test_opus_is_handed_up_at_48_khz_on_its_own_payload_type():
+    clock, out = Clock(), RateRecorder()
+    r = StreamReceiver("s", out, clock, codec="OPUS", payload_type=111)
+    encoder = codecs.make_encoder("OPUS")
+    pcm = noise(10 * 960, seed=3)
+    payloads = [encoder.encode(pcm[i * 960:(i + 1) * 960]) for i in range(10)]
+    for i, p in enumerate(payloads):
+        r.datagram_received(build_rtp(111, 7 + i, 1000 + i * 960, 0x5151, p))
+        clock.advance(0.02)
+    r.end()
+    reference = codecs.make_decoder("OPUS", 111)
+    assert set(out.rates) == {48000}
+    assert np.array_equal(out.audio, np.concatenate([reference.decode(p) for p in payloads]))
+    with pytest.raises(ValueError, match="payload type"):
+        StreamReceiver("s", out, clock, codec="OPUS")
+
+
+@needs_g722
+def test_a_codec_switch_to_a_wider_codec_keeps_the_stream_and_its_time():
+    clock, out = Clock(), RateRecorder()
+    r = StreamReceiver("s", out, clock, codec="PCMU")
+    source = Source(25)
+    for i in range(25):
+        r.datagram_received(source.packet(i))
+        clock.advance(0.02)
+    r.renegotiate(codec="G722", payload_type=9)
+    _, packets = _g722_packets(25)
+    for data in packets:
+        r.datagram_received(data)
+        clock.advance(0.02)
+    r.end()
+    narrow = sum(1 for rate in out.rates if rate == 8000)
+    assert out.rates[:narrow] == [8000] * narrow and set(out.rates[narrow:]) == {16000}
+    # 0.5 s at 8 kHz, then (converted to 16 kHz positions) 0.5 s more.
+    assert r.position >= 16000 and abs(r.stats()["audio_ms"] - 1000) <= 40

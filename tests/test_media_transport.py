@@ -31,7 +31,7 @@ class Waiting:
         self.events = []
         self._waiters = []
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         assert position == self.samples
         self.chunks.append(np.array(samples))
         self.samples += len(samples)

@@ -206,6 +206,7 @@ _SOURCE_OF = {
     "audiocodes": ("audiocodes-ucid", r"[0-9]{20}"),
     "avaya-sbce": ("avaya-uui", r"[0-9]{20}"),
     "genesys": ("genesys-uuid", r"[0-9A-F]{32}"),
+    "broadworks": ("broadworks-tracking-id", r"[0-9]{1,7}:1"),
 }
 
 

@@ -358,7 +358,7 @@ BAD_INPUTS = [
     ("CSeq mismatch", invite(replace={"CSeq": "CSeq: 1 BYE"}),
      "CSeq method does not match request method", True, 400),
     ("bad Via", invite(replace={"Via": "Via: SIP/2.0/UDP"}), "Bad Via header", False, 400),
-    ("bad From", invite(replace={"From": "From: <sip:src@h"}), "Bad From header", False, 400),
+    ("bad From", invite(replace={"From": "From: <not a uri"}), "Bad From header", False, 400),
     ("bad To", invite(replace={"To": 'To: "open <sip:srs@h>'}), "Bad To header", False, 400),
     ("duplicate Call-ID", invite(add=["i: other"]), "Duplicate Call-ID header", True, 400),
     ("conflicting Content-Length", invite(add=["l: 5"]), "Conflicting Content-Length headers", True, 400),
@@ -589,12 +589,54 @@ def test_name_addr_tag_and_str():
 
 
 @pytest.mark.parametrize("text", [
-    "", "<sip:a@h", '"unterminated <sip:a@h>', '"name" sip:a@h', "no uri here",
+    "", "<not a uri", '"unterminated <sip:a@h>', '"name" sip:a@h', "no uri here",
     "<>", "<not a uri>", 'Bad "quote" <sip:a@h>', "<sip:a@h> junk", "sip:a@h;=1",
 ])
 def test_bad_name_addr(text):
     with pytest.raises(SipParseError):
         parse_name_addr(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    # A '<' never closed (Oracle/Acme SBC Contact, field report) reads as the addr-spec form.
+    ("<sip:u@h:5060;+sip.src", NameAddr("sip:u@h:5060", None, {"+sip.src": None})),
+    ('"SRC" <sip:src@h;tag=9f', NameAddr("sip:src@h", "SRC", {"tag": "9f"})),
+])
+def test_unclosed_angle_bracket_is_tolerated(text, expected):
+    addr = parse_name_addr(text)
+    assert addr == expected
+    assert addr.repaired == "'<' never closed"
+    assert parse_name_addr("<sip:u@h>").repaired is None
+
+
+def test_stray_punctuation_in_user_part_is_tolerated():
+    uri = parse_uri("sip:+1555]0100[@10.0.0.1:5060")
+    assert (uri.user, uri.host, uri.port) == ("+1555]0100[", "10.0.0.1", 5060)
+    assert uri.repaired == "stray punctuation in a URI user part"
+    assert parse_uri("sip:a@h").repaired is None
+    assert str(uri) == "sip:+1555]0100[@10.0.0.1:5060"
+
+
+def test_tolerated_slips_are_noted_on_the_request():
+    msg = parse_message(invite(replace={"Contact": "Contact: <sip:src]@10.0.0.1:5060;+sip.src",
+                                        "From": "From: <sip:src@10.0.0.1;tag=1928301774"}))
+    assert msg.from_.tag == "1928301774"
+    assert msg.tolerated == ("From: '<' never closed", "Contact: '<' never closed",
+                             "Contact: stray punctuation in a URI user part")
+    assert parse_message(invite()).tolerated == ()
+
+
+@pytest.mark.parametrize("method", ["ACK", "BYE"])
+def test_ack_and_bye_with_invite_cseq_are_read_by_their_request_line(method):
+    raw = invite(replace={"start": f"{method} sip:srs@10.0.0.2:5070 SIP/2.0",
+                          "CSeq": "CSeq: 314159 INVITE"})
+    msg = parse_message(raw)
+    assert msg.method == method and msg.cseq == (314159, "INVITE")
+    assert msg.tolerated == (f"CSeq method INVITE on a {method}",)
+    # Other mismatches stay refused.
+    with pytest.raises(SipParseError, match="CSeq method does not match"):
+        parse_message(invite(replace={"start": f"{method} sip:srs@10.0.0.2:5070 SIP/2.0",
+                                      "CSeq": "CSeq: 314159 OPTIONS"}))
 
 
 def test_parse_sip_uri():

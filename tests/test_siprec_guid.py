@@ -120,6 +120,8 @@ def test_every_source_in_order():
         ucid="00FA0800010002000000FF;encoding=hex",
         avaya_ucid=" FA080003000400000100",
         genesys_uuid="GEN-FROM-METADATA",
+        broadworks_tracking_id="1234567:1",
+        broadworks_call_id="callhalf-98765:0",
     )
     headers = HeadersDouble(
         ("Call-ID", "ignored@example"),
@@ -140,6 +142,8 @@ def test_every_source_in_order():
         CallIdentifier("genesys-uuid", "02RK3B5PD8A0F9H1A2CC4TQ8MS00003N",
                        "02RK3B5PD8A0F9H1A2CC4TQ8MS00003N"),
         CallIdentifier("genesys-uuid", "GEN-FROM-METADATA", "GEN-FROM-METADATA"),
+        CallIdentifier("broadworks-tracking-id", "1234567:1", "1234567:1"),
+        CallIdentifier("broadworks-call-id", "callhalf-98765:0", "callhalf-98765:0"),
         CallIdentifier("metadata-session", "abc123", "abc123;remote=000"),
         CallIdentifier("metadata-session", "sess-1", "sess-1"),
         CallIdentifier("call-id", "abc@192.0.2.1", "abc@192.0.2.1"),

@@ -477,3 +477,50 @@ def test_fuzz_structured_documents(tree):
         return b"<" + name.encode() + attrs_ + b">" + inner + b"</" + name.encode() + b">"
 
     _check(b'<recording xmlns:x="urn:x">' + render(tree) + b"</recording>")
+
+
+# -- Cisco BroadWorks, and participants that leave ---------------------------------
+
+
+def test_broadworks_dialect_gives_participants_streams_and_its_call_ids():
+    from siprecd.simulator.samples import broadworks_tracking_id, sample_metadata
+
+    meta = parse_metadata(sample_metadata("broadworks", call_key="bw-1"))
+    assert meta.dialect == "broadworks" and meta.data_mode == "complete"
+    assert meta.broadworks_tracking_id == broadworks_tracking_id("bw-1")
+    assert meta.broadworks_call_id.startswith("callhalf-")
+    caller, agent = meta.participants
+    assert caller.aors == ("sip:+15551230001@carrier.example.net",) and caller.name == "Caller"
+    assert meta.participant_for_label("1") == caller
+    assert meta.participant_for_label("2") == agent
+    assert meta.extensions["broadWorksRecordingMetadata.userID"] == "agent2001@cc.example.com"
+
+
+def test_broadworks_ids_are_guid_candidates_in_the_configured_order():
+    from siprecd.siprec.guid import choose_guid, find_identifiers
+    from siprecd.simulator.samples import sample_metadata
+
+    meta = parse_metadata(sample_metadata("broadworks", call_key="bw-2"))
+    found = find_identifiers(None, meta, "c@h")
+    assert [c.source for c in found] == ["broadworks-tracking-id", "broadworks-call-id",
+                                         "metadata-session", "call-id"]
+    assert choose_guid(found).source == "broadworks-tracking-id"
+    assert choose_guid(found, ("broadworks-call-id", "call-id")).source == "broadworks-call-id"
+
+
+def test_a_disassociated_participant_is_marked():
+    xml = b"""<recording xmlns="urn:ietf:params:xml:ns:recording:1">
+      <datamode>partial</datamode>
+      <participant participant_id="p1"><nameID aor="sip:a@h"/></participant>
+      <participantsessionassoc participant_id="p1" session_id="s1">
+        <associate-time>2024-01-01T00:00:00Z</associate-time>
+        <disassociate-time>2024-01-01T00:05:00Z</disassociate-time>
+      </participantsessionassoc>
+      <participantsessionassoc participant_id="p2" session_id="s1">
+        <associate-time>2024-01-01T00:05:00Z</associate-time>
+      </participantsessionassoc>
+    </recording>"""
+    meta = parse_metadata(xml)
+    by_id = {p.id: p for p in meta.participants}
+    assert by_id["p1"].disassociated is True and by_id["p1"].aors == ("sip:a@h",)
+    assert "p2" not in by_id or by_id["p2"].disassociated is None

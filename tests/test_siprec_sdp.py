@@ -239,11 +239,11 @@ def test_on_hold(hold):
     pytest.param(sdp(*HEAD, "c=IN IP4 -bad-.example"), id="c-bad-hostname"),
     pytest.param(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "c=IN IP4 10.0.0.1 extra"),
                  id="media-c-extra-field"),
-    pytest.param(sdp(*HEAD, "garbage"), id="no-equals"),
-    pytest.param(sdp(*HEAD, "=abc"), id="no-type"),
-    pytest.param(sdp(*HEAD, "1=abc"), id="digit-type"),
-    pytest.param(sdp(*HEAD, " a=sendonly"), id="leading-space"),
-    pytest.param(sdp(*HEAD, "\u00e9=x"), id="non-ascii-type"),
+    pytest.param(sdp(*HEAD, "garbage", "m=audio 4000 RTP/AVP 0"), id="no-equals"),
+    pytest.param(sdp(*HEAD, "=abc", "m=audio 4000 RTP/AVP 0"), id="no-type"),
+    pytest.param(sdp(*HEAD, "1=abc", "m=audio 4000 RTP/AVP 0"), id="digit-type"),
+    pytest.param(sdp(*HEAD, " a=sendonly", "m=audio 4000 RTP/AVP 0"), id="leading-space"),
+    pytest.param(sdp(*HEAD, "\u00e9=x", "m=audio 4000 RTP/AVP 0"), id="non-ascii-type"),
     pytest.param(sdp(*HEAD) + b"a=label:1\x00", id="nul"),
     pytest.param(sdp(*HEAD, "a=label:1\rm=audio 1 RTP/AVP 0"), id="stray-cr"),
     pytest.param(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "a=rtpmap:x PCMU/8000"), id="rtpmap-pt"),
@@ -305,25 +305,50 @@ def test_text_input_and_bad_utf8_are_accepted():
 
 
 @pytest.mark.parametrize("preference, expected", [
-    (("PCMU", "PCMA", "G729"), "PCMU"),
+    (("PCMU", "PCMA", "G729"), "G729"),
     (("PCMA", "PCMU"), "PCMA"),
-    (("G729", "PCMU"), "G729"),
+    (("PCMU",), "PCMU"),
     (("g729",), "G729"),
 ])
-def test_codec_preference_is_ours(preference, expected):
+def test_codec_order_is_the_srcs_among_ours(preference, expected):
+    """An SRC that lists G.729 first keeps sending it: the answer takes the
+    first offered codec that is among ours."""
     offer = parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 18 8 0"))
     (choice,) = negotiate(offer, preference)
     assert choice.codec.name == expected
 
 
+@pytest.mark.parametrize("formats, rtpmaps, expected", [
+    ("9 0", (), Codec(9, "G722", 8000, None, None)),
+    ("111 0", ("a=rtpmap:111 opus/48000/2", "a=fmtp:111 useinbandfec=1"),
+     Codec(111, "OPUS", 48000, 2, "useinbandfec=1")),
+    ("96 0", ("a=rtpmap:96 opus/16000/2",), Codec(0, "PCMU", 8000, None, None)),
+    ("96 0", ("a=rtpmap:96 G722/16000",), Codec(0, "PCMU", 8000, None, None)),
+])
+def test_wideband_codecs_are_taken_at_their_registered_clock(formats, rtpmaps, expected):
+    offer = parse_sdp(sdp(*HEAD, f"m=audio 4000 RTP/AVP {formats}", *rtpmaps))
+    (choice,) = negotiate(offer, ("PCMU", "PCMA", "G729", "G722", "opus"))
+    assert choice.codec == expected
+
+
+def test_opus_answer_names_it_as_registered():
+    offer_bytes = sdp(*HEAD, "c=IN IP4 10.0.0.1", "m=audio 4000 RTP/AVP 111 0",
+                      "a=rtpmap:111 opus/48000/2", "a=sendonly")
+    offer = parse_sdp(offer_bytes)
+    choices = negotiate(offer, ("opus", "PCMU"))
+    answer = format_answer(offer, choices, [5000], address="10.0.0.2", session_id="1",
+                           session_version=1)
+    assert b"a=rtpmap:111 opus/48000/2\r\n" in answer
+
+
 def test_unknown_preference_is_a_programming_error():
     offer = parse_sdp(TWO_STREAMS)
     with pytest.raises(ValueError):
-        negotiate(offer, ("OPUS",))
+        negotiate(offer, ("AMR",))
 
 
 def test_no_codec_in_common_is_refused():
-    offer = parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 9 3 101",
+    offer = parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 4 3 101",
                           "a=rtpmap:101 telephone-event/8000"))
     assert negotiate(offer, PREFERENCE) == [None]
     assert negotiate(parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0")), ("PCMA",)) == [None]
@@ -417,7 +442,7 @@ def test_two_stream_answer():
 
 
 def test_answer_has_no_telephone_event_when_not_offered():
-    offer, choices, text, answer = answer_for(sdp(*HEAD, "m=audio 4000 RTP/AVP 8 0"))
+    offer, choices, text, answer = answer_for(sdp(*HEAD, "m=audio 4000 RTP/AVP 0 8"))
     assert choices == [StreamChoice(Codec(0, "PCMU", 8000, None, None), None)]
     assert answer.media[0].formats == ("0",)
     assert b"telephone-event" not in text.lower()
@@ -727,8 +752,9 @@ def test_offer_answer_round_trip(text, preference, accept_srtp, address):
             assert ans.direction == "inactive"
         (codec,) = audio_codecs(ans)
         assert codec == choice.codec and codec in off.codecs
-        usable = {c.name for c in off.codecs if c.clock_rate == 8000 and c.channels in (None, 1)}
-        assert codec.name == next(p for p in preference if p in usable)
+        # The SRC's first codec among ours, at its clock, mono.
+        assert codec == next(c for c in off.codecs if c.name in preference
+                             and c.clock_rate == 8000 and c.channels in (None, 1))
         events = [c for c in ans.codecs if c.name == "TELEPHONE-EVENT"]
         assert len(events) <= 1
         if events:
@@ -736,3 +762,18 @@ def test_offer_answer_round_trip(text, preference, accept_srtp, address):
         else:
             assert not any(c.name == "TELEPHONE-EVENT" and c.clock_rate == 8000
                            for c in off.codecs)
+
+
+def test_junk_after_the_last_valid_line_is_ignored():
+    """A multipart delimiter and the metadata part pasted into the SDP part
+    (seen from SRCs that miscount a part's Content-Length): the lines before
+    it are a whole description."""
+    junk = ("--uniqueBoundary", "Content-Type: application/rs-metadata+xml", "",
+            "<?xml version='1.0'?>", "<recording xmlns='urn:ietf:params:xml:ns:recording:1'/>")
+    offer = parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "a=label:1", "a=sendonly", *junk))
+    assert [m.label for m in offer.media] == ["1"] and offer.media[0].direction == "sendonly"
+    assert offer.ignored_lines == 4
+    assert parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0")).ignored_lines == 0
+    # Junk with an m-line after it would lose a stream: refused.
+    with pytest.raises(SdpError):
+        parse_sdp(sdp(*HEAD, "m=audio 4000 RTP/AVP 0", "junk", "m=audio 4002 RTP/AVP 0"))

@@ -37,7 +37,7 @@ class Harness:
                                       self.ports, self.readiness)
 
     def request(self, method, *, call_id="c1@192.0.2.10", cseq=1, to_tag=None, body=b"",
-                content_type=None, headers=(), branch=None, from_tag="src1"):
+                content_type=None, headers=(), branch=None, from_tag="src1", cseq_method=None):
         branch = branch or f"z9hG4bK{next(_branches)}"
         to = "<sip:srs@192.0.2.1>" + (f";tag={to_tag}" if to_tag else "")
         lines = [
@@ -46,7 +46,7 @@ class Harness:
             f"From: <sip:src@192.0.2.10>;tag={from_tag}",
             f"To: {to}",
             f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
+            f"CSeq: {cseq} {cseq_method or method}",
             "Contact: <sip:src@192.0.2.10:5060>;+sip.src",
             "Max-Forwards: 70",
             *[f"{k}: {v}" for k, v in headers],
@@ -120,7 +120,7 @@ def test_unsupported_extension_gets_420():
 
 def test_no_codec_in_common_gets_488():
     h = Harness()
-    sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 9\r\n"
+    sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 3\r\n"
     responses = h.request("INVITE", body=sdp, content_type="application/sdp")
     assert responses[-1].status == 488
 
@@ -338,7 +338,7 @@ def test_responses_go_to_received_and_rport():
 def test_a_bad_header_found_late_gets_400_not_500():
     h = Harness()
     r = h.request("INVITE", body=sample_sdp(), content_type="application/sdp",
-                  headers=[("Record-Route", "<sip:unterminated")])[-1]
+                  headers=[("Record-Route", "<not a uri>")])[-1]
     assert r.status == 400
     assert h.endpoint.counters["errors"] == 0
 
@@ -365,11 +365,142 @@ def test_uas_refresher_sends_update_at_half_time():
 def test_g729_is_not_offered_without_libbcg729():
     from siprecd.node import usable_codecs
 
-    assert usable_codecs(("G729", "PCMU"), g729_available=False) == ("PCMU",)
-    assert usable_codecs(("G729", "PCMU"), g729_available=True) == ("G729", "PCMU")
+    no_g729 = {"G729": "install libbcg729"}.get
+    assert usable_codecs(("G729", "PCMU"), no_g729) == ("PCMU",)
+    assert usable_codecs(("G729", "PCMU"), lambda name: None) == ("G729", "PCMU")
     h = Harness(media={"codecs": ["G729", "PCMA"], "port_min": 30000, "port_max": 30011})
-    h.server.codecs = usable_codecs(h.config.media.codecs, g729_available=False)
+    h.server.codecs = usable_codecs(h.config.media.codecs, no_g729)
     sdp = sample_sdp(("1",), codecs=("G729", "PCMA"))
     ok = h.request("INVITE", body=sdp, content_type="application/sdp")[-1]
     assert ok.status == 200
     assert [c.name for c in parse_sdp(ok.body).media[0].codecs] == ["PCMA", "TELEPHONE-EVENT"]
+
+
+# -- tolerance where nothing is at stake ----------------------------------------
+
+
+def test_ack_whose_cseq_says_invite_still_confirms_the_call():
+    """Some SRCs write ``CSeq: n INVITE`` on the ACK: it is matched to its
+    INVITE by number, so the 200 is not retransmitted to a timeout and the
+    call is not ended as "no ACK"."""
+    h = Harness()
+    sample, responses = h.invite()
+    ok = responses[-1]
+    h.request("ACK", call_id=sample.call_id, to_tag=ok.to.tag, cseq_method="INVITE")
+    h.clock.advance(64 * 0.5 + 1)
+    assert h.listener.get(sample.guid) is not None
+    assert h.endpoint.counters["tolerated"] == 1
+    assert not [r for r in h.wire.sent if getattr(r[1], "status", 0) == 200]
+
+
+def test_bye_whose_cseq_says_invite_ends_the_call():
+    h = Harness()
+    sample, ok = h.established()
+    r = h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=2, cseq_method="INVITE")
+    assert r[-1].status == 200 and r[-1].cseq == (2, "INVITE")
+    assert h.listener.get(sample.guid) is None
+
+
+def test_bye_without_to_tag_ends_the_one_dialog_it_names():
+    h = Harness()
+    sample, ok = h.established()
+    r = h.request("BYE", call_id=sample.call_id, cseq=2)[-1]
+    assert r.status == 200 and r.to.tag == ok.to.tag
+    assert h.listener.get(sample.guid) is None
+
+
+def test_bye_without_to_tag_never_guesses_between_two_dialogs():
+    h = Harness()
+    sample, responses = h.invite()
+    ok1 = responses[-1]
+    h.request("ACK", call_id=sample.call_id, to_tag=ok1.to.tag)
+    # A second dialog with the same Call-ID and From tag (a forked INVITE seen twice).
+    again = h.request("INVITE", call_id=sample.call_id, body=sample.body, cseq=5,
+                      content_type=sample.content_type, headers=[("Require", "siprec")])[-1]
+    assert again.status == 200 and again.to.tag != ok1.to.tag
+    r = h.request("BYE", call_id=sample.call_id, cseq=6)[-1]
+    assert r.status == 481
+    assert len(h.server.calls) == 2
+
+
+def test_bye_without_to_tag_and_another_from_tag_is_481():
+    h = Harness()
+    sample, ok = h.established()
+    assert h.request("BYE", call_id=sample.call_id, cseq=2, from_tag="other")[-1].status == 481
+    assert h.listener.get(sample.guid) is not None
+
+
+def test_bye_numbered_below_the_dialog_is_still_500_and_equal_is_taken():
+    h = Harness()
+    sample, ok = h.established()
+    h.request("INVITE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=5)
+    assert h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=4)[-1].status == 500
+    assert h.listener.get(sample.guid) is not None
+    assert h.request("BYE", call_id=sample.call_id, to_tag=ok.to.tag, cseq=5)[-1].status == 200
+    assert h.listener.get(sample.guid) is None
+
+
+def test_unclosed_contact_and_junk_after_the_sdp_are_recorded():
+    h = Harness()
+    sample = sample_invite("rfc7865")
+    junk = b"--stray-boundary\r\nContent-Type: text/plain\r\n\r\nnot sdp\r\n"
+    body = sample.sdp + junk
+    r = h.request("INVITE", call_id=sample.call_id, body=body, content_type="application/sdp",
+                  headers=[("Require", "siprec")])[-1]
+    assert r.status == 200
+    assert len(parse_sdp(r.body).media) == 2
+
+
+# -- delayed offer -------------------------------------------------------------------
+
+
+def _answer_sdp(ok_body, codecs=("18", "8"), host="192.0.2.10"):
+    """The SRC's answer to our offer: one codec per m-line, sendonly."""
+    offer = parse_sdp(ok_body)
+    lines = ["v=0", f"o=SRC 1 1 IN IP4 {host}", "s=-", f"c=IN IP4 {host}", "t=0 0"]
+    for i, (media, pt) in enumerate(zip(offer.media, codecs)):
+        port = 0 if pt is None else 40000 + 2 * i
+        lines.append(f"m=audio {port} RTP/AVP {pt or 0}")
+        lines += [f"a=label:{media.label}", "a=sendonly"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def test_delayed_offer_is_answered_with_our_offer_and_set_up_from_the_ack():
+    """Cisco CUCM built-in-bridge recording sends its INVITE without SDP."""
+    h = Harness()
+    ok = h.request("INVITE", call_id="bib@192.0.2.10", headers=[("Require", "siprec")])[-1]
+    assert ok.status == 200 and ok.headers.get("Content-Type") == "application/sdp"
+    offer = parse_sdp(ok.body)
+    assert len(offer.media) == 2                      # sip.delayed_offer_streams
+    for m in offer.media:
+        assert m.direction == "recvonly" and m.port != 0
+        assert [c.name for c in m.codecs] == ["PCMU", "PCMA", "G729", "G722", "OPUS",
+                                              "TELEPHONE-EVENT"]
+    session = h.listener.by_call_id["bib@192.0.2.10"]
+    assert session.delayed_offer and session.awaiting_answer
+    h.request("ACK", call_id="bib@192.0.2.10", to_tag=ok.to.tag, body=_answer_sdp(ok.body),
+              content_type="application/sdp")
+    assert not session.awaiting_answer
+    assert [(s.label, s.codec.name, s.remote_port) for s in session.streams] == [
+        ("1", "G729", 40000), ("2", "PCMA", 40002)]
+    assert [s.local_port for s in session.streams] == [m.port for m in offer.media]
+    # It is a call like any other from now on.
+    assert h.request("BYE", call_id="bib@192.0.2.10", to_tag=ok.to.tag, cseq=2)[-1].status == 200
+
+
+def test_delayed_offer_stream_refused_in_the_answer_is_closed():
+    h = Harness(sip={"delayed_offer_streams": 3})
+    ok = h.request("INVITE", call_id="d3@192.0.2.10")[-1]
+    assert len(parse_sdp(ok.body).media) == 3
+    h.request("ACK", call_id="d3@192.0.2.10", to_tag=ok.to.tag,
+              body=_answer_sdp(ok.body, codecs=("0", None, "0")), content_type="application/sdp")
+    session = h.listener.by_call_id["d3@192.0.2.10"]
+    assert [s.label for s in session.streams] == ["1", "3"]
+
+
+def test_an_ack_without_the_answer_leaves_the_offered_streams():
+    h = Harness()
+    ok = h.request("INVITE", call_id="noans@192.0.2.10")[-1]
+    h.request("ACK", call_id="noans@192.0.2.10", to_tag=ok.to.tag)
+    session = h.listener.by_call_id["noans@192.0.2.10"]
+    assert len(session.streams) == 2 and not session.awaiting_answer

@@ -256,9 +256,11 @@ async def test_legs_and_streams(storage):
 
     with pytest.raises(RecordNotFound):
         await storage.upsert_stream(Stream(str(uuid.uuid4()), "444", "no-leg", "agent", "a", T0))
-    with pytest.raises(StorageError):  # one customer stream per leg
-        await storage.upsert_stream(
-            Stream(str(uuid.uuid4()), "444", leg1.id, "customer", "cust", T0))
+    # Several streams in one role and leg: a conference's further parties,
+    # and the streams of every SIPREC session that shares the guid.
+    third = Stream(str(uuid.uuid4()), "444", leg1.id, "customer", "cust", T0 + 5, label="3")
+    await storage.upsert_stream(third)
+    assert third.id in [s.id for s in await storage.streams_for_guid("444")]
 
 
 # Messages --------------------------------------------------------------------
@@ -534,3 +536,39 @@ async def test_one_export_run_per_feed_and_day_at_a_time(storage):
     assert runs[1].error.startswith("abandoned")
     await storage.finish_export_run(other, 0, error="disk full", now=T0 + 5)
     assert (await storage.export_runs(day="2024-05-02"))[0].state == "failed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_database_keeps_its_rows_through_the_streams_migration(tmp_path):
+    """SQLite rebuilds the streams table to drop a constraint: its rows and
+    the messages that refer to them must all still be there."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    first = migrate.load("sqlite")[0]
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        for statement in first.statements:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                     "name TEXT NOT NULL, applied_ms BIGINT NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 'initial', 0)")
+        conn.execute("INSERT INTO calls (guid, conversation_id, call_id, identifiers, node, "
+                     "state, mixed, started_ms, updated_ms, sip, participants) VALUES "
+                     "('g1', 'c1', 'x@y', '[]', 'n', 'active', 0, 1, 1, '{}', '[]')")
+        conn.execute("INSERT INTO legs (id, call_guid, number, customer_id, agent_id, params, "
+                     "started_ms) VALUES ('l1', 'g1', 1, 'c', 'a', '{}', 1)")
+        conn.execute("INSERT INTO streams (id, call_guid, leg_id, role, created_ms, updated_ms) "
+                     "VALUES ('s1', 'g1', 'l1', 'customer', 1, 1)")
+        conn.execute("INSERT INTO messages (id, stream_id, call_guid, leg_id, sequence, text, "
+                     "start_ms, end_ms, created_ms) VALUES ('m1', 's1', 'g1', 'l1', 1, 'hi', "
+                     "0, 10, 2)")
+    storage = SqliteStorage(reactor, path)
+    assert await storage.open() == len(migrate.load("sqlite"))     # every migration since 1
+    try:
+        assert [s.id for s in await storage.streams_for_guid("g1")] == ["s1"]
+        assert [m.id for m in await storage.messages_for_guid("g1")] == ["m1"]
+        await storage.upsert_stream(Stream("s2", "g1", "l1", "customer", "c", 5))
+        assert len(await storage.streams_for_guid("g1")) == 2
+    finally:
+        await storage.close()

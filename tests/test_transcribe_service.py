@@ -187,7 +187,7 @@ async def test_the_offer_is_answered_only_once_the_call_is_stored(storage):
     held.held[0].callback(None)
     await d
     assert (await storage.get_call_by_guid(GUID)) is not None
-    assert set(await started) == {"customer", "agent"}
+    assert set(await started) == {"customer", "agent", "streams"}
 
 
 @pytest_twisted.ensureDeferred
@@ -303,10 +303,16 @@ async def test_stream_ids_are_stable_within_a_leg_and_new_for_a_new_agent(storag
     again = await start(service, agent="agent-1")
     await service.stop(GUID)
     transferred = await start(service, agent="agent-2")
-    ids = lambda r: {role: v["streamId"] for role, v in r.items()}  # noqa: E731
+    ids = lambda r: {role: r[role]["streamId"] for role in ("customer", "agent")}  # noqa: E731
     assert ids(first) == ids(again) == ids(stopped)
     assert set(ids(transferred).values()).isdisjoint(ids(first).values())
-    assert all(v["status"] == {"code": 1000, "description": "OK"} for v in first.values())
+    assert all(first[role]["status"] == {"code": 1000, "description": "OK"}
+               for role in ("customer", "agent"))
+    # Every stream is listed too, with its label, Call-ID and sender.
+    assert [(s["role"], s["label"], s["primary"]) for s in first["streams"]] == [
+        ("customer", "1", True), ("agent", "2", True)]
+    assert {s["streamId"] for s in first["streams"]} == set(ids(first).values())
+    assert first["streams"][0]["participant"]["aor"] == "sip:+15551230001@carrier.example.net"
     legs = await storage.legs_for_guid(GUID)
     assert [(leg.number, leg.agent_id) for leg in legs] == [(1, "agent-1"), (2, "agent-2")]
     assert legs[0].params["language"] == "en-us"
@@ -351,7 +357,7 @@ async def test_a_mixed_call_is_one_stream_in_the_configured_role(storage, mixed_
     session = await offered(service, streams=1)
     line = Line(service, session, 0)
     result = await start(service, media_line_order="AGENT_FIRST")
-    assert list(result) == [mixed_role]
+    assert list(result) == [mixed_role, "streams"]
     line.play(np.concatenate([tone(0.3), silence(1.0)]))
     await service.stop(GUID)
     (m,) = await messages(storage)
@@ -660,7 +666,7 @@ async def test_slow_recognisers_keep_order_one_call_at_a_time(storage):
                              for k in range(8)])
     customer.play(speech)
     agent.play(speech)
-    window = next(iter(service.calls.by_guid[GUID].windows.values()))
+    window = next(iter(service.calls.conversation(GUID).sessions[0].windows.values()))
     assert window.pipeline.backlog > 0        # all of it is queued, none lost
     await service.stop(GUID)
     found = await messages(storage)
@@ -838,3 +844,74 @@ async def test_an_utterance_that_made_formatting_or_redaction_raise_is_kept_mask
     errors = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.error]
     assert len(errors) == 1 and "IndexError" in errors[0] and "every word masked" in errors[0]
     assert not any(w in formatEvent(e) for e in logged for w in ("pin", "one two"))
+
+
+# -- every stream, several sessions per guid, wideband --------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_sessions_of_one_guid_are_one_conversation_kept_apart(storage):
+    service = make_service(storage)
+    near = await offered(service, call_id="near@sbc.example")
+    far = await offered(service, call_id="far@sbc.example")
+    result = await start(service)
+    assert {s["callId"] for s in result["streams"]} == {"near@sbc.example", "far@sbc.example"}
+    assert len({s["streamId"] for s in result["streams"]}) == 4
+    # The first session's streams are the roles' main ones.
+    assert [s["primary"] for s in result["streams"]] == [True, True, False, False]
+    lines = [Line(service, near, 0), Line(service, far, 0), Line(service, far, 1)]
+    lines[0].play(np.concatenate([tone(0.3), silence(1.0)]))
+    lines[1].play(np.concatenate([tone(0.3), silence(1.0)]))
+    # The first session ends: the second goes on, transcribed, and the
+    # conversation stays active.
+    service.call_ended(near, "bye from SRC")
+    await service.drain()
+    assert service.is_active(GUID) and service.is_streaming(GUID)
+    assert (await storage.get_call_by_guid(GUID)).state == "active"
+    lines[2].play(np.concatenate([tone(0.3), silence(1.0)]))
+    stopped = await service.stop(GUID)
+    # Stop reaches the sessions still up.
+    assert {s["callId"] for s in stopped["streams"]} == {"far@sbc.example"}
+    found = await messages(storage)
+    far_ids = {s["streamId"] for s in result["streams"] if s["callId"] == "far@sbc.example"}
+    assert len(found) == 3 and len({m.stream_id for m in found} & far_ids) == 2
+    service.call_ended(far, "bye from SRC")
+    await service.drain()
+    assert (await storage.get_call_by_guid(GUID)).state == "ended"
+    stored = await storage.get_call_by_guid(GUID)
+    assert [s["callId"] for s in stored.sip["sessions"]] == ["near@sbc.example",
+                                                            "far@sbc.example"]
+
+
+@pytest.mark.parametrize("extra_role", ["agent", "customer"])
+@pytest_twisted.ensureDeferred
+async def test_a_third_stream_is_transcribed_in_the_extra_role(storage, extra_role):
+    service = make_service(storage, extra_role=extra_role)
+    session = await offered(service, streams=3)
+    result = await start(service)
+    assert [(s["label"], s["role"]) for s in result["streams"]] == [
+        ("1", "customer"), ("2", "agent"), ("3", extra_role)]
+    assert result["streams"][2]["participant"]["aor"] == "sip:party3@cc.example.com"
+    Line(service, session, 2).play(np.concatenate([tone(0.3), silence(1.0)]))
+    await service.stop(GUID)
+    (m,) = await messages(storage)
+    assert m.role == extra_role and m.stream_id == result["streams"][2]["streamId"]
+    assert m.stream_params["participant"]["aor"] == "sip:party3@cc.example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wideband_pcm_keeps_true_times(storage):
+    """16 kHz PCM (G.722) on its own timeline: the utterance's times in ms
+    are those of the audio, whatever the rate."""
+    service = make_service(storage)
+    session = await offered(service)
+    await start(service)
+    line = Line(service, session, 0)
+    audio = np.concatenate([silence(0.5), tone(0.4), silence(1.0)])
+    wide = np.repeat(audio, 2)                     # the same audio at 16 kHz
+    for i in range(0, len(wide), 320):
+        service.pcm(line.stream, i, wide[i:i + 320], 16000)
+    stopped = await service.stop(GUID)
+    (m,) = await messages(storage)
+    assert abs(m.start_ms - 500) <= 40
+    assert stopped["customer"]["summary"]["audioDurationMs"] == 1900

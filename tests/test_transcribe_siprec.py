@@ -75,7 +75,7 @@ class StartStopAt:
         self.made = []                      # [(position, what), ...]
         self.requests = []
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         if stream.audio_index == 0:
             while self.schedule and position >= self.schedule[0][0]:
                 _, what = self.schedule.pop(0)
@@ -85,7 +85,7 @@ class StartStopAt:
                 # which takes longer on a loaded machine).
                 previous = self.requests[-1] if self.requests else defer.succeed(None)
                 self.requests.append(self._after(previous, what, stream.guid))
-        self.service.pcm(stream, position, samples)
+        self.service.pcm(stream, position, samples, rate)
 
     def event(self, stream, kind, position, detail):
         self.service.event(stream, kind, position, detail)

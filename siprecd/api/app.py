@@ -57,8 +57,30 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
 
 
+def _start_stop_body(result):
+    """The vendor API's answer, with every stream of every session of the
+    guid (role, label, Call-ID, sender) beside it in ``streams`` (ours)."""
+    result = dict(result)
+    streams = result.pop("streams", None)
+    body = {"isOk": True, "autotranscribeResponse": result}
+    if streams is not None:
+        body["streams"] = streams
+    return body
+
+
+def _stream_ids(result):
+    """{role: streamId} of the roles' main streams, and every streamId (audit)."""
+    out = {role: v["streamId"] for role, v in result.items()
+           if isinstance(v, dict) and "streamId" in v}
+    out["all"] = [s["streamId"] for s in result.get("streams", ()) if "streamId" in s]
+    return out
+
+
 def conversation_view(call, legs):
-    """A Conversation object of the API."""
+    """A Conversation object of the API: the vendor API's fields, then what
+    siprecd parsed of the call (additive): every SIPREC session of the guid
+    with its streams, the participants with their AOR, name and the streams
+    they send, every candidate identifier, and whether it was recorded mixed."""
     agents = list(dict.fromkeys(leg.agent_id for leg in legs if leg.agent_id))
     customer = next((leg.customer_id for leg in reversed(legs) if leg.customer_id), None)
     return {
@@ -72,7 +94,35 @@ def conversation_view(call, legs):
         "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
                   "agentId": leg.agent_id, "startTimestamp": iso_ms(leg.started_ms),
                   "endTimestamp": iso_ms(leg.ended_ms)} for leg in legs],
+        "mixed": bool(call.mixed),
+        "identifiers": [{"source": i.get("source"), "value": i.get("value")}
+                        for i in (call.identifiers or ())],
+        "participants": [_participant_view(p) for p in (call.participants or ())],
+        "sessions": [_session_view(s) for s in _sessions(call.sip or {})],
     }
+
+
+def _sessions(sip):
+    sessions = sip.get("sessions")
+    if sessions is None and sip.get("callId"):
+        sessions = [sip]        # stored before sessions were listed
+    return sessions or []
+
+
+def _participant_view(p):
+    return {"id": p.get("id"), "aors": list(p.get("aors") or ()), "name": p.get("name"),
+            "sendsLabels": list(p.get("labels") or ()), "callId": p.get("callId"),
+            "left": bool(p.get("left", False))}
+
+
+def _session_view(s):
+    return {"callId": s.get("callId"), "transport": s.get("transport"),
+            "sessionId": s.get("sessionId"), "metadataDialect": s.get("metadataDialect"),
+            "delayedOffer": bool(s.get("delayedOffer", False)), "mixed": s.get("mixed"),
+            "streams": [{"label": st.get("label"), "audioIndex": st.get("audioIndex"),
+                         "codec": st.get("codec"), "seat": st.get("seat"),
+                         "participant": st.get("participant")}
+                        for st in s.get("streams") or ()]}
 
 
 _app = Klein()
@@ -242,16 +292,16 @@ class ControlApi:
         result = await self.calls.start(app, start)
         await self._audit("transcription.started", app, start.guid, {
             "customerId": start.customer_id, "agentId": start.agent_id,
-            "streams": {role: v["streamId"] for role, v in result.items()}})
-        return {"isOk": True, "autotranscribeResponse": result}
+            "streams": _stream_ids(result)})
+        return _start_stop_body(result)
 
     @route("/mg-autotranscribe/v1/stop-streaming", ["POST"])
     async def stop_streaming(self, request, app):
         guid = stop_guid(_json_body(request))
         result = await self.calls.stop(app, guid)
         await self._audit("transcription.stopped", app, guid, {
-            "streams": {role: v["streamId"] for role, v in result.items()}})
-        return {"isOk": True, "autotranscribeResponse": result}
+            "streams": _stream_ids(result)})
+        return _start_stop_body(result)
 
     async def _audit(self, action, app, guid, detail):
         self.log.info("audit: {action} guid={guid} by app {app_id}", action=action, guid=guid,

@@ -120,7 +120,10 @@ class ForwardingCalls:
                 "the node that has this call cannot be reached; try again",
                 headers={"Retry-After": 2}) from None
         if response.code == 200 and isinstance(answer, dict):
-            return answer.get("autotranscribeResponse", {})
+            result = dict(answer.get("autotranscribeResponse", {}))
+            if isinstance(answer.get("streams"), list):
+                result["streams"] = answer["streams"]
+            return result
         error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
         raise ForwardedError(response.code, error.get("code"),
                              error.get("message", "the owner node refused the request"))

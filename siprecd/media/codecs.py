@@ -1,4 +1,5 @@
-"""Audio codecs of the media plane: RTP payloads to 8 kHz int16 PCM, and back.
+"""Audio codecs of the media plane: RTP payloads to int16 PCM at the codec's
+own rate, and back.
 
 G.711 µ-law (PCMU) and A-law (PCMA) are numpy lookup tables built once at
 import from the segment rules of ITU-T G.711; decoding a payload is one
@@ -15,6 +16,21 @@ G.191, the ITU's own reference code for G.711. Here negative samples are
 taken in one's complement (``~x``), as G.191 does, so both laws quantise
 symmetrically about -1/2 LSB and ``encode(-x - 1)`` mirrors ``encode(x)``.
 
+G.722 (RFC 3551 §4.5.2: 16 kHz audio on an 8 kHz RTP clock, one byte per
+two samples at 64 kbit/s) goes through the ``G722`` module of the PyPI
+package ``g722`` (libg722: the bit-exact ITU-T G.722 code that spandsp and
+Asterisk also carry, packaged with wheels and kept up to date, so nothing is
+compiled here). Opus (RFC 7587: 48 kHz RTP clock) goes through libopus
+(Debian's libopus0) with ctypes, decoded to mono at 48 kHz; libopus is the
+reference implementation, and its C interface is small and stable, so a
+Python wrapper (``opuslib`` has not been released since 2018) would add a
+dependency and nothing else. Either may be missing: ``unavailable_reason``
+says what to install, and the server then does not offer it.
+
+Every decoder says its PCM rate (``sample_rate``) and its RTP clock
+(``clock_rate``); ``sample_rate // clock_rate`` PCM samples stand for one
+RTP timestamp unit (2 for G.722, 1 for the others).
+
 Decoders and encoders are not thread-safe; each belongs to one stream and
 is used from one thread.
 """
@@ -26,6 +42,7 @@ import numpy as np
 
 __all__ = [
     "SAMPLE_RATE",
+    "RATES",
     "G729_FRAME_SAMPLES",
     "G729_UNAVAILABLE_REASON",
     "STATIC_PAYLOAD_TYPES",
@@ -37,14 +54,20 @@ __all__ = [
     "load_g729_library",
     "make_decoder",
     "make_encoder",
+    "unavailable_reason",
     "ulaw_decode",
     "ulaw_encode",
 ]
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = 8000  # of the narrowband codecs (G.711, G.729)
 
-# RFC 3551 static payload types of the codecs this module speaks.
-STATIC_PAYLOAD_TYPES = {0: "PCMU", 8: "PCMA", 18: "G729"}
+# RFC 3551 static payload types of the codecs this module speaks (Opus
+# has none: its payload type is always dynamic).
+STATIC_PAYLOAD_TYPES = {0: "PCMU", 8: "PCMA", 9: "G722", 18: "G729"}
+
+# name -> (PCM rate, RTP clock rate)
+RATES = {"PCMU": (8000, 8000), "PCMA": (8000, 8000), "G729": (8000, 8000),
+         "G722": (16000, 8000), "OPUS": (48000, 48000)}
 
 # A G.729 frame is 10 ms: 80 samples in, 10 bytes out (2 bytes for an
 # Annex B SID frame, which carries comfort-noise parameters).
@@ -284,6 +307,8 @@ class Decoder(_Codec):
 
     name = ""
     payload_type = -1
+    sample_rate = SAMPLE_RATE
+    clock_rate = SAMPLE_RATE
     # Frames whose bits could not be decoded and were concealed instead.
     damaged_frames = 0
 
@@ -424,6 +449,8 @@ class Encoder(_Codec):
 
     name = ""
     payload_type = -1
+    sample_rate = SAMPLE_RATE
+    clock_rate = SAMPLE_RATE
 
     def encode(self, pcm):
         raise NotImplementedError
@@ -495,13 +522,245 @@ class G729Encoder(Encoder):
             pass
 
 
+# --- G.722 (the g722 package) -------------------------------------------------
+
+_G722_PACKAGE = "the PyPI package g722"
+
+
+def _load_g722():
+    try:
+        import G722
+    except ImportError as e:
+        return None, f"G.722 needs {_G722_PACKAGE}, which could not be imported ({e})."
+    return G722, None
+
+
+_g722_module, G722_UNAVAILABLE_REASON = _load_g722()
+G722_BIT_RATE = 64000
+
+
+class G722Decoder(Decoder):
+    """One stream's G.722 decoder (ADPCM: it keeps state between packets).
+
+    Each payload byte is two samples at 16 kHz; the RTP clock runs at 8 kHz
+    (RFC 3551 §4.5.2), so one timestamp unit is two samples. Lost audio is
+    silence (G.722 has no concealment of its own)."""
+
+    name = "G722"
+    payload_type = 9
+    sample_rate = 16000
+    clock_rate = 8000
+
+    def __init__(self, module):
+        self._codec = module.G722(self.sample_rate, G722_BIT_RATE)
+
+    def decode(self, payload):
+        if not len(payload):
+            return _EMPTY_PCM.copy()
+        out = self._codec.decode(bytes(payload))
+        return np.frombuffer(out, dtype=np.int16).copy()
+
+    def decode_many(self, payloads):
+        return self.decode(b"".join(bytes(p) for p in payloads))
+
+
+class G722Encoder(Encoder):
+    name = "G722"
+    payload_type = 9
+    sample_rate = 16000
+    clock_rate = 8000
+
+    def __init__(self, module):
+        self._codec = module.G722(self.sample_rate, G722_BIT_RATE)
+
+    def encode(self, pcm):
+        """An even number of 16 kHz samples; one byte per two."""
+        pcm = np.ascontiguousarray(_pcm16(pcm))
+        if len(pcm) % 2:
+            raise ValueError(f"expected an even number of samples, got {len(pcm)}")
+        return bytes(self._codec.encode(pcm))
+
+
+# --- Opus (libopus) --------------------------------------------------------------
+
+_OPUS_PACKAGE = "the Debian package libopus0"
+OPUS_RATE = 48000
+# The longest Opus packet: 120 ms.
+OPUS_MAX_SAMPLES = 5760
+OPUS_APPLICATION_VOIP = 2048
+OPUS_MAX_PACKET = 1500
+
+
+class Libopus:
+    """libopus's entry points with their C prototypes."""
+
+    def __init__(self, library, path):
+        self.path = path
+        vp, i32, c_int = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int
+
+        def bind(name, restype, *argtypes):
+            function = getattr(library, name)
+            function.restype = restype
+            function.argtypes = argtypes
+            return function
+
+        self.decoder_create = bind("opus_decoder_create", vp, i32, c_int, ctypes.POINTER(c_int))
+        self.decoder_destroy = bind("opus_decoder_destroy", None, vp)
+        # (state, data, len, pcm, frame_size, decode_fec) -> samples per channel, or < 0
+        self.decode = bind("opus_decode", c_int, vp, vp, i32, vp, c_int, c_int)
+        self.packet_samples = bind("opus_packet_get_nb_samples", c_int, vp, i32, i32)
+        self.encoder_create = bind("opus_encoder_create", vp, i32, c_int, c_int,
+                                   ctypes.POINTER(c_int))
+        self.encoder_destroy = bind("opus_encoder_destroy", None, vp)
+        # (state, pcm, frame_size, data, max_data_bytes) -> bytes written, or < 0
+        self.encode = bind("opus_encode", i32, vp, vp, c_int, vp, i32)
+        self.strerror = bind("opus_strerror", ctypes.c_char_p, c_int)
+        self.version = bind("opus_get_version_string", ctypes.c_char_p)().decode()
+
+
+def _open_opus():
+    failures = []
+    names = [ctypes.util.find_library("opus"), "libopus.so.0"]
+    for name in [n for n in dict.fromkeys(names) if n]:
+        try:
+            return Libopus(ctypes.CDLL(name), name), None
+        except (OSError, AttributeError) as e:
+            failures.append(str(e) if name in str(e) else f"{name}: {e}")
+    tried = "; ".join(failures) or "no library name to try"
+    return None, f"Opus needs libopus, which could not be loaded ({tried}): install {_OPUS_PACKAGE}."
+
+
+_libopus, OPUS_UNAVAILABLE_REASON = _open_opus()
+
+
+class OpusDecoder(Decoder):
+    """One stream's Opus decoder: mono at 48 kHz (a stereo stream is mixed
+    down by libopus); lost audio is libopus's own concealment. A payload
+    libopus refuses is a damaged frame: nothing comes out of it, and the
+    timeline is kept by the next packet's timestamp."""
+
+    name = "OPUS"
+    payload_type = -1
+    sample_rate = OPUS_RATE
+    clock_rate = OPUS_RATE
+    _state = None
+
+    def __init__(self, library, payload_type=-1):
+        self._lib = library
+        self.payload_type = payload_type
+        error = ctypes.c_int()
+        state = library.decoder_create(OPUS_RATE, 1, ctypes.byref(error))
+        if not state or error.value:
+            raise MemoryError(f"libopus could not make a decoder: "
+                              f"{library.strerror(error.value).decode()}")
+        self._state = state
+        self._out = np.empty(OPUS_MAX_SAMPLES, dtype=np.int16)
+        self.damaged_frames = 0
+
+    def samples_in(self, payload):
+        """How many 48 kHz samples *payload* decodes to, or None if it is not Opus."""
+        data = bytes(payload)
+        if not data:
+            return None
+        n = self._lib.packet_samples(data, len(data), OPUS_RATE)
+        return n if 0 < n <= OPUS_MAX_SAMPLES else None
+
+    def decode(self, payload):
+        if self._state is None:
+            raise ValueError("decoding with a closed Opus decoder")
+        data = bytes(payload)
+        if not data:
+            return _EMPTY_PCM.copy()
+        n = self._lib.decode(self._state, data, len(data), self._out.ctypes.data,
+                             OPUS_MAX_SAMPLES, 0)
+        if n < 0:
+            self.damaged_frames += 1
+            return _EMPTY_PCM.copy()
+        return self._out[:n].copy()
+
+    def conceal(self, samples):
+        """libopus's packet loss concealment, in steps of 2.5 ms (the unit
+        it conceals in), cut to *samples*."""
+        if self._state is None:
+            raise ValueError("decoding with a closed Opus decoder")
+        samples = _sample_count(samples)
+        step = OPUS_RATE // 400
+        out = []
+        left = -(-samples // step) * step
+        while left > 0:
+            n = min(left, 960)
+            got = self._lib.decode(self._state, None, 0, self._out.ctypes.data, n, 0)
+            if got <= 0:
+                break
+            out.append(self._out[:got].copy())
+            left -= got
+        pcm = np.concatenate(out) if out else _EMPTY_PCM.copy()
+        if len(pcm) < samples:
+            pcm = np.concatenate([pcm, np.zeros(samples - len(pcm), dtype=np.int16)])
+        return pcm[:samples]
+
+    def close(self):
+        state, self._state = self._state, None
+        if state is not None:
+            self._lib.decoder_destroy(state)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class OpusEncoder(Encoder):
+    """Mono 48 kHz Opus for the call simulator (VoIP application)."""
+
+    name = "OPUS"
+    payload_type = -1
+    sample_rate = OPUS_RATE
+    clock_rate = OPUS_RATE
+    _state = None
+
+    def __init__(self, library, payload_type=111):
+        self._lib = library
+        self.payload_type = payload_type
+        error = ctypes.c_int()
+        state = library.encoder_create(OPUS_RATE, 1, OPUS_APPLICATION_VOIP, ctypes.byref(error))
+        if not state or error.value:
+            raise MemoryError(f"libopus could not make an encoder: "
+                              f"{library.strerror(error.value).decode()}")
+        self._state = state
+        self._out = (ctypes.c_ubyte * OPUS_MAX_PACKET)()
+
+    def encode(self, pcm):
+        """One Opus frame: 2.5, 5, 10, 20, 40 or 60 ms of 48 kHz samples."""
+        if self._state is None:
+            raise ValueError("encoding with a closed Opus encoder")
+        pcm = np.ascontiguousarray(_pcm16(pcm))
+        n = self._lib.encode(self._state, pcm.ctypes.data, len(pcm), self._out, OPUS_MAX_PACKET)
+        if n < 0:
+            raise ValueError(f"libopus could not encode {len(pcm)} samples: "
+                             f"{self._lib.strerror(n).decode()}")
+        return bytes(self._out[:n])
+
+    def close(self):
+        state, self._state = self._state, None
+        if state is not None:
+            self._lib.encoder_destroy(state)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 # --- by name ----------------------------------------------------------------
 
 _G711 = {
     "PCMU": (0, ULAW_DECODE_TABLE, ULAW_ENCODE_TABLE),
     "PCMA": (8, ALAW_DECODE_TABLE, ALAW_ENCODE_TABLE),
 }
-_NAMES = ("PCMU", "PCMA", "G729")
+_NAMES = ("PCMU", "PCMA", "G729", "G722", "OPUS")
 
 
 def _known(name):
@@ -511,29 +770,51 @@ def _known(name):
     return key
 
 
+def unavailable_reason(name):
+    """None when codec *name* can be used here, else what to install."""
+    key = _known(name)
+    if key == "G729":
+        return G729_UNAVAILABLE_REASON
+    if key == "G722":
+        return G722_UNAVAILABLE_REASON
+    if key == "OPUS":
+        return OPUS_UNAVAILABLE_REASON
+    return None
+
+
 def _library_for(key):
-    library = _bcg729
+    library = {"G729": _bcg729, "G722": _g722_module, "OPUS": _libopus}[key]
     if library is None:
-        raise ValueError(f"codec {key} is unavailable: {G729_UNAVAILABLE_REASON}")
+        raise ValueError(f"codec {key} is unavailable: {unavailable_reason(key)}")
     return library
 
 
-def make_decoder(name):
+def make_decoder(name, payload_type=None):
     """A new decoder for one stream; *name* as in SDP (case does not matter).
 
     Raises ValueError for a codec this module does not know or cannot load.
+    *payload_type* names Opus's dynamic payload type (for repr only).
     """
     key = _known(name)
     if key in _G711:
         payload_type, table, _ = _G711[key]
         return G711Decoder(key, payload_type, table)
+    if key == "G722":
+        return G722Decoder(_library_for(key))
+    if key == "OPUS":
+        return OpusDecoder(_library_for(key), -1 if payload_type is None else payload_type)
     return G729Decoder(_library_for(key))
 
 
-def make_encoder(name, *, vad=False):
-    """A new encoder; *vad* turns on G.729 Annex B (ignored by G.711)."""
+def make_encoder(name, *, vad=False, payload_type=None):
+    """A new encoder; *vad* turns on G.729 Annex B (ignored by the others);
+    *payload_type* is Opus's dynamic payload type (default 111)."""
     key = _known(name)
     if key in _G711:
         payload_type, _, table = _G711[key]
         return G711Encoder(key, payload_type, table)
+    if key == "G722":
+        return G722Encoder(_library_for(key))
+    if key == "OPUS":
+        return OpusEncoder(_library_for(key), 111 if payload_type is None else payload_type)
     return G729Encoder(_library_for(key), vad=vad)

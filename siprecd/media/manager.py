@@ -116,6 +116,7 @@ class MediaManager:
                     media.resume()
                 media.set_remote(stream.remote_host, stream.remote_port)
                 media.set_srtp(stream.srtp)  # same key: same context; new key: re-keyed
+                self._follow_codec(open_streams[key][0], media, stream)
                 continue
             sid = StreamId(session.guid.value, session.call_id, stream.label,
                            stream.audio_index, session.mixed)
@@ -135,6 +136,20 @@ class MediaManager:
                           guid=sid.guid, call_id=sid.call_id, label=stream.label,
                           port=stream.local_port, codec=stream.codec.name,
                           rtp=f"SRTP ({stream.srtp.suite.name})" if stream.srtp else "RTP")
+
+    def _follow_codec(self, sid, media, stream):
+        """A re-INVITE that moved the stream to another codec (or payload
+        types) keeps the stream: its receiver switches decoder."""
+        receiver = media.receiver
+        event = stream.telephone_event.payload_type if stream.telephone_event else -1
+        if (receiver.codec, receiver.payload_type) == (stream.codec.name,
+                                                        stream.codec.payload_type) \
+                and (receiver.dtmf_payload_type or -1) == event:
+            return
+        self.log.info("guid {guid} stream {label} now {codec} (payload type {pt})",
+                      guid=sid.guid, call_id=sid.call_id, label=sid.label,
+                      codec=stream.codec.name, pt=stream.codec.payload_type)
+        media.renegotiate(stream.codec.name, stream.codec.payload_type, event)
 
     def _close_all(self, session, reason):
         for _, media in self.calls.pop(session.call_id, {}).values():
@@ -176,8 +191,8 @@ class _Watch:
         self.session = session
         self.consumer = consumer
 
-    def pcm(self, stream, position, samples):
-        self.consumer.pcm(stream, position, samples)
+    def pcm(self, stream, position, samples, rate):
+        self.consumer.pcm(stream, position, samples, rate)
 
     def event(self, stream, kind, position, detail):
         self.consumer.event(stream, kind, position, detail)

@@ -1,12 +1,16 @@
 """One recorded stream's RTP turned into PCM on the call's timeline (sans-IO).
 
-A :class:`StreamReceiver` takes datagrams and hands 8 kHz int16 PCM with
-its position to an :class:`~siprecd.interfaces.IStreamConsumer`. It locks
-onto the first SSRC, follows SSRC changes, unwraps 16-bit sequence numbers
-and 32-bit timestamps, drops duplicates, restores order within a small
-window, conceals losses, consumes RFC 4733 telephone events and comfort
-noise, and fills holds with silence, so that ``position / 8`` is always
-milliseconds since the stream's first packet on the call's own clock.
+A :class:`StreamReceiver` takes datagrams and hands int16 PCM at the
+codec's own rate (8 kHz for G.711 and G.729, 16 kHz for G.722, 48 kHz for
+Opus) with its position and rate to an
+:class:`~siprecd.interfaces.IStreamConsumer`. It locks onto the first
+SSRC, follows SSRC changes, unwraps 16-bit sequence numbers and 32-bit
+timestamps, drops duplicates, restores order within a small window,
+conceals losses, consumes RFC 4733 telephone events and comfort noise, and
+fills holds with silence, so that ``position / rate`` is always seconds
+since the stream's first packet on the call's own clock. A codec's RTP
+clock may run slower than its audio (G.722: 8 kHz clock, 16 kHz audio):
+one timestamp unit is then ``rate // clock_rate`` samples.
 
 Time comes from an injected ``IReactorTime``; nothing here touches a socket.
 
@@ -78,8 +82,10 @@ __all__ = [
     "COMFORT_NOISE_PT",
 ]
 
-SAMPLE_RATE = 8000
-STATIC_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8, "G729": 18}
+SAMPLE_RATE = 8000  # of G.711 and G.729
+STATIC_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8, "G722": 9, "G729": 18}
+# Codecs with no static payload type (their type comes from the SDP).
+DYNAMIC_CODECS = frozenset(["OPUS"])
 COMFORT_NOISE_PT = 13  # RFC 3389
 # G.711 decoding is stateless, so streams can share one decoder and one
 # table lookup per tick; G.729 keeps per-stream decoder state.
@@ -94,7 +100,9 @@ MAX_MISORDER = 100
 # so one stray packet of another source cannot move the timeline.
 PROBATION = 2
 # Timestamps that run this far ahead of the wall clock are not believed.
-MAX_AHEAD = SAMPLE_RATE  # 1 s
+MAX_AHEAD_SECONDS = 1.0
+# Concealment beyond this is silence anyway.
+CONCEAL_SECONDS = 0.06
 # How fast the wall-clock reference may drift upwards (sender clock slower
 # than ours): 1 ms per second.
 WALL_CREEP = 0.001
@@ -121,10 +129,19 @@ def _signed32(x):
     return x - 0x100000000 if x & 0x80000000 else x
 
 
-def _default_decoder(codec):
+def _default_decoder(codec, payload_type=None):
     from siprecd.media.codecs import make_decoder
 
-    return make_decoder(codec)
+    return make_decoder(codec, payload_type)
+
+
+def _check_codec(codec, payload_type):
+    codec = str(codec).upper()
+    if codec not in STATIC_PAYLOAD_TYPES and codec not in DYNAMIC_CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    if codec in DYNAMIC_CODECS and payload_type is None:
+        raise ValueError(f"codec {codec} needs its payload type from the SDP")
+    return codec
 
 
 class _Entry:
@@ -142,8 +159,9 @@ class _Entry:
 class StreamReceiver:
     """RTP of one recorded stream in, PCM on the call's timeline out.
 
-    *stream* is handed back to *consumer* as is. *codec* is "PCMU", "PCMA"
-    or "G729"; *payload_type* defaults to its static number;
+    *stream* is handed back to *consumer* as is. *codec* is "PCMU", "PCMA",
+    "G729", "G722" or "OPUS"; *payload_type* defaults to its static number
+    (Opus has none: it must be given);
     *dtmf_payload_type* is the negotiated telephone-event type, if any.
     *jitter_window* (seconds) is how long a gap waits for its packet.
     *decoder* defaults to ``codecs.make_decoder(codec)``.
@@ -160,8 +178,7 @@ class StreamReceiver:
     def __init__(self, stream, consumer, clock, codec="PCMU", payload_type=None,
                  dtmf_payload_type=None, jitter_window=0.06, decoder=None,
                  comfort_noise_payload_type=COMFORT_NOISE_PT):
-        if codec not in STATIC_PAYLOAD_TYPES:
-            raise ValueError(f"unknown codec {codec!r}")
+        codec = _check_codec(codec, payload_type)
         self.stream = stream
         self.consumer = consumer
         self.clock = clock
@@ -170,9 +187,10 @@ class StreamReceiver:
         self.dtmf_payload_type = dtmf_payload_type
         self.cn_payload_type = comfort_noise_payload_type
         self.jitter_window = jitter_window
-        self.decoder = decoder if decoder is not None else _default_decoder(codec)
+        self.decoder = decoder if decoder is not None else _default_decoder(codec,
+                                                                            self.payload_type)
+        self._set_rates()
         self.on_end = None
-        self._g729 = codec == "G729"
         self._max_buffered = max(8, int(jitter_window * 200) + 8)
 
         now = clock.seconds()
@@ -273,7 +291,7 @@ class StreamReceiver:
                 ahead = len(self._batch) * self._fast_spp
                 (ts,) = _TS.unpack_from(data, 4)
                 if ts == (self._fast_ts + ahead) & _MASK32:
-                    self._time_packet(now, ts, self.position + ahead)
+                    self._time_packet(now, ts, self.position + ahead * self._ratio)
                     self._last_sample = now
                     self._fast_seq = (self._fast_seq + 1) & _MASK16
                     self._fast_len = self._fast_size
@@ -303,7 +321,7 @@ class StreamReceiver:
                 block = p.reports[0]
                 rtcp["fraction_lost"] = block.fraction_lost / 256.0
                 rtcp["cumulative_lost"] = block.cumulative_lost
-                rtcp["jitter_ms"] = block.jitter * 1000.0 / SAMPLE_RATE
+                rtcp["jitter_ms"] = block.jitter * 1000.0 / self.clock_rate
             if isinstance(p, Goodbye):
                 rtcp["bye"] = rtcp.get("bye", 0) + 1
 
@@ -376,19 +394,43 @@ class StreamReceiver:
         self._release(now, force=True)
         self._disarm()
         self._last_played = None
-        if codec is not None and codec != self.codec:
-            if codec not in STATIC_PAYLOAD_TYPES:
-                raise ValueError(f"unknown codec {codec!r}")
+        if codec is not None and str(codec).upper() != self.codec:
+            codec = _check_codec(codec, payload_type)
             self.decoder.close()
-            self.decoder = _default_decoder(codec)
+            self.decoder = _default_decoder(codec, payload_type)
             self.codec = codec
-            self._g729 = codec == "G729"
+            rates = (self.rate, self.clock_rate)
+            self._set_rates()
+            if (self.rate, self.clock_rate) != rates:
+                self._change_rates(*rates)
             if payload_type is None:
                 payload_type = STATIC_PAYLOAD_TYPES[codec]
         if payload_type is not None:
             self.payload_type = payload_type
         if dtmf_payload_type is not None:
             self.dtmf_payload_type = None if dtmf_payload_type < 0 else dtmf_payload_type
+
+    def _set_rates(self):
+        self.rate = getattr(self.decoder, "sample_rate", SAMPLE_RATE)
+        self.clock_rate = getattr(self.decoder, "clock_rate", SAMPLE_RATE)
+        # PCM samples per RTP timestamp unit (2 for G.722).
+        self._ratio = max(1, self.rate // self.clock_rate)
+        self._g729 = self.codec == "G729"
+        self._opus = self.codec == "OPUS"
+
+    def _change_rates(self, old_rate, old_clock):
+        """A codec switch changed the PCM rate or the RTP clock: the timeline
+        so far is converted to the new rate (the same time, in new samples)
+        and the next packet is placed by its arrival time, since timestamps
+        of another clock say nothing about the old ones."""
+        self._close_dtmf()
+        self.position = int(round(self.position * self.rate / old_rate))
+        self._ts_ref = None
+        self._jitter = self._jitter * self.clock_rate / old_clock
+        self._jitter_last = None
+        if self._offset is not None:
+            self._reanchor = True
+        self._disarm()
 
     @property
     def idle_since(self):
@@ -441,9 +483,10 @@ class StreamReceiver:
         self._sync()
         out = dict(self.counters)
         out["ssrc"] = self.ssrc
-        out["jitter_ms"] = self._jitter * 1000.0 / SAMPLE_RATE
+        out["jitter_ms"] = self._jitter * 1000.0 / self.clock_rate
         out["position"] = self.position
-        out["audio_ms"] = self.position * 1000 // SAMPLE_RATE
+        out["rate"] = self.rate
+        out["audio_ms"] = self.position * 1000 // self.rate
         out["malformed_kinds"] = dict(self.malformed_kinds)
         out["on_hold"] = self.on_hold
         out["rtcp"] = dict(self.rtcp)
@@ -651,7 +694,7 @@ class StreamReceiver:
 
     def _anchor_if_needed(self, ts):
         if self._offset is None:
-            self._offset = -self._extend_ts(ts)
+            self._offset = -self._extend_ts(ts) * self._ratio
 
     def _after_silence(self):
         self._last_played = None
@@ -668,18 +711,27 @@ class StreamReceiver:
             count = frames * 80
             audio = payload[:frames * 10]
             sid = rest == 2
+        elif self._opus:
+            count = self.decoder.samples_in(payload)
+            if count is None:
+                count = 0
+                self.counters["malformed"] += 1
+                self.malformed_kinds["payload"] = self.malformed_kinds.get("payload", 0) + 1
+            audio = payload
+            sid = False
         else:
-            count = len(payload)
+            count = len(payload) * self._ratio   # a byte is one sample (two for G.722)
             audio = payload
             sid = False
         ts = self._extend_ts(packet.timestamp)
+        scaled = ts * self._ratio
         arrival = entry.arrival
         if self._offset is None:
-            self._offset = -ts
+            self._offset = -scaled
         elif self._reanchor:
             self._reanchor = False
-            self._offset = max(self.position, self._wall_position(arrival)) - ts
-        position = ts + self._offset
+            self._offset = max(self.position, self._wall_position(arrival)) - scaled
+        position = scaled + self._offset
         if position < self.position:
             # Timestamps went back: keep the audio, shift the timeline.
             self.counters["timestamp_jumps"] += 1
@@ -687,7 +739,8 @@ class StreamReceiver:
             self._offset += self.position - position
             position = self.position
         elif position > self.position:
-            if self._wall is not None and position - self._wall_position(arrival) > MAX_AHEAD:
+            if (self._wall is not None
+                    and position - self._wall_position(arrival) > MAX_AHEAD_SECONDS * self.rate):
                 self.counters["timestamp_jumps"] += 1
                 self._jitter_last = None
                 new = max(self.position, self._wall_position(arrival))
@@ -700,9 +753,10 @@ class StreamReceiver:
         if count:
             self._emit(self.decoder.decode(audio))
         self._time_packet(arrival, packet.timestamp, position)
+        ticks = count // self._ratio
         if count and not sid and entry.simple and len(payload) == entry.size - 12:
             # What the next packet looks like if the stream goes on steadily.
-            self._last_played = ((packet.timestamp + count) & _MASK32, entry.size, count)
+            self._last_played = ((packet.timestamp + ticks) & _MASK32, entry.size, ticks)
         else:
             self._last_played = None
 
@@ -717,7 +771,7 @@ class StreamReceiver:
         if self._reanchor:
             position = self.position
         else:
-            position = max(0, self._extend_ts(packet.timestamp) + self._offset)
+            position = max(0, self._extend_ts(packet.timestamp) * self._ratio + self._offset)
         ts = packet.timestamp
         if self._dtmf_open is not None and self._dtmf_open[0] != ts:
             self._close_dtmf()
@@ -752,7 +806,7 @@ class StreamReceiver:
         position = self.position
         self.position = position + n
         try:
-            self.consumer.pcm(self.stream, position, samples)
+            self.consumer.pcm(self.stream, position, samples, self.rate)
         except Exception:
             self.log.failure("stream consumer failed on PCM", stream=self.stream)
 
@@ -767,13 +821,13 @@ class StreamReceiver:
         if conceal:
             self.counters["concealed_samples"] += count
             # Concealment beyond a few frames is silence anyway.
-            first = min(count, 480)
+            first = min(count, int(CONCEAL_SECONDS * self.rate))
             self._emit(np.asarray(self.decoder.conceal(first), dtype=np.int16))
             count -= first
         else:
             self.counters["silence_samples"] += count
         while count > 0:
-            n = min(count, FILL_CHUNK)
+            n = min(count, FILL_CHUNK * self._ratio)
             self._emit(np.zeros(n, dtype=np.int16))
             count -= n
 
@@ -782,16 +836,16 @@ class StreamReceiver:
     def _wall_position(self, now):
         if self._wall is None:
             return self.position
-        return int(round((now - self._wall) * SAMPLE_RATE))
+        return int(round((now - self._wall) * self.rate))
 
     def _time_packet(self, arrival, ts, position):
         """Jitter and the wall-clock reference, from one timed audio packet."""
         last = self._jitter_last
         if last is not None:
-            d = (arrival - last[0]) * SAMPLE_RATE - _signed32(ts - last[1])
+            d = (arrival - last[0]) * self.clock_rate - _signed32(ts - last[1])
             self._jitter += (abs(d) - self._jitter) / 16.0
         self._jitter_last = (arrival, ts)
-        offset = arrival - position / SAMPLE_RATE
+        offset = arrival - position / self.rate
         if self._wall is None or offset < self._wall:
             self._wall = offset
         else:
@@ -1030,7 +1084,7 @@ class ReceiverGroup:
                 position = r.position
                 r.position = position + n * spp
                 try:
-                    r.consumer.pcm(r.stream, position, samples)
+                    r.consumer.pcm(r.stream, position, samples, r.rate)
                 except Exception:
                     self.log.failure("stream consumer failed on PCM", stream=r.stream)
                 if now - r._last_sample >= JITTER_SAMPLE_INTERVAL and r._fast_len != -1:

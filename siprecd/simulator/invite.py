@@ -41,7 +41,12 @@ __all__ = [
 LABELS = ("1", "2")
 ROLES = ("customer", "agent")
 
-PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8, "G729": 18}
+PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8, "G729": 18, "G722": 9, "OPUS": 111}
+# a=rtpmap encodings (RFC 3551; RFC 7587 for Opus, always /48000/2).
+ENCODINGS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G729": "G729/8000",
+             "G722": "G722/8000", "OPUS": "opus/48000/2"}
+# RTP clock of each codec (G.722's is 8 kHz for 16 kHz audio, RFC 3551).
+CLOCK_RATES = {"PCMU": 8000, "PCMA": 8000, "G729": 8000, "G722": 8000, "OPUS": 48000}
 TELEPHONE_EVENT_PT = 101
 
 # Which identifier header the SRC sends. "vendor": whatever the flavour's
@@ -103,11 +108,11 @@ def offer_sdp(host, ports, codec, *, direction="sendonly", session_id="1", versi
         lines.append(f"m=audio {port} {proto} {formats}")
         if crypto:
             lines.append(f"a=crypto:{crypto[i]}")
-        lines.append(f"a=rtpmap:{pt} {codec}/8000")
+        lines.append(f"a=rtpmap:{pt} {ENCODINGS[codec]}")
         if codec == "G729":
             lines.append(f"a=fmtp:{pt} annexb=no")  # we send no SID frames
         if telephone_event:
-            lines += [f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
+            lines += [f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/{CLOCK_RATES[codec]}",
                       f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15"]
         lines += ["a=ptime:20", f"a=label:{label}", f"a={direction}"]
     return ("\r\n".join(lines) + "\r\n").encode("ascii")

@@ -83,7 +83,7 @@ class Dtmf:
     frames: int = 5
 
 
-def _dtmf_packets(dtmf, payload_type):
+def _dtmf_packets(dtmf, payload_type, ticks=FRAME_SAMPLES):
     """[(slot offset, payload, marker)] for one digit (RFC 4733 §2.5).
 
     Every packet of the event carries the timestamp of its start; the
@@ -94,7 +94,7 @@ def _dtmf_packets(dtmf, payload_type):
     out = []
     for j in range(dtmf.frames):
         last = j == dtmf.frames - 1
-        out.append((j, telephone_event(event, last, (j + 1) * FRAME_SAMPLES), j == 0))
+        out.append((j, telephone_event(event, last, (j + 1) * ticks), j == 0))
     final = out[-1][1]
     out += [(dtmf.frames - 1 + r, final, False) for r in range(1, END_REPEATS)]
     return out
@@ -106,8 +106,11 @@ def dtmf_slots(dtmf):
 
 
 def plan_stream(payloads, *, payload_type, ssrc, first_seq, first_timestamp,
-                hold=None, dtmf=(), event_payload_type=101):
+                hold=None, dtmf=(), event_payload_type=101, ticks_per_slot=FRAME_SAMPLES):
     """Every packet of one stream, in sending order.
+
+    *ticks_per_slot* is how far the RTP timestamp moves in 20 ms (160 on
+    an 8 kHz clock, G.722's included; 960 for Opus's 48 kHz clock).
 
     *payloads* holds one encoded 20 ms frame per slot of audio; *hold* is
     ``(first slot, slots)`` during which nothing is sent and the audio
@@ -118,7 +121,7 @@ def plan_stream(payloads, *, payload_type, ssrc, first_seq, first_timestamp,
     hold_start, hold_slots = hold if hold else (len(payloads) + 1, 0)
     events = {}
     for d in dtmf:
-        for offset, payload, marker in _dtmf_packets(d, event_payload_type):
+        for offset, payload, marker in _dtmf_packets(d, event_payload_type, ticks_per_slot):
             events.setdefault(d.slot + offset, []).append((payload, marker, d.slot))
     total = len(payloads) + hold_slots
     packets = []
@@ -130,14 +133,14 @@ def plan_stream(payloads, *, payload_type, ssrc, first_seq, first_timestamp,
             continue
         if slot in events:
             for payload, event_marker, start in events[slot]:
-                ts = first_timestamp + start * FRAME_SAMPLES
+                ts = first_timestamp + start * ticks_per_slot
                 data = rtp_header(event_payload_type, seq, ts, ssrc, event_marker) + payload
                 packets.append(Packet(slot, "dtmf", seq, data, len(payload)))
                 seq += 1
             continue
         frame = slot if slot < hold_start else slot - hold_slots
         payload = payloads[frame]
-        ts = first_timestamp + slot * FRAME_SAMPLES
+        ts = first_timestamp + slot * ticks_per_slot
         packets.append(Packet(slot, "audio", seq,
                               rtp_header(payload_type, seq, ts, ssrc, marker) + payload,
                               len(payload)))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+import soxr
 from twisted.internet import defer
 
 from siprecd.media.codecs import make_encoder
@@ -33,7 +34,9 @@ __all__ = ["Target", "CallSpec", "Prepared", "prepare", "place_calls", "TRANSPOR
            "SRTP_SUITES"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
-CODECS = ("PCMU", "PCMA", "G729")
+CODECS = ("PCMU", "PCMA", "G729", "G722", "OPUS")
+# PCM rate each codec encodes (the call's audio, 8 kHz, is resampled up to it).
+CODEC_RATES = {"G722": 16000, "OPUS": 48000}
 DEFAULT_SECONDS = 10.0  # length of the generated audio when no WAV is given
 
 
@@ -124,6 +127,9 @@ def _fit(samples, count):
 
 
 def _encode(samples, codec):
+    rate = CODEC_RATES.get(codec)
+    if rate is not None:
+        return _encode_wideband(samples, codec, rate)
     encoder = make_encoder(codec)
     try:
         data = encoder.encode(samples)
@@ -132,6 +138,21 @@ def _encode(samples, codec):
     frames = len(samples) // rtp.FRAME_SAMPLES
     size = len(data) // frames if frames else 0
     return tuple(data[i * size:(i + 1) * size] for i in range(frames))
+
+
+def _encode_wideband(samples, codec, rate):
+    """One payload per 20 ms: the 8 kHz audio resampled to *rate* (soxr),
+    then encoded frame by frame (Opus packets vary in size)."""
+    pcm = soxr.resample(np.asarray(samples, dtype=np.int16), 8000, rate, quality="HQ")
+    per_frame = rate // 50
+    frames = len(samples) // rtp.FRAME_SAMPLES
+    pcm = np.concatenate([pcm, np.zeros(max(0, frames * per_frame - len(pcm)), np.int16)])
+    encoder = make_encoder(codec)
+    try:
+        return tuple(encoder.encode(pcm[i * per_frame:(i + 1) * per_frame])
+                     for i in range(frames))
+    finally:
+        encoder.close()
 
 
 def _slot(seconds, what):

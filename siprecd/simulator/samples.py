@@ -23,18 +23,22 @@ from siprecd.siprec.multipart import DEFAULT_BOUNDARY, build_multipart
 
 __all__ = ["FLAVOURS", "SiprecSample", "sample_invite", "sample_metadata", "sample_sdp"]
 
-FLAVOURS = ("rfc7865", "oracle", "ribbon", "audiocodes", "cisco", "avaya-sbce", "genesys")
+FLAVOURS = ("rfc7865", "oracle", "ribbon", "audiocodes", "cisco", "avaya-sbce", "genesys",
+            "broadworks")
 
 RFC7865_NS = "urn:ietf:params:xml:ns:recording:1"
 DRAFT_NS = "urn:ietf:params:xml:ns:recording"
 APKT_NS = "http://acmepacket.com/siprec/extensiondata"
 AC_NS = "http://AudioCodes"
+BROADWORKS_NS = "urn:ietf:params:xml:ns:siprec"
+BROADWORKS_EXT_NS = "http://schema.broadsoft.com/broadWorksRecordingMetadata"
 
 # The 16 hex digits of an Avaya UCID: node, sequence, UNIX time (README, "SIP and SIPREC").
 DEFAULT_UCID_HEX = "0002D3DF63111234"
 DEFAULT_CISCO_GUID = "3735928559-305419896-2882400001-42"
 
-_PAYLOAD_TYPES = {"PCMU": (0, "PCMU/8000"), "PCMA": (8, "PCMA/8000"), "G729": (18, "G729/8000")}
+_PAYLOAD_TYPES = {"PCMU": (0, "PCMU/8000"), "PCMA": (8, "PCMA/8000"), "G729": (18, "G729/8000"),
+                  "G722": (9, "G722/8000"), "opus": (111, "opus/48000/2")}
 
 
 @attrs.frozen
@@ -125,6 +129,8 @@ def sample_metadata(flavour="rfc7865", labels=("1", "2"), *, call_key="sample",
     q = quoteattr
     if flavour == "oracle":
         return _oracle_metadata(labels, parties, ids, data_mode, ucid_hex)
+    if flavour == "broadworks":
+        return _broadworks_metadata(labels, parties, ids, data_mode, call_key)
     p = "tns:" if flavour == "ribbon" else ""
     xmlns = (f' xmlns:tns="{RFC7865_NS}"' if flavour == "ribbon"
              else f' xmlns="{RFC7865_NS}"')
@@ -194,6 +200,46 @@ def _oracle_metadata(labels, parties, ids, data_mode, ucid_hex):
     return ("\r\n".join(out) + "\r\n").encode("utf-8")
 
 
+def broadworks_tracking_id(call_key):
+    """The extTrackingID a BroadWorks sample carries (``<number>:<leg>``)."""
+    return f"{uuid.uuid5(uuid.NAMESPACE_URL, call_key).int % 10**7}:1"
+
+
+def _broadworks_metadata(labels, parties, ids, data_mode, call_key):
+    """Cisco BroadWorks' form, as its SIPREC interface describes it: root
+    ``recording_metadata`` in urn:ietf:params:xml:ns:siprec, ``id``/``session``
+    attributes, send/recv inside the participant, and BroadWorks' own call
+    identifiers in a ``broadWorksRecordingMetadata`` extension."""
+    q = quoteattr
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<recording_metadata xmlns="{BROADWORKS_NS}">',
+           f"  <dataMode>{data_mode}</dataMode>",
+           f"  <session id={q(ids.session)}>",
+           "    <start-time>2024-04-11T09:15:42.000Z</start-time>",
+           "  </session>"]
+    for pid, (aor, name, sends) in zip(ids.participants, parties):
+        out += [f"  <participant id={q(pid)} session={q(ids.session)}>",
+                f"    <nameID aor={q(aor)}><name>{escape(name)}</name></nameID>"]
+        out += [f"    <send>{ids.streams[i]}</send>" for i in sends]
+        out += [f"    <recv>{sid}</recv>" for j, sid in enumerate(ids.streams) if j not in sends]
+        out.append("  </participant>")
+    for sid, label in zip(ids.streams, labels):
+        out.append(f"  <stream id={q(sid)} session={q(ids.session)}>"
+                   f"<label>{escape(label)}</label></stream>")
+    out += ["  <extensiondata>",
+            f'    <broadWorksRecordingMetadata xmlns="{BROADWORKS_EXT_NS}">',
+            f"      <extTrackingID>{broadworks_tracking_id(call_key)}</extTrackingID>",
+            "      <serviceProviderID>sp-example</serviceProviderID>",
+            "      <groupID>contact-centre</groupID>",
+            "      <userID>agent2001@cc.example.com</userID>",
+            f"      <callID>callhalf-{int(ids.group[:6], 16)}:0</callID>",
+            "      <recordingMode>Always</recordingMode>",
+            "    </broadWorksRecordingMetadata>",
+            "  </extensiondata>",
+            "</recording_metadata>"]
+    return ("\r\n".join(out) + "\r\n").encode("utf-8")
+
+
 def _vendor_headers(flavour, ucid_hex, cisco_guid, genesys_uuid):
     if flavour == "avaya-sbce":
         return (("User-to-User", f"00FA08{ucid_hex};encoding=hex"),)
@@ -211,6 +257,8 @@ def _expected_guid(flavour, ids, call_key, ucid_hex, cisco_guid, genesys_uuid):
         return _cisco_decimal(cisco_guid)
     if flavour == "genesys":
         return genesys_uuid
+    if flavour == "broadworks":
+        return broadworks_tracking_id(call_key)
     return ids.sip_session
 
 

@@ -758,6 +758,7 @@ class SiprecCall:
                 frames, payload_type=pt, ssrc=stream.ssrc, first_seq=stream.first_seq,
                 first_timestamp=stream.first_ts, hold=self.prepared.hold, dtmf=dtmf,
                 event_payload_type=stream.event_pt or invitemod.TELEPHONE_EVENT_PT,
+                ticks_per_slot=self._clock_rate() // 50,
             )
             rng = random.Random(f"{self.seed}/{self.number}/{stream.index}")
             schedule, counts = rtp.impair(plan, self.spec.impairments, rng)
@@ -779,6 +780,9 @@ class SiprecCall:
             entries.append(((start + slots) * rtp.FRAME_SECONDS, self._hold, "sendonly"))
         self.pacer = rtp.Pacer(self.reactor, entries, self.speed, done=self._media_done)
         self.pacer.start()
+
+    def _clock_rate(self):
+        return invitemod.CLOCK_RATES[self.spec.codec.upper()]
 
     def _answer_sdp(self, response):
         try:
@@ -813,7 +817,7 @@ class SiprecCall:
         now = self.pacer.now() if self.pacer is not None else 0.0
         make = rtp.rtcp_bye if last else rtp.rtcp_sender_report
         data = make(stream.ssrc, self.reactor.seconds(),
-                    stream.first_ts + int(now * rtp.CLOCK_RATE), stream.result.packets,
+                    stream.first_ts + int(now * self._clock_rate()), stream.result.packets,
                     stream.result.payload_bytes, stream.cname)
         if stream.srtp is not None:
             data = stream.srtp.protect_rtcp(data)

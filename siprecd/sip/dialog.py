@@ -12,7 +12,11 @@ __all__ = ["Dialog", "OutOfOrder"]
 
 
 class OutOfOrder(Exception):
-    """A request's CSeq is not above the last one seen (answer 500)."""
+    """A request's CSeq is not above the last one seen (answer 500).
+
+    A BYE numbered like the last request is let through: SRCs that write
+    the INVITE's CSeq on their BYE exist, and the BYE only ends what it
+    names. One numbered below stays refused (RFC 3261 §12.2.2)."""
 
 
 @attrs.define
@@ -58,7 +62,7 @@ class Dialog:
         number, _ = request.cseq
         if request.method in ("ACK", "CANCEL"):
             return
-        if number <= self.remote_seq:
+        if number < self.remote_seq or (number == self.remote_seq and request.method != "BYE"):
             raise OutOfOrder(f"CSeq {number} not above {self.remote_seq}")
         self.remote_seq = number
 

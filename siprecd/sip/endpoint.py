@@ -116,7 +116,7 @@ class SipEndpoint:
         # the ACK for a 2xx has a branch of its own, so it is matched here.
         self._accepted = {}
         self.counters = {"received": 0, "malformed": 0, "errors": 0, "refused": 0,
-                         "exhausted": 0}
+                         "exhausted": 0, "tolerated": 0}
         self._exhausted = BurstLog(clock, self.log, "out of file descriptors or buffers")
 
     def bind(self, ua):
@@ -229,6 +229,11 @@ class SipEndpoint:
 
     def _receive_request(self, request, source):
         self._mark_via(request, source)
+        if request.tolerated:
+            self.counters["tolerated"] += 1
+            self.log.info("tolerated from {address} in {method} {call_id}: {what}",
+                          address=f"{source.host}:{source.port}", method=request.method,
+                          call_id=request.call_id, what="; ".join(request.tolerated))
         key = server_key(request)
         txn = self.server_txns.get(key)
         if request.method == "ACK":

@@ -8,7 +8,12 @@ back into bytes with ``to_bytes()``.
 Reading is tolerant where real peers are sloppy but the meaning is plain
 (leading CRLFs, LF-only line ends, folded lines, spaces around ``:``, compact
 header names) and strict where sloppiness would change the meaning: framing,
-the start line, and the headers that identify a transaction. Every failure is
+the start line, and the headers that identify a transaction. A few slips
+that SBCs in the field are known to make, and whose meaning is still plain,
+are mended and noted in ``Request.tolerated`` (the endpoint logs one line
+for them): a From/To/Contact whose ``<`` is never closed (read as if it were
+not there), ``[`` or ``]`` in a URI user part, and an ACK or BYE whose CSeq
+method says INVITE (the request line decides). Every failure is
 a :class:`SipParseError` whose reason can go straight into a 400, and which
 carries the partly parsed request whenever that is enough to answer, so a bad
 message always gets an answer instead of a crash or a silent drop.
@@ -327,6 +332,10 @@ _HOSTPORT_RE = re.compile(
     re.S,
 )
 _USER_RE = re.compile(r'[^ \t<>"@\[\]]+')
+# What a user part may hold when read tolerantly: brackets too (seen from
+# SBCs that copy a display string into the user part), never blanks,
+# quotes or angle brackets, which would change where the URI ends.
+_LOOSE_USER_RE = re.compile(r'[^ \t<>"@\x00-\x1f\x7f]+')
 _TEL_RE = re.compile(r'([^;?@ \t<>"]+)((?:;[^?]*)?)')
 # Shape of any absolute URI, for places that carry URIs of any scheme
 # (Request-URI, name-addr): a scheme, a colon and no whitespace or delimiters.
@@ -349,6 +358,8 @@ class SipUri:
     params: dict = attrs.field(factory=dict)
     headers: dict = attrs.field(factory=dict)
     password: str | None = None
+    # What was mended to read it (stray punctuation in the user part), or None.
+    repaired: str | None = attrs.field(default=None, eq=False, repr=False)
 
     def param(self, name):
         """A parameter's value; '' for one present without a value, None if absent."""
@@ -391,13 +402,16 @@ def parse_uri(value):
     # belongs to a URI header (?Replaces=...@host), seen unescaped in the wild.
     query = rest.find("?")
     at = rest.find("@", 0, len(rest) if query == -1 else query)
-    user = password = None
+    user = password = repaired = None
     if at != -1:
         user, colon, password = rest[:at].partition(":")
         if not colon:
             password = None
         if not _USER_RE.fullmatch(user) or (password and not _USER_RE.fullmatch(password)):
-            raise SipParseError("Bad user part in URI")
+            if not _LOOSE_USER_RE.fullmatch(user) or (
+                    password and not _LOOSE_USER_RE.fullmatch(password)):
+                raise SipParseError("Bad user part in URI")
+            repaired = "stray punctuation in a URI user part"
         rest = rest[at + 1:]
     h = _HOSTPORT_RE.fullmatch(rest)
     if h is None:
@@ -416,7 +430,7 @@ def parse_uri(value):
             headers[name] = hvalue
     return SipUri(
         scheme, user, host, _port(h.group(3), "URI"),
-        _parse_params(h.group(4), "URI"), headers, password,
+        _parse_params(h.group(4), "URI"), headers, password, repaired,
     )
 
 
@@ -508,6 +522,8 @@ class NameAddr:
     uri: str
     display_name: str | None = None
     params: dict = attrs.field(factory=dict)
+    # What was mended to read it (a '<' never closed), or None.
+    repaired: str | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def tag(self):
@@ -530,7 +546,9 @@ def parse_name_addr(value):
     """Parse ``"Name" <uri>;params``, ``Name <uri>``, ``<uri>`` or ``uri;params``.
 
     In the last form, everything after the first ``;`` is header parameters,
-    as RFC 3261 §20 says.
+    as RFC 3261 §20 says. A ``<`` that is never closed (``<sip:u@h;+sip.src``,
+    as some SBCs send) is read as if it were not there, in that last form,
+    and the result says so in ``repaired``.
     """
     if not isinstance(value, str):
         raise SipParseError("Bad address")
@@ -559,7 +577,12 @@ def parse_name_addr(value):
         rest = text[lt:]
     gt = rest.find(">")
     if gt == -1:
-        raise SipParseError("Bad address")
+        uri, semi, params = rest[1:].partition(";")
+        uri = uri.strip(" \t")
+        if not _URI_SHAPE_RE.fullmatch(uri):
+            raise SipParseError("Bad address")
+        return NameAddr(uri, display, _parse_params(semi + params, "header"),
+                        repaired="'<' never closed")
     uri = rest[1:gt].strip(" \t")
     if not _URI_SHAPE_RE.fullmatch(uri):
         raise SipParseError("Bad address")
@@ -652,6 +675,9 @@ class Request(_HeaderViews):
     headers: Headers = attrs.field(converter=_to_headers)
     body: bytes = b""
     version: str = "SIP/2.0"
+    # The slips mended while reading it (see the module docstring), one
+    # short text each, for one log line.
+    tolerated: tuple = attrs.field(default=(), eq=False, repr=False)
 
     def to_bytes(self):
         """Wire form: CRLF line ends, Content-Length set to the body's length."""
@@ -828,10 +854,11 @@ def _failure(head, error):
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 
 
-def _check_headers(headers):
+def _check_headers(headers, notes=None):
     """Check the headers that identify a transaction.
 
-    Returns (the first problem or None, the CSeq method or None).
+    Returns (the first problem or None, the CSeq method or None). What had
+    to be mended to read From, To and Contact is appended to *notes*.
     """
     counts = {}
     first = {}
@@ -864,9 +891,33 @@ def _check_headers(headers):
         # would make dialogs match on nothing.
         if name != "Via" and _empty_tag(parsed):
             return SipParseError(f"Bad {name} header"), None
+        if notes is not None and name != "Via":
+            _note_repairs(name, parsed, notes)
     if not first["call-id"]:
         return SipParseError("Empty Call-ID header"), None
+    if notes is not None and "contact" in first:
+        try:
+            _note_repairs("Contact", parse_name_addr(headers.get("Contact")), notes)
+        except SipParseError:
+            pass  # read (and refused) where it is used
     return None, method
+
+
+def _note_repairs(name, addr, notes):
+    if addr.repaired:
+        notes.append(f"{name}: {addr.repaired}")
+    if addr.uri[:4].lower() in ("sip:", "sips"):
+        try:
+            uri = parse_uri(addr.uri)
+        except SipParseError:
+            return
+        if uri.repaired:
+            notes.append(f"{name}: {uri.repaired}")
+
+
+# Methods whose CSeq some SRCs fill with the INVITE's method: the request
+# line decides what they are (an ACK still matches its INVITE by number).
+_CSEQ_INVITE_TOLERATED = ("ACK", "BYE")
 
 
 def _build(head, body):
@@ -893,9 +944,14 @@ def _build(head, body):
     if error is None and not _URI_SHAPE_RE.fullmatch(request.uri):
         error = SipParseError("Bad Request-URI")
     if error is None:
-        error, method = _check_headers(request.headers)
+        notes = []
+        error, method = _check_headers(request.headers, notes)
         if error is None and method != request.method:
-            error = SipParseError("CSeq method does not match request method")
+            if method == "INVITE" and request.method in _CSEQ_INVITE_TOLERATED:
+                notes.append(f"CSeq method INVITE on a {request.method}")
+            else:
+                error = SipParseError("CSeq method does not match request method")
+        request.tolerated = tuple(notes)
     if error is None:
         forwards = request.headers.get("Max-Forwards")
         if forwards is not None and not (_DIGITS_RE.fullmatch(forwards) and int(forwards) <= 255):

@@ -2,8 +2,9 @@
 
 Contact centres name a call by whatever their platform uses: Avaya's UCID
 (in ``User-to-User``, an ``X-UCID``-style header, or copied into metadata
-by an Oracle or AudioCodes SBC), Cisco's GUID, a Genesys UUID, the SIPREC
-session id, or at worst the SIP Call-ID. :func:`find_identifiers` collects
+by an Oracle or AudioCodes SBC), Cisco's GUID, a Genesys UUID, BroadWorks'
+external tracking id or call id, the SIPREC session id, or at worst the SIP
+Call-ID. :func:`find_identifiers` collects
 every candidate a recording INVITE carries and :func:`choose_guid` picks one
 in the configured order (``sip.guid_sources``); all of them are
 stored with the call so that a client can be matched whichever it uses.
@@ -32,7 +33,8 @@ __all__ = [
 # Every source, in the default order (siprecd.config.Sip.guid_sources).
 SOURCES = (
     "avaya-uui", "x-ucid", "x-isr-ucid", "oracle-ucid", "audiocodes-ucid",
-    "cisco-guid", "genesys-uuid", "metadata-session", "call-id",
+    "cisco-guid", "genesys-uuid", "broadworks-tracking-id", "broadworks-call-id",
+    "metadata-session", "call-id",
 )
 
 # Genesys Engage's SIP Server sends X-Genesys-CallUUID (AudioCodes copies it
@@ -186,6 +188,11 @@ def find_identifiers(headers, metadata, call_id):
     if metadata is not None:
         if metadata.genesys_uuid:
             add("genesys-uuid", metadata.genesys_uuid, metadata.genesys_uuid)
+        # BroadWorks names its calls in its own metadata extension.
+        for source, raw in (("broadworks-tracking-id", metadata.broadworks_tracking_id),
+                            ("broadworks-call-id", metadata.broadworks_call_id)):
+            if raw:
+                add(source, raw.strip(), raw)
         # A sipSessionID may be a Session-ID (RFC 7989) with ";remote=":
         # the local UUID alone names the call.
         for raw in metadata.sip_session_ids:

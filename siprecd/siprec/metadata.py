@@ -11,7 +11,18 @@ more than in meaning:
   ``nameID`` in the participant, ``send``/``recv`` inside ``participant``;
 - either of them with a prefix (Ribbon's ``tns:``), or with no namespace;
 - ``datamode`` or ``dataMode`` (element names are matched without regard to
-  case or namespace; only their place in the tree matters).
+  case or namespace; only their place in the tree matters);
+- Cisco BroadWorks: root ``<recording_metadata>`` in the namespace
+  ``urn:ietf:params:xml:ns:siprec``, draft-style ``id=``/``session=``
+  attributes, ``<dataMode>``, and a ``<broadWorksRecordingMetadata>``
+  element (wherever it is) whose ``extTrackingID`` and ``callID`` name the
+  call on the BroadWorks side (``broadworks_tracking_id``,
+  ``broadworks_call_id``: guid candidates).
+
+A participant whose ``participantsessionassoc`` (or, in the draft form, the
+participant itself) carries a ``disassociate-time`` has left the session
+(``Participant.disassociated``): the stream of whoever replaces it takes
+its place (see ``siprecd.siprec.session``).
 
 Extension data is flattened into ``RecordingMetadata.extensions``:
 
@@ -55,7 +66,10 @@ __all__ = [
 
 RFC7865_NAMESPACE = "urn:ietf:params:xml:ns:recording:1"
 DRAFT_NAMESPACE = "urn:ietf:params:xml:ns:recording"
-_DIALECTS = {RFC7865_NAMESPACE: "rfc7865", DRAFT_NAMESPACE: "draft", "": "none"}
+BROADWORKS_NAMESPACE = "urn:ietf:params:xml:ns:siprec"
+_DIALECTS = {RFC7865_NAMESPACE: "rfc7865", DRAFT_NAMESPACE: "draft",
+             BROADWORKS_NAMESPACE: "broadworks", "": "none"}
+_ROOTS = ("recording", "recording_metadata")
 
 DEFAULT_MAX_BYTES = 256 * 1024
 DEFAULT_MAX_DEPTH = 32
@@ -72,6 +86,8 @@ class Participant:
     name: str | None = None
     sends: tuple[str, ...] = ()      # ids of the streams this participant sends
     receives: tuple[str, ...] = ()
+    # True once it has left the session (a disassociate-time); None: not said.
+    disassociated: bool | None = None
 
 
 @attrs.frozen
@@ -86,7 +102,8 @@ class RecordingMetadata:
     """What one metadata document (or a merge of several) says.
 
     ``dialect`` is ``"rfc7865"``, ``"draft"`` (the namespace without ``:1``),
-    ``"none"`` (no namespace) or ``"other"`` (some other namespace).
+    ``"broadworks"``, ``"none"`` (no namespace) or ``"other"`` (some other
+    namespace).
     """
 
     data_mode: str | None = None                 # "complete" | "partial" | None
@@ -100,6 +117,8 @@ class RecordingMetadata:
     ucid: str | None = None          # any "*:ucid" extension (Oracle: apkt:ucid)
     avaya_ucid: str | None = None    # AudioCodes' AvayaUCID extension
     genesys_uuid: str | None = None  # AudioCodes' GenesysUUID extension
+    broadworks_tracking_id: str | None = None  # BroadWorks extTrackingID
+    broadworks_call_id: str | None = None      # BroadWorks callID
 
     def streams_for_label(self, label):
         """The streams carried on SDP label *label* (usually one)."""
@@ -295,14 +314,31 @@ def _parse_xml(xml, max_bytes, max_depth):
 
 
 def _find_recording(root):
-    """The ``recording`` element: the root, or failing that the first one inside."""
+    """The ``recording`` (BroadWorks: ``recording_metadata``) element: the
+    root, or failing that the first one inside."""
     queue = deque([root])
     while queue:
         node = queue.popleft()
-        if node.lname == "recording":
+        if node.lname in _ROOTS:
             return node
         queue.extend(node.children)
     raise MetadataError(f"metadata root element is <{root.local}>, not <recording>")
+
+
+def _find_all(node, lname):
+    """Every element named *lname* at or below *node*, in document order."""
+    out, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if current.lname == lname:
+            out.append(current)
+        stack.extend(reversed(current.children))
+    return out
+
+
+def _disassociated(node):
+    """True when *node* has a non-empty disassociate-time child, else None."""
+    return True if any(d.value() for d in node.each("disassociate-time")) else None
 
 
 def _dedupe(values):
@@ -328,7 +364,7 @@ class _Extensions:
         for child in node.children:
             if child.lname == "extensiondata":
                 self.flatten(child, "")
-            elif child.lname == "calldata":
+            elif child.lname in ("calldata", "broadworksrecordingmetadata"):
                 self.flatten(child, self.segment(child))
             else:
                 self.collect(child)
@@ -369,6 +405,7 @@ def _participant(node):
         name=next((n for n in names if n), None),
         sends=_dedupe(s.value() for s in node.each("send")),
         receives=_dedupe(r.value() for r in node.each("recv", "receive")),
+        disassociated=_disassociated(node),
     )
 
 
@@ -406,6 +443,11 @@ def _read(recording):
                 p.receives + tuple(r.value() for r in assoc.each("recv", "receive"))
             ),
         )
+    for assoc in recording.each("participantsessionassoc"):
+        pid = assoc.attr("participant_id", "participant")
+        if pid is not None and _disassociated(assoc):
+            p = participants.get(pid, Participant(pid))
+            participants[pid] = attrs.evolve(p, disassociated=True)
     streams = {}
     for node in recording.each("stream"):
         s = _stream(node)
@@ -414,6 +456,12 @@ def _read(recording):
 
     ext = _Extensions(ns)
     ext.collect(recording)
+    broadworks = _find_all(recording, "broadworksrecordingmetadata")
+
+    def broadworks_value(lname):
+        return next((leaf.value() for b in broadworks for leaf in _find_all(b, lname)
+                     if leaf.value()), None)
+
     return RecordingMetadata(
         data_mode=mode if mode in ("complete", "partial") else None,
         dialect=dialect,
@@ -428,6 +476,8 @@ def _read(recording):
         ucid=ext.firsts.get("ucid"),
         avaya_ucid=ext.firsts.get("avayaucid"),
         genesys_uuid=ext.firsts.get("genesysuuid"),
+        broadworks_tracking_id=broadworks_value("exttrackingid"),
+        broadworks_call_id=broadworks_value("callid"),
     )
 
 
@@ -514,4 +564,6 @@ def merge_metadata(previous, update):
         ucid=update.ucid or previous.ucid,
         avaya_ucid=update.avaya_ucid or previous.avaya_ucid,
         genesys_uuid=update.genesys_uuid or previous.genesys_uuid,
+        broadworks_tracking_id=update.broadworks_tracking_id or previous.broadworks_tracking_id,
+        broadworks_call_id=update.broadworks_call_id or previous.broadworks_call_id,
     )

@@ -4,7 +4,8 @@ write the answer (RFC 8866 SDP, RFC 3264 offer/answer, RFC 7866 SRS rules).
 Sans-IO: text in, frozen objects or answer bytes out.
 
 The parser is tolerant where real SBCs are sloppy (LF-only line ends, trailing
-blanks, lines out of order, unknown lines and attributes, no ``s=``/``t=``)
+blanks, lines out of order, unknown lines and attributes, no ``s=``/``t=``,
+junk after the last valid line when no m-line follows it)
 and strict where a misreading would record the wrong thing or echo garbage
 (``v=0``, the shape of ``o=``, ``m=``, ``c=``, ``a=rtpmap``, ``a=fmtp``,
 ``a=rtcp``). Anything it refuses raises :class:`SdpError`, and nothing else,
@@ -31,6 +32,8 @@ __all__ = [
     "negotiate",
     "answer_direction",
     "format_answer",
+    "format_offer",
+    "offer_codecs",
     "check_reoffer",
 ]
 
@@ -57,8 +60,10 @@ _STATIC_PAYLOADS = {
     18: ("G729", 8000, None),
 }
 
-# What the media plane decodes, with the clock rate it decodes at.
-_DECODABLE = {"PCMU": 8000, "PCMA": 8000, "G729": 8000}
+# What the media plane decodes, with the RTP clock rate it is offered at.
+_DECODABLE = {"PCMU": 8000, "PCMA": 8000, "G729": 8000, "G722": 8000, "OPUS": 48000}
+# RFC 7587 §7: Opus is always offered as opus/48000/2, whatever it carries.
+_CHANNELS = {"OPUS": (2,)}
 
 TELEPHONE_EVENT = "TELEPHONE-EVENT"
 
@@ -138,6 +143,8 @@ class SessionDescription:
     direction: str | None
     attributes: tuple[tuple[str, str | None], ...] = attrs.field(repr=_attributes_repr)
     media: tuple[MediaDescription, ...] = attrs.field()
+    # Lines of junk after the last valid line, left unread (0: none).
+    ignored_lines: int = attrs.field(default=0, eq=False)
 
     def audio(self):
         """The audio m-lines in SDP order (roles are assigned by this order)."""
@@ -289,7 +296,10 @@ def _ptime(value):
     return None
 
 
-def _lines(data, max_size):
+_M_LINE = re.compile(r"[ \t]*m=")
+
+
+def _lines(data, max_size, ignored=None):
     if isinstance(data, str):
         # Lone surrogates cannot be encoded later; they become U+FFFD.
         data = data.encode("utf-8", "surrogatepass")
@@ -301,16 +311,26 @@ def _lines(data, max_size):
     if b"\0" in data:
         raise SdpError("SDP contains a NUL byte")
     text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-    for number, line in enumerate(text.split("\n"), 1):
+    lines = text.split("\n")
+    valid = 0
+    for number, line in enumerate(lines, 1):
         line = line.rstrip()
         if not line:
             continue
+        if len(line) < 2 or line[1] != "=" or not line[0].isascii() or not line[0].isalpha():
+            if valid and not any(_M_LINE.match(rest) for rest in lines[number:]):
+                # Junk after the last valid line (a multipart delimiter and
+                # the next part pasted into the SDP part, as some SRCs send):
+                # the description before it is whole, so it is used.
+                if ignored is not None:
+                    ignored.append(len([r for r in lines[number - 1:] if r.strip()]))
+                return
+            raise SdpError(f"line {number}: expected 'x=value', got {_show(line)}")
         if "\r" in line:
             # A CR inside a line would end the line for some peers: echoing
             # the rest of it (a label, say) could inject lines into our answer.
             raise SdpError(f"line {number}: stray carriage return")
-        if len(line) < 2 or line[1] != "=" or not line[0].isascii() or not line[0].isalpha():
-            raise SdpError(f"line {number}: expected 'x=value', got {_show(line)}")
+        valid += 1
         yield number, line[0], line[2:]
 
 
@@ -333,7 +353,8 @@ def parse_sdp(data, *, max_size=65536, max_media=64):
     session = _Section()
     sections = []
     current = session
-    for number, kind, value in _lines(data, max_size):
+    ignored = []
+    for number, kind, value in _lines(data, max_size, ignored):
         try:
             if version is None:
                 if kind != "v":
@@ -384,6 +405,7 @@ def parse_sdp(data, *, max_size=65536, max_media=64):
         direction=session_direction,
         attributes=tuple(session.attributes),
         media=media,
+        ignored_lines=ignored[0] if ignored else 0,
     )
 
 
@@ -459,15 +481,14 @@ def _acceptable_proto(media, accept_srtp):
     return accept_srtp and proto in _SDES_SRTP and bool(media.crypto)
 
 
-def _choose_codec(media, codec_preference):
-    for wanted in codec_preference:
-        for codec in media.codecs:
-            if (
-                codec.name == wanted
-                and codec.clock_rate == _DECODABLE[wanted]
-                and codec.channels in (None, 1)
-            ):
-                return codec
+def _choose_codec(media, allowed):
+    for codec in media.codecs:
+        if (
+            codec.name in allowed
+            and codec.clock_rate == _DECODABLE[codec.name]
+            and codec.channels in (None, 1, *_CHANNELS.get(codec.name, ()))
+        ):
+            return codec
     return None
 
 
@@ -475,8 +496,11 @@ def negotiate(offer, codec_preference, *, accept_srtp=False):
     """Decide, per m-line of *offer*, what to take: a :class:`StreamChoice`,
     or None for a stream the answer refuses with port 0.
 
-    Our preference order wins over the offer's (README, "SIP and SIPREC"): the codec is the
-    first of *codec_preference* the m-line offers at its clock rate.
+    The SRC's order wins (README, "SIP and SIPREC"): the codec is the first
+    one the m-line offers, at its clock rate, that is among
+    *codec_preference* (the codecs this server takes). An SRC that lists
+    G.729 first will keep sending G.729, whatever else it offers, so
+    answering anything else would lose its audio.
     """
     preference = tuple(name.upper() for name in codec_preference)
     unknown = [name for name in preference if name not in _DECODABLE]
@@ -536,7 +560,7 @@ def _addrtype(address):
 
 # Encoding names are case-insensitive (RFC 4855), but some SBCs compare them
 # as written; answer in the spelling the registrations use.
-_SPELLING = {TELEPHONE_EVENT: "telephone-event"}
+_SPELLING = {TELEPHONE_EVENT: "telephone-event", "OPUS": "opus"}
 
 
 def _rtpmap_line(codec):
@@ -611,6 +635,56 @@ def format_answer(
     ]
     for media, choice, port in zip(offer.media, choices, ports):
         lines.extend(_answer_lines(media, choice, port, direction))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+# What we offer for each codec when the SRC sent no SDP (RFC 3551 static
+# types; Opus on a dynamic one, as RFC 7587 registers it).
+_OFFERED = {
+    "PCMU": Codec(0, "PCMU", 8000, None, None),
+    "PCMA": Codec(8, "PCMA", 8000, None, None),
+    "G729": Codec(18, "G729", 8000, None, None),
+    "G722": Codec(9, "G722", 8000, None, None),
+    "OPUS": Codec(111, "OPUS", 48000, 2, None),
+}
+_OFFERED_EVENT = Codec(101, TELEPHONE_EVENT, 8000, None, "0-15")
+
+
+def offer_codecs(codec_preference):
+    """The codecs of our offer, in *codec_preference* order, then telephone-event."""
+    preference = [name.upper() for name in codec_preference]
+    unknown = [name for name in preference if name not in _OFFERED]
+    if unknown:
+        raise ValueError(f"cannot offer codec {unknown[0]!r}")
+    return [_OFFERED[name] for name in preference] + [_OFFERED_EVENT]
+
+
+def format_offer(count, codec_preference, ports, *, address, session_id, session_version,
+                 username="siprecd", session_name="siprecd", labels=None):
+    """Our SDP offer of *count* recvonly audio streams (RFC 7866 §7.1.1: an
+    SRS may offer when the SRC's INVITE had none), one port each, every
+    codec of *codec_preference* plus telephone-event."""
+    if len(ports) != count:
+        raise ValueError("need one port per offered stream")
+    if not re.fullmatch(r"[0-9]{1,32}", str(session_id), re.ASCII):
+        raise ValueError(f"session_id must be decimal digits, got {session_id!r}")
+    addrtype = _addrtype(address)
+    codecs = offer_codecs(codec_preference)
+    labels = labels or [str(i + 1) for i in range(count)]
+    lines = [
+        "v=0",
+        f"o={username} {session_id} {session_version} IN {addrtype} {address}",
+        f"s={session_name or '-'}",
+        f"c=IN {addrtype} {address}",
+        "t=0 0",
+    ]
+    for port, label in zip(ports, labels):
+        lines.append(f"m=audio {port} RTP/AVP " + " ".join(str(c.payload_type) for c in codecs))
+        for codec in codecs:
+            lines.append(_rtpmap_line(codec))
+            if codec.fmtp:
+                lines.append(f"a=fmtp:{codec.payload_type} {codec.fmtp}")
+        lines += ["a=ptime:20", f"a=label:{label}", "a=recvonly"]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 

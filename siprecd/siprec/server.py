@@ -109,6 +109,8 @@ class RecordingServer:
 
     def handle_request(self, request, txn, source):
         to_tag = request.to.tag
+        if to_tag is None and request.method == "BYE":
+            to_tag = self._untagged_bye(request, source)
         if to_tag is not None:
             self._in_dialog(request, txn, source, to_tag)
             return
@@ -121,6 +123,20 @@ class RecordingServer:
             txn.respond(make_response(request, 481))
         else:
             txn.respond(make_response(request, 405, headers=[("Allow", ALLOWED)]))
+
+    def _untagged_bye(self, request, source):
+        """Our tag for a BYE that came without a To tag, when its Call-ID and
+        From tag name exactly one dialog (some SRCs drop the tag on BYE);
+        never a guess between two."""
+        from_tag = request.from_.tag
+        matches = [s for s in self.calls.values()
+                   if s.dialog.call_id == request.call_id and s.dialog.remote_tag == from_tag]
+        if len(matches) != 1:
+            return None
+        self.log.info("tolerated from {address}: BYE without To tag taken for the one dialog "
+                      "of call {call_id} with that From tag", call_id=request.call_id,
+                      address=f"{source.host}:{source.port}")
+        return matches[0].dialog.local_tag
 
     def admit(self, request, source):
         """Called by the endpoint before it makes a transaction: a 503 to
@@ -196,8 +212,10 @@ class RecordingServer:
         except _BadBody as e:
             txn.respond(make_response(request, e.status, e.reason))
             return
+        wanted = (len(offer.audio()) if offer is not None
+                  else self.config.sip.delayed_offer_streams)
         refusal = self.admission.over_streams(
-            request, source.host, self._streams_in_progress(), len(offer.audio()))
+            request, source.host, self._streams_in_progress(), wanted)
         if refusal is not None:
             txn.respond(refusal)
             return
@@ -212,10 +230,16 @@ class RecordingServer:
             session_id=session_id.split(";")[0].strip() if session_id else None,
         )
         try:
-            answer, _ = session.apply_offer(
-                offer, codecs=self.codecs, ports=self.ports,
-                address=self._media_address(source), srtp=self.config.media.srtp,
-            )
+            if offer is None:
+                # Delayed offer: we offer, the SRC answers in its ACK.
+                answer = session.make_offer(
+                    self.config.sip.delayed_offer_streams, codecs=self.codecs,
+                    ports=self.ports, address=self._media_address(source))
+            else:
+                answer, _ = session.apply_offer(
+                    offer, codecs=self.codecs, ports=self.ports,
+                    address=self._media_address(source), srtp=self.config.media.srtp,
+                )
         except NotAcceptable as e:
             txn.respond(_not_acceptable(request, e))
             return
@@ -231,9 +255,10 @@ class RecordingServer:
         self.pending[txn.key] = session
         self._use_connection(session, 1)
         self.log.info(
-            "recording session offered: guid {guid} from {address} ({n} stream(s))",
+            "recording session offered: guid {guid} from {address} ({n} stream(s){delayed})",
             guid=chosen.value, call_id=request.call_id, address=f"{source.host}:{source.port}",
             n=len(session.streams),
+            delayed="; no SDP in the INVITE: our offer goes in the 200 OK" if offer is None else "",
         )
         d = defer.maybeDeferred(self.listener.call_offered, session)
         d.addCallbacks(
@@ -283,19 +308,21 @@ class RecordingServer:
         self._ended(session, "refused", notify=True)
 
     def _read_body(self, request):
-        if not request.body:
-            raise _BadBody(488, "No SDP Offer")
+        """(offer, metadata); the offer is None when the INVITE has no SDP
+        (a delayed offer)."""
+        if not request.body.strip():
+            return None, None
         try:
             parts = split_body(request.headers.get("Content-Type"), request.body)
             sdp_bytes, metadata_bytes = find_siprec_parts(parts)
         except BodyError as e:
             raise _BadBody(400, f"Bad Body: {_phrase(e)}") from None
-        if sdp_bytes is None:
-            raise _BadBody(488, "No SDP Offer")
-        try:
-            offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
-        except SdpError as e:
-            raise _BadBody(400, f"Bad SDP: {_phrase(e)}") from None
+        offer = None
+        if sdp_bytes is not None:
+            try:
+                offer = self._parse_sdp(sdp_bytes, request)
+            except SdpError as e:
+                raise _BadBody(400, f"Bad SDP: {_phrase(e)}") from None
         metadata = None
         if metadata_bytes is not None:
             try:
@@ -306,6 +333,14 @@ class RecordingServer:
                 self.log.warn("unusable recording metadata in {call_id}: {error}",
                               call_id=request.call_id, error=str(e))
         return offer, metadata
+
+    def _parse_sdp(self, sdp_bytes, request):
+        offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
+        if offer.ignored_lines:
+            self.log.info("tolerated in {method} {call_id}: {n} line(s) of junk after the SDP "
+                          "part's last valid line, ignored", method=request.method,
+                          call_id=request.call_id, n=offer.ignored_lines)
+        return offer
 
     def _session_timer(self, request):
         """(expires, refresher) when the SBC asked for a session timer;
@@ -341,7 +376,39 @@ class RecordingServer:
             invite_txn.respond(make_response(invite_txn.request, 487))
 
     def handle_ack(self, request, source):
-        pass  # the INVITE transaction stops retransmitting its 2xx
+        """The INVITE transaction stops retransmitting its 2xx (the
+        endpoint's job); here, an ACK carrying the SRC's answer to our
+        offer (delayed offer, or an offer-less re-INVITE) sets up the
+        streams from it."""
+        to_tag = request.to.tag
+        session = self.calls.get((request.call_id, to_tag, request.from_.tag)) if to_tag else None
+        if session is None or not session.awaiting_answer:
+            return
+        session.awaiting_answer = False
+        answer = None
+        try:
+            parts = split_body(request.headers.get("Content-Type"), request.body)
+            sdp_bytes, metadata_bytes = find_siprec_parts(parts)
+            if metadata_bytes is not None:
+                session.update_metadata(parse_metadata(metadata_bytes))
+            if sdp_bytes is not None:
+                answer = self._parse_sdp(sdp_bytes, request)
+        except (BodyError, SdpError, MetadataError) as e:
+            self.log.warn("unusable answer in the ACK of call {call_id}: {error}; the streams "
+                          "stay as offered", call_id=request.call_id, error=str(e))
+            return
+        if answer is None:
+            self.log.warn("no SDP answer in the ACK of call {call_id}; the streams stay as "
+                          "offered", call_id=request.call_id)
+            return
+        session.apply_answer(answer, codecs=self.codecs, ports=self.ports)
+        self.log.info("answer in the ACK of call {call_id}: {streams}", call_id=request.call_id,
+                      guid=session.guid.value, streams=", ".join(
+                          f"{s.label}={s.codec.name}" for s in session.streams) or "no stream")
+        if not session.streams:
+            self._hang_up(session, "the SRC's answer took no stream")
+            return
+        self.listener.call_updated(session)
 
     def handle_ack_timeout(self, request):
         """No ACK came for our 2xx to an INVITE: the SRC is gone."""
@@ -367,7 +434,7 @@ class RecordingServer:
             return
         method = request.method
         if method == "BYE":
-            txn.respond(make_response(request, 200))
+            txn.respond(make_response(request, 200, to_tag=to_tag))
             self._ended(session, "bye from SRC", notify=True)
         elif method in ("INVITE", "UPDATE"):
             self._modify(request, txn, source, session)
@@ -399,7 +466,7 @@ class RecordingServer:
                                   call_id=request.call_id, error=str(e))
             if sdp_bytes is not None:
                 try:
-                    offer = parse_sdp(sdp_bytes, max_size=self.config.sip.max_message_size)
+                    offer = self._parse_sdp(sdp_bytes, request)
                     body, streams_changed = session.apply_offer(
                         offer, codecs=self.codecs, ports=self.ports,
                         address=self._media_address(source), srtp=self.config.media.srtp,
@@ -418,6 +485,7 @@ class RecordingServer:
             # Offer-less re-INVITE: our current session description is the
             # offer; the SBC answers in the ACK.
             body = session.answer
+            session.awaiting_answer = True
         session.dialog.refresh_target(request)
         timer = self._session_timer(request)
         if isinstance(timer, int):

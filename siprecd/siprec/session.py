@@ -4,7 +4,18 @@ identifiers, and how each new SDP offer changes the streams.
 Sans-IO: offers and metadata go in, an SDP answer and a description of
 what changed come out. Ports come from an IMediaPortAllocator. Roles are
 not decided here (the start-streaming request decides them); streams are
-described by their position among the audio m-lines and their label.
+described by their position among the audio m-lines, their label, and
+their *seat*: which of the first two parties' places they hold.
+
+Seats
+    The first two audio streams of a session hold seats 0 and 1 (their
+    audio_index). A stream that closes (its m-line set to port 0 or gone)
+    leaves its seat vacant, and the next new stream takes it: a transfer
+    signalled as a new m-line goes on in the transferred party's place. So
+    does a new stream whose sender, by the metadata, comes while the sender
+    of a seated stream has been disassociated from the session (RFC 7865
+    ``disassociate-time``). Any other new stream (a third party of a
+    3-way call or conference, a supervisor's barge-in) has no seat (None).
 """
 
 import uuid
@@ -37,6 +48,11 @@ class RecordedStream:
     on_hold: bool = False
     crypto: tuple = attrs.field(default=(), repr=False)   # offered a=crypto values (keys)
     srtp: object = attrs.field(default=None, repr=False)  # srtp.SrtpChoice of an SRTP stream
+    # The first two parties' place it holds (0 or 1), or None (see the
+    # module docstring); by default its audio_index for the first two.
+    seat: int | None = attrs.field(
+        default=attrs.Factory(lambda self: self.audio_index if self.audio_index < 2 else None,
+                              takes_self=True))
 
     @property
     def key(self):
@@ -65,6 +81,10 @@ class RecordingSession:
     dialog: object = None
     source: object = None            # endpoint.Source the INVITE came from
     timer: tuple | None = None       # (Session-Expires seconds, refresher) when in use
+    delayed_offer: bool = False      # the INVITE had no SDP: our offer, the answer in the ACK
+    awaiting_answer: bool = False    # our offer is out; the SRC's answer is due in its ACK
+    _seats: dict = attrs.field(factory=dict, repr=False)    # stream key -> seat, ever given
+    _holders: dict = attrs.field(factory=dict, repr=False)  # seat -> key of the stream in it
 
     @property
     def mixed(self):
@@ -144,6 +164,7 @@ class RecordingSession:
             raise
         for gone in old.values():
             ports.release(gone.local_port)
+        self._seat(new_streams)
         changed = _describe(self.streams) != _describe(new_streams)
         self.streams, self.refused = new_streams, refused
         if changed or self.answer is None:
@@ -154,6 +175,102 @@ class RecordingSession:
         )
         return self.answer, changed
 
+    def _seat(self, streams):
+        """Give each new stream its seat (module docstring); streams seen
+        before keep theirs."""
+        open_keys = {s.key for s in streams}
+        for seat, key in list(self._holders.items()):
+            if key not in open_keys:
+                del self._holders[seat]          # closed: the seat is vacant
+        for stream in streams:
+            if stream.key in self._seats:
+                stream.seat = self._seats[stream.key]
+                continue
+            given = {v for v in self._seats.values() if v is not None}
+            vacant = sorted(given - set(self._holders))
+            if vacant:
+                seat = vacant[0]
+            else:
+                seat = self._handed_over(stream)
+                if seat is None and stream.audio_index < 2 and stream.audio_index not in given:
+                    seat = stream.audio_index
+            stream.seat = seat
+            self._seats[stream.key] = seat
+            if seat is not None:
+                self._holders[seat] = stream.key
+
+    def _handed_over(self, stream):
+        """The seat of a stream whose sender the metadata says has left
+        (disassociated), when *stream*'s own sender is someone else."""
+        if self.metadata is None or stream.label is None:
+            return None
+        newcomer = self.metadata.participant_for_label(stream.label)
+        if newcomer is None or newcomer.disassociated:
+            return None
+        labels = {s.key: s.label for s in self.streams}
+        for seat, key in sorted(self._holders.items()):
+            label = labels.get(key)
+            sender = self.metadata.participant_for_label(label) if label else None
+            if sender is not None and sender.disassociated and sender.id != newcomer.id:
+                return seat
+        return None
+
+    def make_offer(self, count, *, codecs, ports, address):
+        """Our offer for an INVITE that came without SDP (delayed offer):
+        *count* recvonly audio streams with every codec we take; the SRC's
+        answer comes in its ACK (:meth:`apply_answer`). Until then each
+        stream waits on its port with our first codec."""
+        allocated = []
+        try:
+            for _ in range(count):
+                allocated.append(ports.allocate())
+        except Exception:
+            for port in allocated:
+                ports.release(port)
+            raise
+        first = sdpmod.offer_codecs(codecs)[0]
+        self.streams = [
+            RecordedStream(index=i, audio_index=i, label=str(i + 1), codec=first,
+                           telephone_event=None, local_port=port, remote_host=None,
+                           remote_port=0)
+            for i, port in enumerate(allocated)
+        ]
+        self._seat(self.streams)
+        self.sdp_version += 1
+        self.delayed_offer = True
+        self.awaiting_answer = True
+        self.answer = sdpmod.format_offer(
+            count, codecs, allocated, address=address, session_id=self.sdp_session_id,
+            session_version=self.sdp_version)
+        return self.answer
+
+    def apply_answer(self, answer, *, codecs, ports):
+        """The SRC's answer to our offer (in its ACK): each stream takes the
+        codec the answer names (the first of ours it lists), where the SRC
+        sends from, and its hold state; a stream the answer refuses (port 0,
+        no codec of ours) is closed. Returns whether anything changed.
+        Labels stay ours (streams are known by them); the m-line order is
+        the offer's (RFC 3264 §6)."""
+        self.awaiting_answer = False
+        choices = sdpmod.negotiate(answer, tuple(codecs))
+        kept, changed = [], False
+        for stream in self.streams:
+            media = answer.media[stream.index] if stream.index < len(answer.media) else None
+            choice = choices[stream.index] if media is not None else None
+            if choice is None:
+                ports.release(stream.local_port)
+                changed = True
+                continue
+            updated = attrs.evolve(stream, codec=choice.codec,
+                                   telephone_event=choice.telephone_event,
+                                   remote_host=media.connection, remote_port=media.port,
+                                   on_hold=media.on_hold)
+            changed = changed or _describe([stream]) != _describe([updated])
+            kept.append(updated)
+        self._seat(kept)
+        self.streams = kept
+        return changed
+
     def release_ports(self, ports):
         for stream in self.streams:
             ports.release(stream.local_port)
@@ -162,7 +279,7 @@ class RecordingSession:
 
 def _describe(streams):
     return [
-        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold,
+        (s.index, s.label, s.codec, s.local_port, s.remote_host, s.remote_port, s.on_hold, s.seat,
          s.srtp.remote if s.srtp is not None else None)
         for s in streams
     ]

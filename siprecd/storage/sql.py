@@ -184,7 +184,9 @@ class SqlStorage:
         try:
             migrations = migrate.load(self.dialect.name)
             self._writer, self._reader = self._make_pools()
+            await self._before_migrations()
             self.schema_version = await self._write(migrate.apply, migrations, self._now())
+            await self._after_migrations()
         except Exception as e:
             error = self._error(e)
             await self._close_pools()
@@ -192,6 +194,13 @@ class SqlStorage:
             raise kind(f"cannot open {self.name} storage at {self.location}: "
                        f"{_detail(error, self)}") from e
         return self.schema_version
+
+    def _before_migrations(self):
+        """What a dialect needs done outside the migrations' transaction first."""
+        return defer.succeed(None)
+
+    def _after_migrations(self):
+        return defer.succeed(None)
 
     def drain(self):
         return defer.gatherResults(list(self._in_flight)).addCallback(lambda _: None)

@@ -92,6 +92,22 @@ class SqliteStorage(SqlStorage):
                 self.log.warn("cannot make {path} private: {error}", path=path,
                               error=e.strerror or str(e))
 
+    def _before_migrations(self):
+        # SQLite rebuilds a table to change its constraints, and dropping
+        # the old one with foreign keys on would cascade into its children;
+        # the pragma is a no-op inside a transaction, so it is set here.
+        return self._writer.runWithConnection(
+            lambda conn: conn.execute("PRAGMA foreign_keys = OFF"))
+
+    def _after_migrations(self):
+        def check(conn):
+            conn.execute("PRAGMA foreign_keys = ON")
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StorageError(f"the schema migration left {len(broken)} rows whose "
+                                   "references are broken")
+        return self._writer.runWithConnection(check)
+
     def _setup_reader(self, conn):
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")

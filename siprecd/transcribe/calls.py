@@ -1,17 +1,24 @@
 """Calls and legs: which calls are up, start and stop on them, and what
 of them is stored.
 
-:class:`CallTable` holds this node's calls by guid and Call-ID (and the
-work in flight on them, for a clean drain). :class:`CallControl` is
-the ``ICallListener`` that keeps it (a call is stored when it is offered,
-and the 200 OK waits for that; updated on re-INVITEs; finalised and ended
-on BYE) and carries out start-streaming and stop-streaming as docs/api.rst
-defines them, with its error codes as :mod:`siprecd.transcribe.errors`
-exceptions.
+:class:`CallTable` holds this node's SIPREC sessions by Call-ID and their
+conversations by guid (and the work in flight on them, for a clean
+drain). Several sessions may carry one guid at once (Avaya keeps the UCID
+across transfer and conference; Cisco's built-in bridge sends two sessions
+with one Cisco-Guid): they are one :class:`Conversation`, start and stop on
+the guid apply to every active session of it, each session keeps its own
+streams (streamIds) and timelines, and a session that ends does not end the
+others; the conversation ends with its last session.
+
+:class:`CallControl` is the ``ICallListener`` that keeps the table (a call
+is stored when it is offered, and the 200 OK waits for that; updated on
+re-INVITEs; finalised and ended on BYE) and carries out start-streaming and
+stop-streaming as docs/api.rst defines them, with its error codes as
+:mod:`siprecd.transcribe.errors` exceptions.
 
 Legs: a start with another agentId than the last one starts a new leg;
-within a leg each participant's stream keeps its streamId (a uuid4)
-across windows (:mod:`siprecd.transcribe.windows`).
+within a leg each stream keeps its streamId (a uuid4) across windows
+(:mod:`siprecd.transcribe.windows`).
 """
 
 import uuid
@@ -30,55 +37,85 @@ from siprecd.transcribe.errors import (
     NotAllowed, RequestInProgress,
 )
 from siprecd.transcribe.request import LegSettings, language_tag
-from siprecd.transcribe.segment import SAMPLE_RATE
-from siprecd.transcribe.windows import CUSTOMER, LegStream
+from siprecd.transcribe.windows import CUSTOMER, ROLES, LegStream, stream_key
 
-__all__ = ["ActiveCall", "CallTable", "CallControl", "OK_STATUS"]
+__all__ = ["ActiveCall", "Conversation", "CallTable", "CallControl", "OK_STATUS"]
 
 OK_STATUS = {"code": 1000, "description": "OK"}
 
 
 @attrs.define(eq=False)
-class ActiveCall:
-    session: object
+class Conversation:
+    """Every SIPREC session of one guid on this node (usually one)."""
+
     guid: str
-    call_id: str
-    phase: str = "offered"       # offered -> active -> ending -> ended
-    stored: object = None        # _Outcome of the first upsert
+    sessions: list = attrs.field(factory=list)   # ActiveCall, in arrival order
     busy: bool = False
     streaming: bool = False
     leg: object = None           # storage Leg of the current leg
     params: LegSettings | None = None
-    roles: dict = attrs.field(factory=dict)      # role -> LegStream (current leg)
+    # call_id -> (sip dict, participants list) of every session seen, for
+    # the stored Call (which is one per guid).
+    records: dict = attrs.field(factory=dict)
+
+    def active(self):
+        return [c for c in self.sessions if c.phase in ("offered", "active")]
+
+
+@attrs.define(eq=False)
+class ActiveCall:
+    """One SIPREC session (one Call-ID)."""
+
+    session: object
+    guid: str
+    call_id: str
+    conversation: Conversation = None
+    phase: str = "offered"       # offered -> active -> ending -> ended
+    stored: object = None        # _Outcome of the first upsert
+    streams: dict = attrs.field(factory=dict)    # stream key -> LegStream (current leg)
     windows: dict = attrs.field(factory=dict)    # stream key -> Window
     origins: dict = attrs.field(factory=dict)    # stream key -> UNIX ms of position 0
     redaction: object = None     # ReleaseTimer over the call's CallRedactor
 
+    @property
+    def streaming(self):
+        return self.conversation is not None and self.conversation.streaming
+
+    @property
+    def params(self):
+        return None if self.conversation is None else self.conversation.params
+
 
 class CallTable:
-    """This node's calls, and the work in flight on them."""
+    """This node's sessions and conversations, and the work in flight on them."""
 
     def __init__(self):
-        self.by_guid = {}
+        self.conversations = {}   # guid -> Conversation
         self.by_call_id = {}
         self.in_flight = set()
 
     def __iter__(self):
         return iter(list(self.by_call_id.values()))
 
+    def conversation(self, guid):
+        return self.conversations.get(guid)
+
     def add(self, call):
+        conversation = self.conversations.get(call.guid)
+        if conversation is None:
+            conversation = self.conversations[call.guid] = Conversation(call.guid)
+        call.conversation = conversation
+        conversation.sessions.append(call)
         self.by_call_id[call.call_id] = call
-        self.by_guid[call.guid] = call
 
     def forget(self, call):
         if self.by_call_id.get(call.call_id) is call:
             del self.by_call_id[call.call_id]
-        if self.by_guid.get(call.guid) is call:
-            del self.by_guid[call.guid]
-            # An older session with the same guid is the active one again.
-            for other in self.by_call_id.values():
-                if other.guid == call.guid:
-                    self.by_guid[call.guid] = other
+        conversation = call.conversation
+        if conversation is not None and call in conversation.sessions:
+            conversation.sessions.remove(call)
+            if not conversation.sessions and self.conversations.get(call.guid) is conversation:
+                del self.conversations[call.guid]
 
     def track(self, d):
         """Keep *d* (work on a call) until it fires; see :meth:`drain`."""
@@ -115,14 +152,17 @@ class CallControl:
         self.node = node
         self.recordings = recordings
         self.accepting = accepting
+        windows.late_window = self._late_window
 
     # -- start and stop -------------------------------------------------------------
 
     def start(self, request, app_id=None, webhook_target=None):
         """start-streaming for a checked StartRequest: a Deferred firing
-        with ``{role: {"streamId", "status"}}``, or failing with a
-        TranscriptionError. *app_id* (the API app asking) and
-        *webhook_target* (its target) are kept with the leg's settings."""
+        with ``{role: {"streamId", "status"}, "streams": [...]}`` (the
+        role's main stream, then every stream of every session of the
+        guid), or failing with a TranscriptionError. *app_id* (the API app
+        asking) and *webhook_target* (its target) are kept with the leg's
+        settings."""
         try:
             languages = {language_tag(t) for t in self.backend.languages()}
             if request.language not in languages:
@@ -130,10 +170,10 @@ class CallControl:
                 raise NotAllowed(f"language {request.language!r} is not available here "
                                  f"(available: {have})")
             params = LegSettings(request, app_id, webhook_target or None)
-            call = self._request(request.guid)
-            if call.streaming:
+            conversation = self._request(request.guid)
+            if conversation.streaming:
                 raise AlreadyInState(f"transcription of {request.guid} is already started")
-            last = call.params
+            last = conversation.params
             if (last is not None and last.agent_id == params.agent_id
                     and last.media_line_order != params.media_line_order):
                 raise Conflict(
@@ -143,74 +183,91 @@ class CallControl:
                 raise AsrUnavailable("this node is shutting down")
         except Exception:
             return defer.fail()
-        return self.calls.track(self._serialised(call, self._admitted(call, params)))
+        return self.calls.track(self._serialised(conversation,
+                                                 self._admitted(conversation, params)))
 
     def stop(self, guid):
         """stop-streaming: a Deferred firing with ``{role: {"streamId",
-        "status", "summary"}}`` once the open utterances are stored."""
+        "status", "summary"}, "streams": [...]}`` once the open utterances
+        are stored."""
         try:
-            call = self._request(guid)
-            if not call.streaming:
+            conversation = self._request(guid)
+            if not conversation.streaming:
                 raise AlreadyInState(f"transcription of {guid} is not started")
         except Exception:
             return defer.fail()
         # The gate closes now: audio after this request is not transcribed.
-        call.streaming = False
-        return self.calls.track(self._serialised(call, self._stop(call)))
+        conversation.streaming = False
+        return self.calls.track(self._serialised(conversation, self._stop(conversation)))
 
     def current_app(self, guid):
         """The app id of the last accepted start of an active call, or None."""
-        call = self.calls.by_guid.get(guid)
-        return None if call is None or call.params is None else call.params.app_id
+        conversation = self.calls.conversation(guid)
+        if conversation is None or conversation.params is None:
+            return None
+        return conversation.params.app_id
 
     def is_active(self, guid):
-        """True while *guid* is an active call on this node."""
-        call = self.calls.by_guid.get(guid)
-        return call is not None and call.phase != "ended"
+        """True while *guid* has an active session on this node."""
+        conversation = self.calls.conversation(guid)
+        return conversation is not None and any(c.phase != "ended"
+                                                for c in conversation.sessions)
 
     def is_streaming(self, guid):
-        call = self.calls.by_guid.get(guid)
-        return bool(call is not None and call.streaming)
+        conversation = self.calls.conversation(guid)
+        return bool(conversation is not None and conversation.streaming)
 
     def _request(self, guid):
         if not isinstance(guid, str) or not guid:
             raise BadParameter("guid is required")
-        call = self.calls.by_guid.get(guid)
-        if call is None or call.phase == "ended":
+        conversation = self.calls.conversation(guid)
+        sessions = [] if conversation is None else [c for c in conversation.sessions
+                                                     if c.phase != "ended"]
+        if not sessions:
             raise NoSuchCall(f"no active SIPREC call with guid {guid}")
-        if call.phase == "ending":
+        if all(c.phase == "ending" for c in sessions):
             raise CallEnding(f"the call {guid} is ending (BYE in progress)")
-        if call.busy:
+        if conversation.busy:
             raise RequestInProgress(f"another request for {guid} is still being processed")
-        return call
+        return conversation
 
-    def _serialised(self, call, coroutine):
-        call.busy = True
+    def _serialised(self, conversation, coroutine):
+        conversation.busy = True
 
         def done(result):
-            call.busy = False
+            conversation.busy = False
             return result
 
         return defer.ensureDeferred(coroutine).addBoth(done)
 
-    async def _admitted(self, call, params):
+    async def _admitted(self, conversation, params):
         """_start if the recognisers can keep the streams in real time
         (siprecd.transcribe.admission); refused with 500-201 if not."""
         if self.admission is None:
-            return await self._start(call, params)
-        streams = len(self.windows.roles(call.session, params.media_line_order))
-        with self.admission.reserve(params.language, streams, call.guid):
-            return await self._start(call, params)
+            return await self._start(conversation, params)
+        streams = sum(len(self.windows.roles(call.session, params.media_line_order))
+                      for call in conversation.active())
+        with self.admission.reserve(params.language, streams, conversation.guid):
+            return await self._start(conversation, params)
 
-    async def _start(self, call, params):
-        await self._stored(call)
+    async def _start(self, conversation, params):
+        sessions = conversation.active()
+        for call in sessions:
+            await self._stored(call)
+        sessions = conversation.active()
+        if not sessions:
+            raise CallEnding(f"the call {conversation.guid} is ending (BYE in progress)")
         if not self.backend.ready:
             raise AsrUnavailable("speech recognition is not ready")
-        roles = self.windows.roles(call.session, params.media_line_order)
+        plan = [(call, key, role, self.windows.feed_rate(call.session, key))
+                for call in sessions
+                for key, role in self.windows.roles(call.session,
+                                                    params.media_line_order).items()]
         recognizers = {}
         try:
-            for key in roles:
-                recognizers[key] = self.backend.new_recognizer(params.language, SAMPLE_RATE)
+            for call, key, _, rate in plan:
+                recognizers[(call.call_id, key)] = self.windows.new_recognizer(params.language,
+                                                                               rate)
         except ValueError as e:
             _close_all(recognizers)
             raise NotAllowed(str(e)) from None
@@ -220,73 +277,175 @@ class CallControl:
             raise AsrUnavailable(str(e)) from None
         except Exception:
             _close_all(recognizers)
-            self.log.failure("making recognisers for guid {guid}", guid=call.guid)
+            self.log.failure("making recognisers for guid {guid}", guid=conversation.guid)
             raise AsrUnavailable("speech recognition is unavailable; try again") from None
         try:
-            await self._leg_streams(call, params, roles)
+            await self._leg_streams(conversation, params, [(c, k, r) for c, k, r, _ in plan])
         except Exception as e:
             _close_all(recognizers)
             if isinstance(e, StorageError):
-                self.log.error("cannot store the leg of guid {guid}: {error}", guid=call.guid,
-                               error=str(e))
+                self.log.error("cannot store the leg of guid {guid}: {error}",
+                               guid=conversation.guid, error=str(e))
                 raise AsrUnavailable("cannot store the transcription now; try again") from None
             raise
-        if call.phase != "active":
+        if not conversation.active():
             _close_all(recognizers)
-            raise CallEnding(f"the call {call.guid} is ending (BYE in progress)")
+            raise CallEnding(f"the call {conversation.guid} is ending (BYE in progress)")
         now = self.clock.seconds()
-        call.params = params
-        call.streaming = True
-        for key, role in roles.items():
-            self.windows.open(call, key, role, recognizers[key])
-        for leg_stream in call.roles.values():
-            leg_stream.open_time(now)
+        conversation.params = params
+        conversation.streaming = True
+        for call, key, role, rate in plan:
+            recognizer = recognizers.pop((call.call_id, key))
+            if call.phase not in ("offered", "active"):
+                recognizer.close()
+                continue
+            self.windows.open(call, key, call.streams[key], recognizer, rate)
+        for call in sessions:
+            for leg_stream in call.streams.values():
+                leg_stream.open_time(now)
         self.log.info("transcription started for guid {guid} (leg {leg}, {language})",
-                      guid=call.guid, call_id=call.call_id, leg=call.leg.number,
+                      guid=conversation.guid, leg=conversation.leg.number,
                       language=params.language)
-        return {role: {"streamId": ls.id, "status": dict(OK_STATUS)}
-                for role, ls in sorted(call.roles.items()) if role in roles.values()}
+        self._log_roles(conversation)
+        return self._answer(conversation, sessions=sessions)
 
-    async def _stop(self, call):
+    def _log_roles(self, conversation):
+        for call in conversation.active():
+            for key, ls in call.streams.items():
+                self.log.info(
+                    "guid {guid} stream {label} (m-line {audio_index}) of call {call_id}: "
+                    "{role}{extra} as stream {stream_id}{who}", guid=conversation.guid,
+                    call_id=call.call_id, label=key[0], audio_index=key[1], role=ls.role,
+                    extra="" if ls.primary else " (further stream)", stream_id=ls.id,
+                    who=f" from {ls.participant.get('aor') or ls.participant.get('name')}"
+                    if ls.participant else "")
+
+    def _answer(self, conversation, summary=False, sessions=None):
+        """The API's answer: each role's main stream (as the vendor API has
+        it), then every stream of every session (of *sessions*: those the
+        request began with, though one may have ended meanwhile)."""
+        out, streams = {}, []
+        for call in conversation.sessions if sessions is None else sessions:
+            for ls in call.streams.values():
+                item = ls.describe()
+                item["status"] = dict(OK_STATUS)
+                if summary:
+                    item["summary"] = ls.summary()
+                streams.append(item)
+                if ls.role not in out and ls.primary:
+                    main = {"streamId": ls.id, "status": dict(OK_STATUS)}
+                    if summary:
+                        main["summary"] = ls.summary()
+                    out[ls.role] = main
+        for item in streams:   # a role with no seated stream: its first stream
+            if item["role"] not in out:
+                out[item["role"]] = {k: item[k] for k in ("streamId", "status", "summary")
+                                     if k in item}
+        result = {role: out[role] for role in ROLES if role in out}
+        result["streams"] = streams
+        return result
+
+    async def _stop(self, conversation):
         now = self.clock.seconds()
-        for leg_stream in call.roles.values():
-            leg_stream.close_time(now)
-        windows, call.windows = list(call.windows.values()), {}
-        await self.windows.close(windows, call)
-        await self._save_stats(call, call.roles.values())
-        self.log.info("transcription stopped for guid {guid}", guid=call.guid,
-                      call_id=call.call_id)
-        return {role: {"streamId": ls.id, "status": dict(OK_STATUS), "summary": ls.summary()}
-                for role, ls in sorted(call.roles.items())}
+        sessions = list(conversation.sessions)
+        for call in sessions:
+            for leg_stream in call.streams.values():
+                leg_stream.close_time(now)
+        for call in sessions:
+            windows, call.windows = list(call.windows.values()), {}
+            await self.windows.close(windows, call)
+        for call in sessions:
+            await self._save_stats(call, call.streams.values())
+        self.log.info("transcription stopped for guid {guid}", guid=conversation.guid)
+        return self._answer(conversation, summary=True, sessions=sessions)
 
-    async def _leg_streams(self, call, params, roles):
+    async def _leg_streams(self, conversation, params, plan):
         """The current leg (a new one for a new agentId) and the streams of
-        *roles* ({stream key: role}), stored with this start's settings."""
-        if call.leg is None or call.params is None or call.params.agent_id != params.agent_id:
-            if call.leg is not None and self.recordings is not None:
-                self.calls.track(self.recordings.close_leg(call.guid, call.leg.id))
-            call.leg = await self.storage.start_leg(
-                call.guid, params.customer_id, params.agent_id, params.as_dict())
-            call.roles = {}
-        labels = {role: key[0] for key, role in roles.items()}
+        *plan* ([(call, stream key, role)]), stored with this start's settings."""
+        if (conversation.leg is None or conversation.params is None
+                or conversation.params.agent_id != params.agent_id):
+            if conversation.leg is not None and self.recordings is not None:
+                self.calls.track(self.recordings.close_leg(conversation.guid,
+                                                           conversation.leg.id))
+            conversation.leg = await self.storage.start_leg(
+                conversation.guid, params.customer_id, params.agent_id, params.as_dict())
+            for call in conversation.sessions:
+                call.streams = {}
         writes = []
-        for role in sorted(set(roles.values())):
-            leg_stream = call.roles.get(role)
-            external = params.customer_id if role == CUSTOMER else params.agent_id
-            if leg_stream is None:
-                leg_stream = LegStream(str(uuid.uuid4()), role, call.leg.id, external,
-                                       labels.get(role), self._now_ms())
-            leg_stream.external_id = external
+        for call, key, role in plan:
+            leg_stream = call.streams.get(key)
+            if leg_stream is None or leg_stream.role != role:
+                leg_stream = self._leg_stream(call, key, role, conversation.leg, params)
+                call.streams[key] = leg_stream   # seen by the next ones' main-stream check
+            leg_stream.external_id = params.customer_id if role == CUSTOMER else params.agent_id
             writes.append(self._store_stream(call, leg_stream, params))
         stored = await defer.gatherResults(writes, consumeErrors=True).addErrback(_first_error)
-        for leg_stream in stored:
-            call.roles[leg_stream.role] = leg_stream
+        for call, leg_stream in stored:
+            call.streams[leg_stream.key] = leg_stream
+
+    def _leg_stream(self, call, key, role, leg, params):
+        stream = next((s for s in call.session.streams
+                       if stream_key(s.label, s.audio_index) == key), None)
+        seated = stream is not None and (stream.seat in (0, 1) or call.session.mixed)
+        # One main stream per role in a conversation: another session's
+        # seated stream in the same role (Cisco's built-in bridge sends one
+        # session per party) stays a further stream, out of the recording.
+        taken = any(ls.primary and ls.role == role for other in call.conversation.sessions
+                    if other is not call for ls in other.streams.values())
+        external = params.customer_id if role == CUSTOMER else params.agent_id
+        return LegStream(str(uuid.uuid4()), role, leg.id, external, key[0], self._now_ms(),
+                         call_id=call.call_id, key=key, primary=seated and not taken,
+                         participant=_participant_of(call.session, key[0]))
 
     def _store_stream(self, call, leg_stream, params):
+        extra = {"callId": call.call_id, "audioIndex": leg_stream.key[1],
+                 "primary": leg_stream.primary}
+        if leg_stream.participant:
+            extra["participant"] = dict(leg_stream.participant)
         record = Stream(leg_stream.id, call.guid, leg_stream.leg_id, leg_stream.role,
                         leg_stream.external_id, leg_stream.created_ms, label=leg_stream.label,
-                        params=params.as_dict())
-        return self.storage.upsert_stream(record).addCallback(lambda _: leg_stream)
+                        params={**params.as_dict(), **extra})
+        return self.storage.upsert_stream(record).addCallback(lambda _: (call, leg_stream))
+
+    def _late_window(self, call, key):
+        """A stream seen while the conversation is streaming that has no
+        window: one a re-INVITE added, or one of a session that came after
+        the start. It is transcribed too, in the role the rule gives it."""
+        conversation = call.conversation
+        params = conversation.params
+        if params is None or conversation.leg is None or call.phase not in ("offered",
+                                                                            "active"):
+            return None
+        role = self.windows.roles(call.session, params.media_line_order).get(key)
+        if role is None:
+            return None
+        rate = self.windows.feed_rate(call.session, key)
+        try:
+            recognizer = self.windows.new_recognizer(params.language, rate)
+        except Exception as e:
+            self.log.error("cannot transcribe stream {label} of guid {guid}: {error}",
+                           guid=call.guid, call_id=call.call_id, label=key[0], error=str(e))
+            return None
+        leg_stream = call.streams.get(key)
+        if leg_stream is None or leg_stream.role != role:
+            leg_stream = self._leg_stream(call, key, role, conversation.leg, params)
+            call.streams[key] = leg_stream
+            # Stored before any of its utterances (they queue behind it).
+            leg_stream.writes.run(self._store_late, call, leg_stream, params)
+        leg_stream.open_time(self.clock.seconds())
+        window = self.windows.open(call, key, leg_stream, recognizer, rate)
+        self.log.info(
+            "guid {guid} stream {label} (m-line {audio_index}) of call {call_id}: {role} as "
+            "stream {stream_id} (joined while transcribing)", guid=call.guid,
+            call_id=call.call_id, label=key[0], audio_index=key[1], role=role,
+            stream_id=leg_stream.id)
+        return window
+
+    def _store_late(self, call, leg_stream, params):
+        return self._store_stream(call, leg_stream, params).addErrback(
+            lambda f: self.log.error("cannot store stream {stream_id} of guid {guid}: {error}",
+                                     guid=call.guid, stream_id=leg_stream.id,
+                                     error=f.getErrorMessage()))
 
     async def _save_stats(self, call, leg_streams):
         for leg_stream in list(leg_streams):
@@ -301,7 +460,12 @@ class CallControl:
     def call_offered(self, session):
         call = ActiveCall(session, session.guid.value, session.call_id)
         self.calls.add(call)
-        d = self.storage.upsert_call(self._call_record(session))
+        others = [c for c in call.conversation.sessions if c is not call]
+        if others:
+            self.log.info("guid {guid} has another SIPREC session ({count} now): kept apart, "
+                          "one conversation", guid=call.guid, call_id=call.call_id,
+                          count=len(others) + 1)
+        d = self.storage.upsert_call(self._call_record(call))
 
         def stored(_):
             if call.phase == "offered":
@@ -327,7 +491,7 @@ class CallControl:
             return
         call.session = session
         call.stored.wait().addCallback(
-            lambda _: self.storage.upsert_call(self._call_record(session))
+            lambda _: self.storage.upsert_call(self._call_record(call))
         ).addErrback(lambda f: self.log.warn(
             "cannot store the update of call {guid}: {error}", guid=call.guid,
             error=f.getErrorMessage()))
@@ -350,9 +514,12 @@ class CallControl:
 
     def end(self, call, reason):
         """End *call* (its BYE, or the node stopping): close its windows,
-        store what is in flight, mark it ended in storage."""
+        store what is in flight, mark it ended in storage once it is the
+        conversation's last session."""
         call.phase = "ending"
-        call.streaming = False
+        conversation = call.conversation
+        if conversation is not None and not conversation.active():
+            conversation.streaming = False
         self.calls.track(defer.ensureDeferred(self._end(call, reason)))
 
     async def _end(self, call, reason):
@@ -362,24 +529,29 @@ class CallControl:
             except Exception:
                 return
             now = self.clock.seconds()
-            for leg_stream in call.roles.values():
+            for leg_stream in call.streams.values():
                 leg_stream.close_time(now)
             windows, call.windows = list(call.windows.values()), {}
             await self.windows.close(windows, call)
             self.writer.close_call(call)
-            if self.recordings is not None:
-                await self.recordings.close_call(call.guid)
             # Writes of windows closed earlier (stop, stream end) finish too.
-            await defer.gatherResults([ls.writes.idle() for ls in call.roles.values()],
+            await defer.gatherResults([ls.writes.idle() for ls in call.streams.values()],
                                       consumeErrors=True)
-            await self._save_stats(call, call.roles.values())
-            others = [c for c in self.calls if c.guid == call.guid and c is not call]
+            await self._save_stats(call, call.streams.values())
+            others = [c for c in self.calls if c.guid == call.guid and c is not call
+                      and c.phase != "ended"]
             if not others:
+                if self.recordings is not None:
+                    await self.recordings.close_call(call.guid)
                 try:
                     await self.storage.end_call(call.guid, reason)
                 except StorageError as e:
                     self.log.error("cannot mark call {guid} ended: {error}", guid=call.guid,
                                    error=str(e))
+            else:
+                self.log.info("session {call_id} of guid {guid} ended ({reason}); {count} "
+                              "other session(s) go on", guid=call.guid, call_id=call.call_id,
+                              reason=reason, count=len(others))
         finally:
             call.phase = "ended"
             self._forget(call)
@@ -388,28 +560,30 @@ class CallControl:
         self.writer.close_call(call)
         self.calls.forget(call)
 
-    def _call_record(self, session):
-        identifiers = [{"source": i.source, "value": i.value, "raw": i.raw}
-                       for i in session.identifiers]
-        senders = {}
-        metadata = session.metadata
-        if metadata is not None:
-            for label, participant in metadata.label_to_participant().items():
-                senders.setdefault(participant.id, []).append(label)
-        participants = [
-            {"id": p.id, "aors": list(p.aors), "name": p.name, "sends": list(p.sends),
-             "receives": list(p.receives), "labels": senders.get(p.id, [])}
-            for p in session.participants()
-        ]
-        host, port = (tuple(session.remote) + (None, None))[:2]
-        sip = {"callId": session.call_id, "transport": session.transport,
-               "remote": f"{host}:{port}", "sessionId": session.session_id,
-               "streams": [{"label": s.label, "audioIndex": s.audio_index,
-                            "codec": s.codec.name if s.codec is not None else None}
-                           for s in session.streams]}
-        return Call(session.guid.value, session.call_id, self.node,
-                    int(round(session.started_at * 1000)), identifiers=identifiers, sip=sip,
-                    participants=participants, mixed=bool(session.mixed))
+    def _call_record(self, call):
+        """The stored Call of *call*'s conversation: what every session of
+        it said (each session's SIP details and participants, every
+        identifier), the first session's in the wire-compatible fields."""
+        session = call.session
+        conversation = call.conversation
+        conversation.records[call.call_id] = (_sip_of(session), _participants_of(session))
+        records = list(conversation.records.items())
+        first_sip = records[0][1][0]
+        sip = {k: v for k, v in first_sip.items()}
+        sip["sessions"] = [dict(r[0]) for _, r in records]
+        participants = [p for _, r in records for p in r[1]]
+        identifiers = []
+        seen = set()
+        for c in conversation.sessions:
+            for i in c.session.identifiers:
+                if (i.source, i.value) not in seen:
+                    seen.add((i.source, i.value))
+                    identifiers.append({"source": i.source, "value": i.value, "raw": i.raw})
+        first = conversation.sessions[0].session
+        return Call(session.guid.value, first.call_id, self.node,
+                    int(round(first.started_at * 1000)), identifiers=identifiers, sip=sip,
+                    participants=participants,
+                    mixed=any(bool(c.session.mixed) for c in conversation.sessions))
 
     async def _stored(self, call):
         try:
@@ -419,6 +593,45 @@ class CallControl:
 
     def _now_ms(self):
         return int(round(self.clock.seconds() * 1000))
+
+
+def _participant_of(session, label):
+    metadata = session.metadata
+    if metadata is None or label is None:
+        return None
+    p = metadata.participant_for_label(label)
+    if p is None:
+        return None
+    return {"id": p.id, "aor": p.aors[0] if p.aors else None, "name": p.name}
+
+
+def _sip_of(session):
+    host, port = (tuple(session.remote) + (None, None))[:2]
+    metadata = session.metadata
+    return {"callId": session.call_id, "transport": session.transport,
+            "remote": f"{host}:{port}", "sessionId": session.session_id,
+            "delayedOffer": bool(getattr(session, "delayed_offer", False)),
+            "metadataDialect": metadata.dialect if metadata is not None else None,
+            "mixed": bool(session.mixed),
+            "streams": [{"label": s.label, "audioIndex": s.audio_index,
+                         "codec": s.codec.name if s.codec is not None else None,
+                         "seat": getattr(s, "seat", None),
+                         "participant": _participant_of(session, s.label)}
+                        for s in session.streams]}
+
+
+def _participants_of(session):
+    senders = {}
+    metadata = session.metadata
+    if metadata is not None:
+        for label, participant in metadata.label_to_participant().items():
+            senders.setdefault(participant.id, []).append(label)
+    return [
+        {"id": p.id, "aors": list(p.aors), "name": p.name, "sends": list(p.sends),
+         "receives": list(p.receives), "labels": senders.get(p.id, []),
+         "callId": session.call_id, "left": bool(getattr(p, "disassociated", False))}
+        for p in session.participants()
+    ]
 
 
 def _close_all(recognizers):

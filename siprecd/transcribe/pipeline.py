@@ -57,7 +57,10 @@ class StreamPipeline:
 
     def __init__(self, recognizer, segmenter, on_utterance, *, clock, max_lag=1.0,
                  warn_backlog=10 * SAMPLE_RATE, max_backlog=120 * SAMPLE_RATE, log_context=None,
-                 on_asr_call=()):
+                 on_asr_call=(), rate=SAMPLE_RATE):
+        """*rate*: the sample rate of the audio (and of the recogniser);
+        the backlog limits are in samples at that rate. *clock* stamps
+        each action with when it was queued; *max_lag*: see the module doc."""
         self.recognizer = recognizer
         self.segmenter = segmenter
         self.on_utterance = on_utterance
@@ -66,7 +69,8 @@ class StreamPipeline:
         self.warn_backlog = warn_backlog
         self.max_backlog = max_backlog
         self._deadlines = IDeadlineRecognizer.providedBy(recognizer)
-        self.timeline = Timeline(SAMPLE_RATE)
+        self.rate = rate
+        self.timeline = Timeline(rate)
         self.context = dict(log_context or {})
         self.dropped = 0           # samples dropped because the recogniser was too far behind
         self.errors = 0
@@ -121,12 +125,12 @@ class StreamPipeline:
                 self._dropping = True
                 self.log.warn(
                     "asr is {seconds:.0f} s behind on stream {stream_id}; dropping audio "
-                    "until it catches up", seconds=self._backlog / SAMPLE_RATE, **self.context)
+                    "until it catches up", seconds=self._backlog / self.rate, **self.context)
             return
         if self._dropping:
             self._dropping = False
             self.log.warn("asr caught up on stream {stream_id}; {dropped:.1f} s of audio dropped "
-                          "so far", dropped=self.dropped / SAMPLE_RATE, **self.context)
+                          "so far", dropped=self.dropped / self.rate, **self.context)
         self._queue(self.segmenter.push(position, samples))
 
     def close(self):
@@ -157,7 +161,7 @@ class StreamPipeline:
         if self._backlog > self.warn_backlog and not self._behind:
             self._behind = True
             self.log.warn("asr is falling behind on stream {stream_id}: {seconds:.1f} s queued",
-                          seconds=self._backlog / SAMPLE_RATE, **self.context)
+                          seconds=self._backlog / self.rate, **self.context)
         elif self._behind and self._backlog <= self.warn_backlog // 2:
             self._behind = False
         self._pump()
@@ -221,7 +225,7 @@ class StreamPipeline:
         self._busy = False
         self._asked_at = None
         if self.on_asr_call and started is not None:
-            self.on_asr_call(len(op) / SAMPLE_RATE if isinstance(op, Feed) else 0.0,
+            self.on_asr_call(len(op) / self.rate if isinstance(op, Feed) else 0.0,
                              time.perf_counter() - started, not isinstance(results, Failure),
                              **self.context)
         if isinstance(results, Failure):

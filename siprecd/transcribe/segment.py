@@ -1,7 +1,8 @@
 """Where utterances end, and what audio a recogniser is given (sans-IO).
 
 A :class:`Segmenter` takes one stream's PCM as the media plane hands it out
-(8 kHz int16, with its position on the stream's timeline) and returns what
+(int16 at one rate, 8 kHz unless told otherwise, with its position on the
+stream's timeline) and returns what
 to do with the recogniser, in order: :class:`Feed` these samples, or
 :class:`Finish` the open utterance. It never touches a recogniser itself;
 ``siprecd.transcribe.pipeline`` carries the actions out.
@@ -51,7 +52,7 @@ import numpy as np
 __all__ = ["Feed", "Finish", "Segmenter", "SAMPLE_RATE", "FRAME"]
 
 SAMPLE_RATE = 8000
-FRAME = 160  # 20 ms
+FRAME = 160  # 20 ms at SAMPLE_RATE
 
 
 @attrs.frozen(eq=False)
@@ -74,25 +75,27 @@ class Finish:
     reason: str
 
 
-def _samples(seconds):
-    return max(1, int(round(seconds * SAMPLE_RATE)))
+def _samples(seconds, rate=SAMPLE_RATE):
+    return max(1, int(round(seconds * rate)))
 
 
 class Segmenter:
     """One stream's segmentation state; see the module docstring.
 
-    Times are in seconds; ``threshold`` in dBFS. ``stats`` counts samples
-    seen, fed and skipped.
+    Times are in seconds; ``threshold`` in dBFS; *rate* is the audio's
+    sample rate. ``stats`` counts samples seen, fed and skipped.
     """
 
     def __init__(self, *, endpoint=0.5, max_utterance=30.0, threshold=-45.0, chunk=0.2,
-                 skip_after=1.0, preroll=0.5, skip_silence=True):
-        self.endpoint = _samples(endpoint)
-        self.max_utterance = _samples(max_utterance)
-        self.chunk = _samples(chunk)
+                 skip_after=1.0, preroll=0.5, skip_silence=True, rate=SAMPLE_RATE):
+        self.rate = rate
+        self.frame = rate // 50   # 20 ms
+        self.endpoint = _samples(endpoint, rate)
+        self.max_utterance = _samples(max_utterance, rate)
+        self.chunk = _samples(chunk, rate)
         # A long silence only starts once any utterance has been ended.
-        self.skip_after = max(_samples(skip_after), self.endpoint)
-        self.preroll = _samples(preroll)
+        self.skip_after = max(_samples(skip_after, rate), self.endpoint)
+        self.preroll = _samples(preroll, rate)
         self.skip_silence = skip_silence
         full_scale = 32768.0
         self._threshold_power = (full_scale * 10 ** (threshold / 20.0)) ** 2
@@ -133,14 +136,14 @@ class Segmenter:
         offset = 0
         total = len(samples)
         while offset < total:
-            take = min(FRAME - self._frame_fill, total - offset)
+            take = min(self.frame - self._frame_fill, total - offset)
             piece = samples[offset:offset + take]
             self._route(position + offset, piece, out)
             self._frame_fill += take
             self._frame_power += float(np.dot(piece, piece.astype(np.float64)))
             offset += take
-            if self._frame_fill == FRAME:
-                self._frame_done(self._frame_power / FRAME >= self._threshold_power, out)
+            if self._frame_fill == self.frame:
+                self._frame_done(self._frame_power / self.frame >= self._threshold_power, out)
         return out
 
     def close(self):
@@ -196,7 +199,7 @@ class Segmenter:
         self._fed = False
 
     def _frame_done(self, speech, out):
-        end = self._frame_start + FRAME
+        end = self._frame_start + self.frame
         if speech:
             if self._long_silence:
                 self._leave_long_silence(out)
@@ -205,7 +208,7 @@ class Segmenter:
                 self._open = True
                 self._utterance_start = self._frame_start
         else:
-            self._silence += FRAME
+            self._silence += self.frame
             if self._open and self._silence >= self.endpoint:
                 self._open = False
                 self._finish(out, "silence", end)

@@ -24,9 +24,8 @@ from zope.interface import implementer
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
 from siprecd.transcribe.admission import Admission
 from siprecd.transcribe.calls import CallControl, CallTable
-from siprecd.transcribe.segment import SAMPLE_RATE
 from siprecd.transcribe.utterances import UtteranceWriter
-from siprecd.transcribe.windows import CUSTOMER, ROLES, Windows
+from siprecd.transcribe.windows import AGENT, CUSTOMER, ROLES, Windows
 
 __all__ = ["TranscriptionService"]
 
@@ -49,13 +48,16 @@ class TranscriptionService(service.Service):
     name = "transcription"
 
     def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.5,
-                 max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER, redact=None,
+                 max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER,
+                 extra_role=AGENT, max_rate=16000, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
                  max_lag=1.0, admission=True, processors=None, target_load=0.85):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
+        if extra_role not in ROLES:
+            raise ValueError(f"extra_role must be one of {', '.join(ROLES)}")
         if redact is None and redaction is None:
             from siprecd.redact import Policy
 
@@ -75,8 +77,8 @@ class TranscriptionService(service.Service):
                 endpoint=endpoint_silence, max_utterance=max_utterance,
                 threshold=vad_threshold, chunk=chunk, skip_after=skip_after, preroll=preroll,
                 skip_silence=skip_silence),
-            warn_backlog=int(warn_backlog * SAMPLE_RATE),
-            max_backlog=int(max_backlog * SAMPLE_RATE), max_lag=max_lag, mixed_role=mixed_role,
+            warn_backlog=warn_backlog, max_backlog=max_backlog, max_lag=max_lag,
+            mixed_role=mixed_role, extra_role=extra_role, max_rate=max_rate,
             on_asr_call=on_asr_call)
         self.admission = Admission(backend, self.windows, processors=processors,
                                    target_load=target_load, max_lag=max_lag, enabled=admission)
@@ -96,7 +98,9 @@ class TranscriptionService(service.Service):
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
                    format_numbers=config.asr.format_numbers,
-                   mixed_role=config.media.mixed_role, max_lag=capacity.max_lag,
+                   mixed_role=config.media.mixed_role,
+                   extra_role=config.media.extra_stream_role,
+                   max_rate=config.asr.sample_rate, max_lag=capacity.max_lag,
                    admission=capacity.enabled, processors=capacity.cpus,
                    target_load=capacity.target_load, **options)
 
@@ -130,7 +134,7 @@ class TranscriptionService(service.Service):
         return self.control.is_streaming(guid)
 
     def backlog(self):
-        """(windows open, samples waiting for recognisers), for metrics."""
+        """(windows open, seconds of audio waiting for recognisers), for metrics."""
         return self.windows.backlog()
 
     def lags(self):
@@ -140,8 +144,8 @@ class TranscriptionService(service.Service):
 
     # -- IStreamConsumer ---------------------------------------------------------------
 
-    def pcm(self, stream, position, samples):
-        self.windows.pcm(stream, position, samples)
+    def pcm(self, stream, position, samples, rate=8000):
+        self.windows.pcm(stream, position, samples, rate)
 
     def event(self, stream, kind, position, detail):
         self.windows.event(stream, kind, position, detail)

@@ -170,7 +170,7 @@ class UtteranceWriter:
     def _released(self, call, released):
         window, raw = released.ref
         if (self.recordings is not None and window.params.audio_recording_allowed
-                and released.spans):
+                and window.leg_stream.primary and released.spans):
             ls = window.leg_stream
             for span in released.spans:
                 self.recordings.silence(call.guid, ls.leg_id, ls.role, span.start, span.end)

@@ -171,7 +171,7 @@ class Pcm:
         self.samples = 0
         self.events = []
 
-    def pcm(self, stream, position, samples):
+    def pcm(self, stream, position, samples, rate=8000):
         self.samples += len(samples)
 
     def event(self, stream, kind, position, detail):
