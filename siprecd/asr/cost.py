@@ -4,7 +4,10 @@
 seconds a recogniser spends per second of audio: learnt from every call
 as it runs (the processor time of the thread that ran it, so waiting for
 a processor does not count), seeded by a configured figure or by a probe
-at start-up. Admission (``siprecd.transcribe.admission``) turns it into
+at start-up. Only warm recognisers are measured: a new one costs two to
+four times as much during its first seconds (``siprecd.asr.vosk``), a
+start-up cost that kept recognisers avoid and that would otherwise make
+a node that has seen a few short calls believe it has room for none. Admission (``siprecd.transcribe.admission``) turns it into
 how many streams this node keeps in real time.
 """
 
@@ -20,13 +23,15 @@ class CostMeter:
 
     Until enough audio was measured the figure leans on a *seed* (a
     configured figure or a start-up probe, :meth:`seed`), weighted as
-    ``PRIOR_SECONDS`` of audio; measurements count less the older they are
+    ``PRIOR_SECONDS`` of audio; without a seed there is no figure until
+    ``MIN_MEASURED`` seconds of audio were measured; measurements count less the older they are
     (half of their weight per ``HALF_LIFE`` seconds of audio recognised
     since), so the figure follows a change of machine load or of calls.
     Safe to use from the recogniser threads.
     """
 
     PRIOR_SECONDS = 30.0
+    MIN_MEASURED = 20.0
     HALF_LIFE = 600.0
 
     def __init__(self, default=None):
@@ -58,7 +63,7 @@ class CostMeter:
             seed = self._seeds.get(language, self._default)
             cpu, audio = self._cpu.get(language, 0.0), self._audio.get(language, 0.0)
         if seed is None:
-            return cpu / audio if audio > 0 else None
+            return cpu / audio if audio >= self.MIN_MEASURED else None
         prior = self.PRIOR_SECONDS
         return (cpu + seed * prior) / (audio + prior)
 

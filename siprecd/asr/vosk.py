@@ -42,12 +42,12 @@ Words and times do not depend on which recogniser a stream got;
 confidences may differ in the second decimal, as the graph's states are
 numbered in the order they were first needed.
 
-Every call's processor time (of the thread that ran it) is added to
-``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
+Every call's processor time (of the thread that ran it) on a warm
+recogniser (given ``WARM_AFTER`` seconds of audio) is added to ``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
 per language, which admission turns into how many streams are kept in
 real time. It is seeded by ``asr.capacity.cost`` when given, else by a
-probe when a model has loaded: a fresh recogniser given a few seconds of
-speech-like sound (``siprecd.asr.probe``), with a margin (speech costs
+probe when a model has loaded: a recogniser given a few seconds of
+speech-like sound once it is warm (``siprecd.asr.probe``), with a margin (speech costs
 more), which then becomes a spare.
 """
 
@@ -80,6 +80,9 @@ MODEL_LIST = modelfiles.MODEL_LIST_PAGE
 PROGRESS_EVERY = 15.0
 # A recogniser given this much audio is freed rather than kept as a spare.
 RETIRE_AFTER = 3600.0
+# A recogniser given this much audio is warm: what it costs from then on
+# is what speech costs (siprecd.asr.cost).
+WARM_AFTER = 5.0
 # The probe: seconds of speech-like sound, and the factor from what they
 # cost to the first estimate of what speech costs.
 PROBE_SECONDS = 6.0
@@ -261,12 +264,17 @@ class VoskBackend:
 
     def _probe(self, tag, model, rate=8000):
         """On a pool thread: (seconds, processor seconds per second) of a
-        fresh recogniser given the probe's sound, which then becomes a spare."""
+        warm recogniser given the probe's sound (it is warmed up on the
+        sound's first WARM_AFTER seconds, not measured), which then
+        becomes a spare."""
         kaldi = _Kaldi(model, rate)
-        audio = speechlike(PROBE_SECONDS, rate).astype("<i2").tobytes()
+        audio = speechlike(WARM_AFTER + PROBE_SECONDS, rate).astype("<i2").tobytes()
         step = 2 * rate // 5
+        warm = 2 * int(WARM_AFTER * rate)
+        for i in range(0, warm, step):
+            kaldi.accept(audio[i:min(i + step, warm)])
         started = thread_seconds()
-        for i in range(0, len(audio), step):
+        for i in range(warm, len(audio), step):
             kaldi.accept(audio[i:i + step])
         kaldi.final()
         cost = (thread_seconds() - started) / PROBE_SECONDS
@@ -588,7 +596,9 @@ class VoskRecognizer(OneCallAtATime):
         return self._measured(0.0, self._kaldi.final)
 
     def _measured(self, audio_seconds, step, *args):
-        """*step(*args)* with its processor time counted; its results."""
+        """*step(*args)* with its processor time counted (when the
+        recogniser is warm); its results."""
+        warm = self._kaldi.seconds >= WARM_AFTER
         started = thread_seconds()
         try:
             document = step(*args)
@@ -596,7 +606,9 @@ class VoskRecognizer(OneCallAtATime):
             self._failed = True
             raise
         finally:
-            self._backend.costs.add(self.language, audio_seconds, thread_seconds() - started)
+            if warm:
+                self._backend.costs.add(self.language, audio_seconds,
+                                        thread_seconds() - started)
         if document is None:
             return []
         return from_vosk_json(document, -self._offset)
