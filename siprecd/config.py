@@ -263,7 +263,7 @@ class Asr:
     # The highest sample rate recognisers are fed at: narrower audio is fed
     # at its own rate, wider (Opus, 48 kHz) is resampled down to this.
     sample_rate: Literal[8000, 16000, 48000] = 16000
-    endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
+    endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.3
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
     format_numbers: bool = True
     capacity: AsrCapacity = AsrCapacity()

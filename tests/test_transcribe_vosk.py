@@ -180,3 +180,60 @@ async def test_skipping_long_silence_changes_nothing(tmp_path, backend, speech):
     # Without skipping, only the preroll held when the window closed is
     # left out (it is silence).
     assert stats["skippedSilenceMs"] > 15000 and all_stats["skippedSilenceMs"] <= 520
+
+
+async def utterances_at(backend, audio, endpoint):
+    """The utterances (lists of words) and their (first, last) sample when
+    the Segmenter ends utterances after *endpoint* seconds of silence,
+    recognised by a recogniser of the real model."""
+    segmenter = Segmenter(endpoint=endpoint, skip_silence=False)
+    actions = []
+    for i in range(0, len(audio), 160):
+        actions += segmenter.push(i, audio[i:i + 160])
+    actions += segmenter.close() + [Finish(len(audio), "stop")]
+    recognizer = backend.new_recognizer(KO_LANGUAGE)
+    utterances, spans, first = [], [], None
+    try:
+        for action in actions:
+            if isinstance(action, Feed):
+                first = action.position if first is None else first
+                results = await recognizer.accept(action.samples.tobytes())
+            else:
+                results = await recognizer.finish()
+            words = [w.word for r in results for w in r.words]
+            if words:
+                utterances.append(words)
+                spans.append((first, action.position))
+            if isinstance(action, Finish):
+                first = None
+    finally:
+        recognizer.close()
+    return utterances, spans
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
+    # The sentences 0.4-1.2 s apart: ended after 0.3 s of silence (the
+    # default) they give the utterances and words they gave when 0.5 s
+    # were waited for, one per sentence; 0.4 s apart they are one
+    # utterance at 0.5 s and two, at the pause between them, at 0.3 s.
+    gaps = [0.6, 0.8, 1.2, 0.6, 0.4]
+    audio = conversation(speech, gaps)
+    before, _ = await utterances_at(backend, audio, 0.5)
+    after, spans = await utterances_at(backend, audio, Segmenter().endpoint / RATE)
+    assert Segmenter().endpoint == int(0.3 * RATE)
+    sentences, position = [], 0
+    for sentence, gap in zip(speech, gaps):
+        position += int(gap * RATE)
+        sentences.append((position, position + len(sentence)))
+        position += len(sentence)
+    print(f"endpoint 0.5 s: {len(before)} utterances; 0.3 s: {len(after)}: {after}")
+    # Every utterance lies within one sentence (with the chunk of silence
+    # that ends it), and every sentence gave one.
+    for first, last in spans:
+        assert sum(a - 1600 <= first and last <= b + 1600 for a, b in sentences) == 1
+    assert len(after) == len(SENTENCES)
+    assert len(before) == len(SENTENCES) - 1
+    # The words are those of before, the last two sentences now apart.
+    assert after[:3] == before[:3]
+    assert after[3] + after[4] == before[3]

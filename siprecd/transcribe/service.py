@@ -47,7 +47,7 @@ class TranscriptionService(service.Service):
 
     name = "transcription"
 
-    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.5,
+    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.3,
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER,
                  extra_role=AGENT, max_rate=16000, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
@@ -141,6 +141,22 @@ class TranscriptionService(service.Service):
         """How far behind real time each open window's recognition is (s)."""
         now = self.clock.seconds()
         return [w.pipeline.lag(now) for w in self.windows.open_windows()]
+
+    def capacity(self):
+        """For metrics: ``lag`` (the largest, s), ``behind`` (streams behind
+        by more than max_lag), ``refused`` (starts refused, by reason) and
+        per language ``{"cost", "capacity", "headroom"}`` (None: no limit
+        or nothing known yet; see siprecd.transcribe.admission)."""
+        lags = self.lags()
+        admission = self.admission
+        languages = {}
+        for language in self.backend.languages():
+            languages[language] = {"cost": admission.cost(language),
+                                   "capacity": admission.capacity(language),
+                                   "headroom": admission.headroom(language)}
+        return {"lag": max(lags, default=0.0),
+                "behind": sum(lag > admission.max_lag for lag in lags),
+                "refused": dict(admission.refused), "languages": languages}
 
     # -- IStreamConsumer ---------------------------------------------------------------
 
