@@ -183,29 +183,27 @@ async def test_skipping_long_silence_changes_nothing(tmp_path, backend, speech):
 
 
 async def utterances_at(backend, audio, endpoint):
-    """The utterances (lists of words) and their (first, last) sample when
-    the Segmenter ends utterances after *endpoint* seconds of silence,
-    recognised by a recogniser of the real model."""
+    """The utterances (lists of words) and their spans (first word's start,
+    last word's end, in samples) when the Segmenter ends utterances after
+    *endpoint* seconds of silence, recognised by a recogniser of the real
+    model. Nothing is left out, so recogniser time is stream time."""
     segmenter = Segmenter(endpoint=endpoint, skip_silence=False)
     actions = []
     for i in range(0, len(audio), 160):
         actions += segmenter.push(i, audio[i:i + 160])
     actions += segmenter.close() + [Finish(len(audio), "stop")]
     recognizer = backend.new_recognizer(KO_LANGUAGE)
-    utterances, spans, first = [], [], None
+    utterances, spans = [], []
     try:
         for action in actions:
             if isinstance(action, Feed):
-                first = action.position if first is None else first
                 results = await recognizer.accept(action.samples.tobytes())
             else:
                 results = await recognizer.finish()
-            words = [w.word for r in results for w in r.words]
-            if words:
-                utterances.append(words)
-                spans.append((first, action.position))
-            if isinstance(action, Finish):
-                first = None
+            for r in results:
+                if r.words:
+                    utterances.append([w.word for w in r.words])
+                    spans.append((r.words[0].start * RATE, r.words[-1].end * RATE))
     finally:
         recognizer.close()
     return utterances, spans
@@ -213,27 +211,50 @@ async def utterances_at(backend, audio, endpoint):
 
 @pytest_twisted.ensureDeferred
 async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
-    # The sentences 0.4-1.2 s apart: ended after 0.3 s of silence (the
-    # default) they give the utterances and words they gave when 0.5 s
-    # were waited for, one per sentence; 0.4 s apart they are one
-    # utterance at 0.5 s and two, at the pause between them, at 0.3 s.
-    gaps = [0.6, 0.8, 1.2, 0.6, 0.4]
+    # The sentences 0.35-1.2 s apart (espeak-ng adds some silence of its
+    # own around each). Ended after 0.3 s of silence (the default) rather
+    # than 0.5 s (the former default), every utterance still ends in a
+    # pause between sentences, never inside one: the same utterances,
+    # each on one sentence. (Its words may differ: this model's words for
+    # synthetic Korean change with where its input is cut, see the module
+    # docstring, and the earlier end shifts the chunks after it.)
+    gaps = [0.6, 0.8, 1.2, 0.6, 0.35]
     audio = conversation(speech, gaps)
-    before, _ = await utterances_at(backend, audio, 0.5)
-    after, spans = await utterances_at(backend, audio, Segmenter().endpoint / RATE)
     assert Segmenter().endpoint == int(0.3 * RATE)
     sentences, position = [], 0
     for sentence, gap in zip(speech, gaps):
         position += int(gap * RATE)
-        sentences.append((position, position + len(sentence)))
+        # From its first to its last loud 20 ms frame (espeak-ng pads).
+        frames = sentence[:len(sentence) // 160 * 160].reshape(-1, 160).astype(float)
+        loud = np.flatnonzero(np.sqrt((frames ** 2).mean(axis=1)) >= 32768 * 10 ** (-45 / 20))
+        sentences.append((position + 160 * loud[0], position + 160 * (loud[-1] + 1)))
         position += len(sentence)
-    print(f"endpoint 0.5 s: {len(before)} utterances; 0.3 s: {len(after)}: {after}")
-    # Every utterance lies within one sentence (with the chunk of silence
-    # that ends it), and every sentence gave one.
-    for first, last in spans:
-        assert sum(a - 1600 <= first and last <= b + 1600 for a, b in sentences) == 1
-    assert len(after) == len(SENTENCES)
-    assert len(before) == len(SENTENCES) - 1
-    # The words are those of before, the last two sentences now apart.
-    assert after[:3] == before[:3]
-    assert after[3] + after[4] == before[3]
+
+    def sentence_of(position):
+        inside = [i for i, (a, b) in enumerate(sentences) if a < position < b]
+        return inside[0] if inside else None
+
+    # Where the segmenter ends utterances: only in the pauses.
+    segmenter = Segmenter(endpoint=0.3, skip_silence=False)
+    ends = [a.position for i in range(0, len(audio), 160)
+            for a in segmenter.push(i, audio[i:i + 160]) if isinstance(a, Finish)]
+    assert ends and all(sentence_of(end) is None for end in ends)
+    # What the recogniser makes of it, at 0.5 s and at 0.3 s.
+    found = {}
+    for endpoint in (0.5, 0.3):
+        utterances, spans = await utterances_at(backend, audio, endpoint)
+        found[endpoint] = [
+            ([i for i, (a, b) in enumerate(sentences) if first < b and last > a], words)
+            for (first, last), words in zip(spans, utterances)]
+    matcher = difflib.SequenceMatcher(a=[w for _, u in found[0.5] for w in u],
+                                      b=[w for _, u in found[0.3] for w in u], autojunk=False)
+    print(f"endpoint 0.5 s: {len(found[0.5])} utterances; 0.3 s: {len(found[0.3])}; "
+          f"{100 * matcher.ratio():.0f}% of their words the same; sentence of each: "
+          f"{[o for o, _ in found[0.3]]}")
+    assert [o for o, _ in found[0.3]] == [o for o, _ in found[0.5]]
+    # No utterance spans two sentences, and every sentence gave one. (The
+    # model hears a short word in the silence before the first sentence,
+    # with either endpoint.)
+    overlapping = [o for o, _ in found[0.3]]
+    assert all(len(o) <= 1 for o in overlapping)
+    assert sorted(o[0] for o in overlapping if o) == list(range(len(SENTENCES)))
