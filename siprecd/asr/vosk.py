@@ -86,7 +86,10 @@ WARM_AFTER = 5.0
 # The probe: seconds of speech-like sound, and the factor from what they
 # cost to the first estimate of what speech costs.
 PROBE_SECONDS = 6.0
-PROBE_MARGIN = 1.5
+PROBE_MARGIN = 1.0
+# Its calls are due this long after they are handed over: after any
+# stream's (see VoskBackend._measure).
+PROBE_PATIENCE = 60.0
 
 
 class ModelNotFound(ConfigError):
@@ -245,41 +248,42 @@ class VoskBackend:
         self._settle()
 
     async def _measure(self, tag, model):
-        """Seed what *tag* costs with the probe (the node is ready meanwhile)."""
+        """Seed what *tag* costs with the probe (the node is ready meanwhile).
+
+        The probe goes through the same scheduler as the streams, one
+        chunk per call, each due ``PROBE_PATIENCE`` seconds from when it is
+        handed over: a stream's call always goes first, so a call that
+        arrives while the probe runs waits for one probe chunk at most."""
+        rate = 8000
         try:
-            seconds, cost = await self._run(self._probe, tag, model)
+            kaldi = await self._probe_step(_Kaldi, model, rate)
+            audio = speechlike(WARM_AFTER + PROBE_SECONDS, rate).astype("<i2").tobytes()
+            step, warm = 2 * rate // 5, 2 * int(WARM_AFTER * rate)
+            spent = 0.0
+            for i in range(0, warm, step):
+                await self._probe_step(kaldi.accept, audio[i:min(i + step, warm)])
+            for i in range(warm, len(audio), step):
+                spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
+            spent += await self._probe_step(_timed, kaldi.final)
         except Exception:
-            self.log.failure("asr: the cost probe of {language} failed", language=tag)
+            if not self._stopping:
+                self.log.failure("asr: the cost probe of {language} failed", language=tag)
             return
         if self._stopping:
             return
+        self._keep(tag, kaldi)
+        cost = spent / PROBE_SECONDS
         estimate = cost * PROBE_MARGIN
         self.costs.seed(tag, estimate)
         self.log.info(
             "asr: {language} costs about {cost:.3f} processor seconds per second of audio "
             "(probe: {seconds:g} s of speech-like sound took {measured:.3f} per second, "
             "+{margin:.0%}); learnt from every call from now on",
-            language=tag, cost=estimate, seconds=seconds, measured=cost,
+            language=tag, cost=estimate, seconds=PROBE_SECONDS, measured=cost,
             margin=PROBE_MARGIN - 1)
 
-    def _probe(self, tag, model, rate=8000):
-        """On a pool thread: (seconds, processor seconds per second) of a
-        warm recogniser given the probe's sound (it is warmed up on the
-        sound's first WARM_AFTER seconds, not measured), which then
-        becomes a spare."""
-        kaldi = _Kaldi(model, rate)
-        audio = speechlike(WARM_AFTER + PROBE_SECONDS, rate).astype("<i2").tobytes()
-        step = 2 * rate // 5
-        warm = 2 * int(WARM_AFTER * rate)
-        for i in range(0, warm, step):
-            kaldi.accept(audio[i:min(i + step, warm)])
-        started = thread_seconds()
-        for i in range(warm, len(audio), step):
-            kaldi.accept(audio[i:i + step])
-        kaldi.final()
-        cost = (thread_seconds() - started) / PROBE_SECONDS
-        self._keep(tag, kaldi)
-        return PROBE_SECONDS, cost
+    def _probe_step(self, function, *args):
+        return self._submit(self._reactor.seconds() + PROBE_PATIENCE, function, *args)
 
     def _open(self, path, key):
         """On a pool thread: the vosk.Model in *path*."""
@@ -508,6 +512,13 @@ class VoskBackend:
     def pool(self):
         """The thread pool (None when stopped), for tests and statistics."""
         return self._pool
+
+
+def _timed(step, *args):
+    """On a pool thread: the processor seconds *step(*args)* took."""
+    started = thread_seconds()
+    step(*args)
+    return thread_seconds() - started
 
 
 class _Kaldi:
