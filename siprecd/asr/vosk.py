@@ -265,6 +265,8 @@ class VoskBackend:
             for i in range(warm, len(audio), step):
                 spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
             spent += await self._probe_step(_timed, kaldi.final)
+        except _ProbeStopped:
+            return
         except Exception:
             if not self._stopping:
                 self.log.failure("asr: the cost probe of {language} failed", language=tag)
@@ -283,6 +285,8 @@ class VoskBackend:
             margin=PROBE_MARGIN - 1)
 
     def _probe_step(self, function, *args):
+        if self._stopping:
+            return defer.fail(_ProbeStopped())
         return self._submit(self._reactor.seconds() + PROBE_PATIENCE, function, *args)
 
     def _open(self, path, key):
@@ -512,6 +516,10 @@ class VoskBackend:
     def pool(self):
         """The thread pool (None when stopped), for tests and statistics."""
         return self._pool
+
+
+class _ProbeStopped(Exception):
+    """The backend is stopping: the probe ends where it is."""
 
 
 def _timed(step, *args):
