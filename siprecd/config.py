@@ -265,6 +265,10 @@ class Asr:
     sample_rate: Literal[8000, 16000, 48000] = 16000
     endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.3
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
+    # How long stop-streaming waits for the speech it let through to be
+    # recognised and stored before it answers; what is still queued then
+    # is transcribed and delivered after the answer all the same.
+    stop_wait: Annotated[Duration, Range(0, 300)] = 5.0
     format_numbers: bool = True
     capacity: AsrCapacity = AsrCapacity()
     remote: RemoteAsr = RemoteAsr()
@@ -337,6 +341,9 @@ class Api:
     app_isolation: bool = True
     # Base URL for links siprecd hands out (signed export URLs).
     public_url: Optional[str] = None
+    # /v1/health and /openapi.yaml without credentials (liveness and
+    # readiness only), for load balancers and orchestrators' probes.
+    public_health: bool = False
 
     def validate(self, path):
         if (self.certificate is None) != (self.private_key is None):
@@ -344,6 +351,36 @@ class Api:
             raise ConfigError(
                 "expected both certificate and private_key, or neither", f"{path}.{missing}"
             )
+
+
+@attrs.frozen
+class AutoStart:
+    """Transcription started by the node when a session is answered, as if
+    ``app_id`` had called start-streaming with these parameters."""
+
+    enabled: bool = False
+    app_id: Optional[str] = None
+    # {customer_aor} / {agent_aor}: the AOR the metadata gives the sender of
+    # that role's stream ("customer" / "agent" when it names none); {guid}.
+    customer_id: Annotated[str, NonEmpty()] = "{customer_aor}"
+    agent_id: Annotated[str, NonEmpty()] = "{agent_aor}"
+    language: Annotated[str, NonEmpty()] = "en-US"
+    detailed_token: bool = False
+    audio_recording_allowed: bool = False
+    redaction_output: Literal["redacted", "unredacted", "redacted_and_unredacted"] = "redacted"
+    media_line_order: Literal["CUSTOMER_FIRST", "AGENT_FIRST"] = "CUSTOMER_FIRST"
+
+    def validate(self, path):
+        if self.enabled and not self.app_id:
+            raise ConfigError("auto_start needs the app it starts transcription for "
+                              "(an api id from `siprecd apps create`)", f"{path}.app_id")
+        for key in ("customer_id", "agent_id"):
+            try:
+                getattr(self, key).format(customer_aor="", agent_aor="", guid="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"expected text with {{customer_aor}}, {{agent_aor}} or "
+                                  f"{{guid}} in it, got {getattr(self, key)!r} ({e})",
+                                  f"{path}.{key}") from None
 
 
 @attrs.frozen
@@ -564,6 +601,7 @@ class Config:
     asr: Asr = Asr()
     storage: Storage = Storage()
     api: Api = Api()
+    auto_start: AutoStart = AutoStart()
     webhooks: Webhooks = Webhooks()
     redaction: Redaction = Redaction()
     export: Export = Export()

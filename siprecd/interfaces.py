@@ -211,6 +211,10 @@ class IStorage(Interface):
     def start_leg(guid, customer_id, agent_id, params=None, now=None):
         """Start the next leg of a call; fires with the new Leg."""
 
+    def active_calls(limit=1000):
+        """Fires with the calls in progress on any node (oldest first, at
+        most *limit*)."""
+
     def legs_for_guid(guid):
         """Fires with the call's legs in order."""
 
@@ -255,6 +259,13 @@ class IStorage(Interface):
 
     def dead_letters(target=None, limit=100):
         """Fires with dead-lettered OutboxItems, oldest first."""
+
+    def outbox_counts():
+        """Fires with ``{target: {"waiting", "inFlight", "dead",
+        "oldestWaitingMs"}}``: deliveries not yet made (pending, retrying,
+        parked behind a disabled target, or being sent: ``waiting``, of
+        which ``inFlight`` are being sent), dead letters, and when the
+        oldest waiting one was stored (epoch ms, or None)."""
 
     def replay(ids=None, target=None, now=None):
         """Make dead rows (all, by id, or by target) pending again; fires

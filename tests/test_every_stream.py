@@ -135,6 +135,18 @@ def test_three_party_offer_every_stream_in_its_role(node, voices, reference):
             ("1", "customer", True), ("2", "agent", True), ("3", "agent", False)]
         assert started["streams"][2]["participant"]["aor"] == "sip:party3@cc.example.com"
         node.wait_for(r"stream 3 \(m-line 2\) of call .*: agent \(further stream\)", 10)
+        # The calls in progress, as a controller that missed the guid sees
+        # them: this call, its three streams with their roles and senders.
+        listed = node.api.get("/conversation/v1/calls")
+        assert listed.status == 200, listed.body
+        (call,) = [c for c in listed.body["calls"] if c["externalId"] == sample.guid]
+        (session,) = call["sessions"]
+        assert [(st["label"], st["role"], st["transcription"]) for st in session["streams"]] == [
+            ("1", "customer", "started"), ("2", "agent", "started"), ("3", "agent", "started")]
+        assert session["streams"][2]["participant"]["aor"] == "sip:party3@cc.example.com"
+        assert {a for p in call["participants"] for a in p["aors"]} >= {
+            "sip:party3@cc.example.com"}
+        assert call["identifiers"] and call["node"]
         ports = [p for p in answer_ports(dialog.response)]
         send_rtp(ports, [payloads(v) for v in voices[:3]], speed=SPEED)
         stopped = node.api.stop(sample.guid)
@@ -215,8 +227,10 @@ def test_two_sessions_with_one_guid_are_both_transcribed_and_neither_cut(node, v
                   payloads(voices[3])], speed=SPEED, sources=sources)
         # The first session ends; the second goes on, still transcribed.
         assert a.in_dialog(first, "BYE").status == 200
+        # (The session's end waits for its recognisers to catch up, which
+        # may take a while on a loaded machine.)
         node.wait_for(rf"session {one.call_id} of guid {guid} ended \(bye from SRC\); 1 other",
-                      10)
+                      90)
         send_rtp(answer_ports(second.response), [payloads(voices[0]), payloads(voices[1])],
                  speed=SPEED, ssrc_base=0x5EED0000, sources=sources[2:])
         stopped = node.api.stop(guid)

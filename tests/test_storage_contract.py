@@ -421,6 +421,27 @@ async def test_dead_letters_can_be_listed_and_replayed(storage):
 
 
 @pytest_twisted.ensureDeferred
+async def test_outbox_counts_say_what_each_target_still_owes(storage):
+    assert await storage.outbox_counts() == {}
+    await a_conversation(storage, "905", messages=3, targets=("primary", "backup"))
+    (first,) = [i for i in await storage.claim_due("n", 10, now=T0 + 10)
+                if i.target == "primary"]
+    counts = await storage.outbox_counts()
+    assert counts["primary"] == {"waiting": 3, "inFlight": 1, "dead": 0,
+                                 "oldestWaitingMs": T0}
+    await storage.mark_failed(first.id, T0 + 100, "503 from the receiver")
+    assert (await storage.outbox_counts())["primary"]["waiting"] == 3     # still owed
+    await storage.mark_failed(first.id, T0, "gave up", dead=True)
+    for i in await storage.claim_due("n", 10, now=T0 + 10):
+        await storage.mark_delivered(i.id)
+    counts = await storage.outbox_counts()
+    assert counts["primary"] == {"waiting": 1, "inFlight": 0, "dead": 1,
+                                 "oldestWaitingMs": T0 + 2}
+    # backup: its first row is still being sent (claimed first), the rest wait behind it.
+    assert counts["backup"] == {"waiting": 3, "inFlight": 1, "dead": 0, "oldestWaitingMs": T0}
+
+
+@pytest_twisted.ensureDeferred
 async def test_nodes_claiming_at_once_never_share_a_row_or_a_stream(storage):
     streams = []
     for n in range(10):

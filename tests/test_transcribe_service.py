@@ -187,7 +187,7 @@ async def test_the_offer_is_answered_only_once_the_call_is_stored(storage):
     held.held[0].callback(None)
     await d
     assert (await storage.get_call_by_guid(GUID)) is not None
-    assert set(await started) == {"customer", "agent", "streams"}
+    assert set(await started) == {"customer", "agent", "streams", "settings", "legId"}
 
 
 @pytest_twisted.ensureDeferred
@@ -357,7 +357,7 @@ async def test_a_mixed_call_is_one_stream_in_the_configured_role(storage, mixed_
     session = await offered(service, streams=1)
     line = Line(service, session, 0)
     result = await start(service, media_line_order="AGENT_FIRST")
-    assert list(result) == [mixed_role, "streams"]
+    assert list(result) == [mixed_role, "streams", "settings", "legId"]
     line.play(np.concatenate([tone(0.3), silence(1.0)]))
     await service.stop(GUID)
     (m,) = await messages(storage)
@@ -445,10 +445,10 @@ async def test_stop_summary_and_stream_statistics(storage):
     first = await service.stop(GUID)
     assert first["customer"]["summary"] == {
         "totalAudioBytes": 2.5 * RATE * 2, "audioDurationMs": 2500, "streamingSeconds": 12,
-        "transcripts": 2}
+        "transcripts": 2, "pending": False}
     assert first["agent"]["summary"] == {
         "totalAudioBytes": 2.5 * RATE * 2, "audioDurationMs": 2500, "streamingSeconds": 12,
-        "transcripts": 0}
+        "transcripts": 0, "pending": False}
     clock.advance(100)                           # stopped: not counted
     await start(service)
     customer.play(np.concatenate([tone(0.5), silence(1.0)]))
@@ -456,7 +456,7 @@ async def test_stop_summary_and_stream_statistics(storage):
     second = await service.stop(GUID)
     assert second["customer"]["summary"] == {
         "totalAudioBytes": 4.0 * RATE * 2, "audioDurationMs": 4000, "streamingSeconds": 15,
-        "transcripts": 3}
+        "transcripts": 3, "pending": False}
     stats = {s.role: s.stats for s in await storage.streams_for_guid(GUID)}
     assert stats["customer"]["transcripts"] == 3 and stats["customer"]["windows"] == 2
     assert stats["customer"]["audioDurationMs"] == 4000
@@ -678,6 +678,35 @@ async def test_slow_recognisers_keep_order_one_call_at_a_time(storage):
         assert [m.end_ms - m.start_ms for m in mine] == [200 + 100 * k for k in range(8)]
         assert [m.start_ms for m in mine] == sorted(m.start_ms for m in mine)
     assert all(r.calls.count(("finish", None)) >= 8 for r in backend.recognizers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_answers_within_stop_wait_and_what_it_let_through_is_stored_after(storage):
+    # Each recogniser call takes 1 s of the clock: 8 utterances of speech
+    # are queued far behind when the stop comes.
+    clock = task.Clock()
+    backend = fake_backend(clock=clock, latency=1.0)
+    service = make_service(storage, backend, clock=clock, stop_wait=2.0)
+    session = await offered(service)
+    customer = Line(service, session, 0)
+    await start(service)
+    customer.play(np.concatenate([np.concatenate([tone(0.3), silence(0.7)])
+                                  for _ in range(8)]))
+    stopping = service.stop(GUID)
+    clock.advance(1.9)
+    assert not stopping.called                   # waiting for the speech...
+    clock.advance(0.2)
+    result = await stopping                      # ... no longer than stop_wait
+    summary = result["customer"]["summary"]
+    assert summary["pending"] is True and summary["audioDurationMs"] == 8000
+    assert summary["transcripts"] < 8
+    customer.play(tone(0.5))                     # after the stop: never transcribed
+    for _ in range(200):
+        clock.advance(1.0)
+    await service.drain()
+    found = [m for m in await messages(storage) if m.role == "customer"]
+    assert [m.sequence for m in found] == list(range(1, 9))
+    assert max(m.end_ms for m in found) <= 8000
 
 
 @pytest_twisted.ensureDeferred

@@ -116,8 +116,9 @@ async def test_a_target_disabled_by_410_is_re_enabled_from_the_cli(setup):
 
     code, out, _ = await siprecd("webhooks", "status", "-c", s.path, "--json")
     (row,) = json.loads(out)["targets"]
-    assert (row["target"], row["disabled"], row["waiting"], row["deadLetters"]) == (
-        "crm", True, 3, 0)
+    # Six deliveries wait (the first of each stream parked, the second behind it).
+    assert (row["target"], row["disabled"], row["waiting"], row["parked"],
+            row["deadLetters"]) == ("crm", True, 6, 3, 0)
     assert row["reason"].startswith("HTTP 410 Gone from https://127.0.0.1:")
     code, out, _ = await siprecd("webhooks", "status", "-c", s.path)
     assert out.startswith("crm  https://127.0.0.1:") and "DISABLED since" in out
@@ -153,3 +154,27 @@ async def test_cli_errors_are_one_line(tmp_path):
     assert code == 78
     assert err.strip() == ("siprecd: webhooks.targets.crm.url: expected an https:// URL, "
                            "got 'http://x'")
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_counts_every_delivery_a_failing_target_still_owes(setup):
+    # The receiver fails every POST: nothing is dead yet, everything waits
+    # (the first of each stream retrying, the rest queued behind it).
+    s = setup
+    s.receiver.behaviour = lambda r: Reply(503)
+    streams = await seed_streams(s.storage, 2)
+    await add_utterances(s.storage, streams, 4, ["crm"])
+    await s.service.startService()
+    await until(s.service, lambda x: x.stats["retries"] >= 4)
+    # Stopped (as a node would be, or with the target down for long): the
+    # deliveries keep waiting and none is given up on while we look.
+    await s.service.stopService()
+
+    code, out, _ = await siprecd("webhooks", "status", "-c", s.path, "--json")
+    assert code == 0
+    (row,) = json.loads(out)["targets"]
+    assert (row["target"], row["disabled"], row["waiting"], row["parked"],
+            row["deadLetters"]) == ("crm", False, 8, 0, 0)
+    assert row["oldestWaiting"].endswith("Z")
+    code, out, _ = await siprecd("webhooks", "status", "-c", s.path)
+    assert "  enabled  waiting=8  parked=0  dead=0  oldest waiting since " in out

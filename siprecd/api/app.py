@@ -35,19 +35,23 @@ from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WerkzeugNotFound
 
 from siprecd.api import errors
-from siprecd.api.control import check_owner
+from siprecd.api.control import check_owner, owners_of
 from siprecd.api.health import StorageProbe
-from siprecd.transcribe.request import StartRequest, stop_guid
 from siprecd.api.http import write_json
+from siprecd.api.views import call_in_progress, conversation_view
+from siprecd.export.layout import APPS_DIR
 from siprecd.hooks import Hook
-from siprecd.ratelimit import RateLimiter
 from siprecd.interfaces import StorageError, StorageUnavailable
 from siprecd.messages import api_message, iso_ms
+from siprecd.ratelimit import RateLimiter
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
+from siprecd.transcribe.request import StartRequest, stop_guid
 
-__all__ = ["ControlApi", "conversation_view"]
+__all__ = ["ControlApi"]
 
 MAX_MESSAGES = 1000
+# Calls in progress listed at most (GET /conversation/v1/calls).
+MAX_CALLS = 1000
 DOWNLOAD = "/fileexporter/v1/download/"
 MAX_EXTERNAL_ID = 256
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -55,17 +59,23 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # before it is refused without even hashing: checking a secret is slow on
 # purpose, and must not become a way to load the node.
 AUTH_FAILURE_RATE, AUTH_FAILURE_BURST = 2.0, 20
+# A route answered without credentials when api.public_health says so (and
+# none are given), with them otherwise.
+PUBLIC_WHEN_ASKED = "public when asked"
+
+
+# What start and stop answer beside autotranscribeResponse (ours): every
+# stream of every session of the guid, and for a start the leg and the
+# settings in force.
+EXTRA_ANSWER_KEYS = ("streams", "settings", "legId")
 
 
 def _start_stop_body(result):
-    """The vendor API's answer, with every stream of every session of the
-    guid (role, label, Call-ID, sender) beside it in ``streams`` (ours)."""
+    """The vendor API's answer from a controller's result ({role: ...}
+    and the extra keys), the extras beside ``autotranscribeResponse``."""
     result = dict(result)
-    streams = result.pop("streams", None)
-    body = {"isOk": True, "autotranscribeResponse": result}
-    if streams is not None:
-        body["streams"] = streams
-    return body
+    extras = {key: result.pop(key) for key in EXTRA_ANSWER_KEYS if key in result}
+    return {"isOk": True, "autotranscribeResponse": result, **extras}
 
 
 def _stream_ids(result):
@@ -76,67 +86,25 @@ def _stream_ids(result):
     return out
 
 
-def conversation_view(call, legs):
-    """A Conversation object of the API: the vendor API's fields, then what
-    siprecd parsed of the call (additive): every SIPREC session of the guid
-    with its streams, the participants with their AOR, name and the streams
-    they send, every candidate identifier, and whether it was recorded mixed."""
-    agents = list(dict.fromkeys(leg.agent_id for leg in legs if leg.agent_id))
-    customer = next((leg.customer_id for leg in reversed(legs) if leg.customer_id), None)
-    return {
-        "id": call.conversation_id,
-        "externalId": call.guid,
-        "timestamp": iso_ms(call.started_ms),
-        "endTimestamp": iso_ms(call.ended_ms),
-        "status": call.state,
-        "customer": {"externalId": customer} if customer else None,
-        "agents": [{"externalId": a} for a in agents],
-        "legs": [{"id": leg.id, "number": leg.number, "customerId": leg.customer_id,
-                  "agentId": leg.agent_id, "startTimestamp": iso_ms(leg.started_ms),
-                  "endTimestamp": iso_ms(leg.ended_ms)} for leg in legs],
-        "mixed": bool(call.mixed),
-        "identifiers": [{"source": i.get("source"), "value": i.get("value")}
-                        for i in (call.identifiers or ())],
-        "participants": [_participant_view(p) for p in (call.participants or ())],
-        "sessions": [_session_view(s) for s in _sessions(call.sip or {})],
-    }
-
-
-def _sessions(sip):
-    sessions = sip.get("sessions")
-    if sessions is None and sip.get("callId"):
-        sessions = [sip]        # stored before sessions were listed
-    return sessions or []
-
-
-def _participant_view(p):
-    return {"id": p.get("id"), "aors": list(p.get("aors") or ()), "name": p.get("name"),
-            "sendsLabels": list(p.get("labels") or ()), "callId": p.get("callId"),
-            "left": bool(p.get("left", False))}
-
-
-def _session_view(s):
-    return {"callId": s.get("callId"), "transport": s.get("transport"),
-            "sessionId": s.get("sessionId"), "metadataDialect": s.get("metadataDialect"),
-            "delayedOffer": bool(s.get("delayedOffer", False)), "mixed": s.get("mixed"),
-            "streams": [{"label": st.get("label"), "audioIndex": st.get("audioIndex"),
-                         "codec": st.get("codec"), "seat": st.get("seat"),
-                         "participant": st.get("participant")}
-                        for st in s.get("streams") or ()]}
-
-
 _app = Klein()
 
 
 def route(path, methods, authenticate=True):
-    """A Klein route whose handler runs inside :meth:`ControlApi._serve`."""
+    """A Klein route whose handler runs inside :meth:`ControlApi._serve`.
+
+    Every path is served with and without a trailing slash, both as the
+    same route (the vendor's guide writes ``/start-streaming/``); neither
+    form redirects to the other, since a POST must not be redirected."""
 
     def decorate(handler):
         @functools.wraps(handler)
         def serve(self, request, **kwargs):
             return self._serve(request, handler, kwargs, authenticate)
 
-        return _app.route(path, methods=methods, branch=False)(serve)
+        served = _app.route(path, methods=methods, branch=False)(serve)
+        if not path.endswith("/") and "<path:" not in path:
+            _app.route(path + "/", methods=methods, branch=False)(serve)
+        return served
 
     return decorate
 
@@ -155,7 +123,8 @@ class ControlApi:
     def __init__(self, storage, calls, readiness, clock, node_name, *, id_header="asapp-api-id",
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
                  recordings=None, catalogue=None, links=None, public_url=None,
-                 cluster_secret=None, on_drain=None, local_calls=None, on_request=()):
+                 cluster_secret=None, on_drain=None, local_calls=None, on_request=(),
+                 public_health=False):
         self.storage = storage
         # Internal requests between nodes (forwarded start/stop, drain).
         self.cluster_secret = cluster_secret
@@ -173,6 +142,7 @@ class ControlApi:
         self.id_header = id_header.lower().encode("latin-1")
         self.secret_header = secret_header.lower().encode("latin-1")
         self.app_isolation = app_isolation
+        self.public_health = public_health
         self.limits = RateLimiter(clock, rate, burst)
         self.auth_failures = RateLimiter(clock, AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         # /v1/health answers for storage as it does for the ASR model.
@@ -195,7 +165,8 @@ class ControlApi:
                    burst=a.rate_limit.burst, app_isolation=a.app_isolation,
                    recordings=recordings, catalogue=catalogue, links=links,
                    public_url=a.public_url, cluster_secret=config.cluster.secret,
-                   local_calls=local_calls, on_drain=on_drain, on_request=on_request)
+                   local_calls=local_calls, on_drain=on_drain, on_request=on_request,
+                   public_health=a.public_health)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -213,7 +184,11 @@ class ControlApi:
                 request.setHeader(b"connection", b"close")
                 raise errors.PayloadTooLarge(
                     f"the request body is larger than {request.max_body_size} bytes")
-            app = await self._authenticate(request) if authenticate else None
+            if authenticate == PUBLIC_WHEN_ASKED and self.public_health and not (
+                    _header(request, self.id_header) or _header(request, self.secret_header)):
+                app = None      # a probe: public by api.public_health
+            else:
+                app = await self._authenticate(request) if authenticate else None
             body = await handler(self, request, app, **kwargs)
             if isinstance(body, Resource):
                 return body
@@ -313,6 +288,26 @@ class ControlApi:
             # The action happened; losing its audit row must not undo it.
             self.log.error("cannot write the audit entry {action} for {guid}: {error}",
                            action=action, guid=guid, error=str(e))
+
+    # -- calls in progress (ours) ---------------------------------------------------
+
+    @route("/conversation/v1/calls", ["GET"])
+    async def calls_in_progress(self, request, app):
+        """The SIPREC calls in progress this app may see (on any node)."""
+        try:
+            calls = await self.storage.active_calls(limit=MAX_CALLS)
+            legs = await defer.gatherResults(
+                [self.storage.legs_for_guid(c.guid) for c in calls], consumeErrors=True)
+        except (StorageError, defer.FirstError) as e:
+            raise _unavailable(e.subFailure.value if isinstance(e, defer.FirstError) else e) \
+                from None
+        out = []
+        for call, call_legs in zip(calls, legs):
+            owners = owners_of(call_legs)
+            if self.app_isolation and owners and app.api_id not in owners:
+                continue
+            out.append(call_in_progress(call, call_legs, self.local_calls.live(call.guid)))
+        return {"calls": out}
 
     # -- conversations and messages -------------------------------------------------
 
@@ -432,7 +427,7 @@ class ControlApi:
         body = payload.get("request")
         start = StartRequest.from_json(body if isinstance(body, dict) else {})
         result = await self.local_calls.start(app, start)
-        return {"isOk": True, "autotranscribeResponse": result}
+        return _start_stop_body(result)
 
     @route("/internal/v1/stop-streaming", ["POST"], authenticate=False)
     async def internal_stop(self, request, app):
@@ -444,7 +439,7 @@ class ControlApi:
         body = payload.get("request")
         guid = stop_guid(body if isinstance(body, dict) else {})
         result = await self.local_calls.stop(app, guid)
-        return {"isOk": True, "autotranscribeResponse": result}
+        return _start_stop_body(result)
 
     @route("/internal/v1/drain", ["POST"], authenticate=False)
     async def internal_drain(self, request, app):
@@ -455,51 +450,57 @@ class ControlApi:
 
     # -- the File Exporter (docs/api.rst) ----------------------------------------------
 
-    async def _listing(self, request, what, fields):
+    async def _listing(self, request, app, what, fields):
         """Run a Catalogue listing with the body's *fields*, on a thread."""
         body = _json_body(request, errors.BadRequest)
-        catalogue = self._catalogue()
+        catalogue = self._catalogue(app)
         args = [body.get(name) for name in fields]
         for name, value in zip(fields, args):
             if value is None and name != "interval":
                 raise errors.BadRequest(f"{name} is required")
         return await _catalogue_call(getattr(catalogue, what), *args)
 
-    def _catalogue(self):
+    def _catalogue(self, app=None):
+        """The feeds *app* may see: with app isolation, its own tree (the
+        conversations it started); else, and for download links (signed
+        for one tree), the whole export directory."""
         if self.catalogue is None:
             raise errors.NotFound("the File Exporter is not enabled on this node")
+        if app is not None and self.app_isolation:
+            return self.catalogue.for_app(app.api_id)
         return self.catalogue
 
     @route("/fileexporter/v1/static/listfeeds", ["POST"])
     async def list_feeds(self, request, app):
-        return {"feeds": await _catalogue_call(self._catalogue().feeds)}
+        return {"feeds": await _catalogue_call(self._catalogue(app).feeds)}
 
     @route("/fileexporter/v1/static/listfeedversions", ["POST"])
     async def list_feed_versions(self, request, app):
-        return {"versions": await self._listing(request, "versions", ("feed",))}
+        return {"versions": await self._listing(request, app, "versions", ("feed",))}
 
     @route("/fileexporter/v1/static/listfeedformats", ["POST"])
     async def list_feed_formats(self, request, app):
-        return {"formats": await self._listing(request, "formats", ("feed", "version"))}
+        return {"formats": await self._listing(request, app, "formats", ("feed", "version"))}
 
     @route("/fileexporter/v1/static/listfeeddates", ["POST"])
     async def list_feed_dates(self, request, app):
-        return {"dates": await self._listing(request, "dates", ("feed", "version", "format"))}
+        return {"dates": await self._listing(
+            request, app, "dates", ("feed", "version", "format"))}
 
     @route("/fileexporter/v1/static/listfeedintervals", ["POST"])
     async def list_feed_intervals(self, request, app):
         return {"intervals": await self._listing(
-            request, "intervals", ("feed", "version", "format", "date"))}
+            request, app, "intervals", ("feed", "version", "format", "date"))}
 
     @route("/fileexporter/v1/static/listfeedfiles", ["POST"])
     async def list_feed_files(self, request, app):
         return {"files": await self._listing(
-            request, "files", ("feed", "version", "format", "date", "interval"))}
+            request, app, "files", ("feed", "version", "format", "date", "interval"))}
 
     @route("/fileexporter/v1/static/getfeedfile", ["POST"])
     async def get_feed_file(self, request, app):
         found = await self._listing(
-            request, "resolve", ("feed", "version", "format", "date", "interval", "fileName"))
+            request, app, "resolve", ("feed", "version", "format", "date", "interval", "fileName"))
         path = DOWNLOAD + found.relative
         query = urlencode(self.links.sign(path))
         base = self.public_url or _origin(request)
@@ -520,6 +521,10 @@ class ControlApi:
         except LinkRefused as e:
             self.auth_failures.take(peer)
             raise errors.Forbidden(f"this download link is not valid ({e.reason})") from None
+        if self.app_isolation and not relative.startswith(f"{APPS_DIR}/"):
+            # Links to the whole feed are not given out under app isolation
+            # (one made before it was turned on is refused too).
+            raise errors.NotFound("no such feed file")
         found = await _catalogue_call(self._catalogue().resolve_relative, relative)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-disposition",
@@ -528,9 +533,15 @@ class ControlApi:
 
     # -- health and the API description -------------------------------------------------
 
-    @route("/v1/health", ["GET"])
+    @route("/v1/health", ["GET"], authenticate=PUBLIC_WHEN_ASKED)
     async def health(self, request, app):
         pending = self.readiness.pending()
+        if app is None:
+            # Without credentials (api.public_health): liveness and readiness only.
+            if pending or not await self.storage_probe.check():
+                raise errors.ServiceUnavailable(
+                    "not ready", extra={"healthCheck": "FAILURE", "ready": False})
+            return {"healthCheck": "SUCCESS", "ready": True}
         if not await self.storage_probe.check():
             pending["storage"] = "storage is unavailable"
         details = {"ready": not pending, "node": self.node_name, "pending": pending,
@@ -541,7 +552,7 @@ class ControlApi:
                                             extra={"healthCheck": "FAILURE", **details})
         return {"healthCheck": "SUCCESS", **details}
 
-    @route("/openapi.yaml", ["GET"])
+    @route("/openapi.yaml", ["GET"], authenticate=PUBLIC_WHEN_ASKED)
     async def openapi(self, request, app):
         request.setHeader(b"content-type", b"application/yaml")
         return _RawBody(openapi_document())

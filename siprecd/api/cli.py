@@ -4,6 +4,9 @@ Each app is an API id and secret bound to one webhook target (a name under
 ``webhooks.targets``): the transcripts of calls it starts go there. The
 secret is printed once, by ``create`` and ``rotate``; only a salted hash
 is stored. Every change is written to the audit log.
+
+Also ``siprecd calls`` (the calls in progress, from storage: every node
+sharing it) and ``siprecd drain`` (a running node refuses new calls).
 """
 
 import json
@@ -43,12 +46,50 @@ def register(subparsers):
     rotate.add_argument("api_id")
     rotate.add_argument("--json", action="store_true", help="print JSON")
 
+    calls = subparsers.add_parser(
+        "calls", help="list the SIPREC calls in progress (on every node sharing the storage)")
+    calls.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    calls.add_argument("--json", action="store_true", help="print JSON")
+    calls.set_defaults(func=_calls)
+
     drain = subparsers.add_parser(
         "drain", help="make a running node refuse new calls while its calls finish")
     drain.add_argument("-c", "--config", required=True, help="the node's YAML configuration")
     drain.add_argument("--url", help="the node's API (default: where api.host and api.port "
                                       "say it listens; loopback when api.host is 0.0.0.0 or ::)")
     drain.set_defaults(func=_drain)
+
+
+def _calls(args):
+    from siprecd.api.views import call_in_progress
+
+    async def job(reactor, config, storage):
+        calls = await storage.active_calls()
+        legs = [await storage.legs_for_guid(call.guid) for call in calls]
+        shown = [call_in_progress(call, call_legs, ()) for call, call_legs in zip(calls, legs)]
+        if args.json:
+            print(json.dumps({"calls": shown}))
+            return
+        if not shown:
+            print("no calls in progress")
+        for call in shown:
+            ids = ", ".join(f"{i['source']}={i['value']}" for i in call["identifiers"])
+            print(f"{call['externalId']}  node {call['node']}  since {call['startTimestamp']}"
+                  f"{'  mixed' if call['mixed'] else ''}")
+            print(f"    identifiers: {ids or '-'}")
+            for p in call["participants"]:
+                name = f" ({p['name']})" if p["name"] else ""
+                print(f"    participant {', '.join(p['aors']) or p['id']}{name} "
+                      f"sends {', '.join(p['sendsLabels']) or 'nothing'}")
+            for session in call["sessions"]:
+                for s in session["streams"]:
+                    print(f"    stream {s['label'] or '-'} (m-line {s['audioIndex']}) "
+                          f"{s['codec'] or '-'}  Call-ID {session['callId']}")
+            for leg in call["legs"]:
+                print(f"    leg {leg['number']}: customer {leg['customerId']}, "
+                      f"agent {leg['agentId']}")
+
+    return with_storage(args.config, job)
 
 
 def _target(config, wanted):

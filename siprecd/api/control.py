@@ -33,8 +33,10 @@ class ICallController(Interface):
 
     def start(app, request):
         """Start transcription for *app* (a storage App) with a checked
-        StartRequest; ``{role: {"streamId", "status"}}`` or a
-        TranscriptionError / ApiError."""
+        StartRequest: the answer's body less ``isOk``
+        (``autotranscribeResponse`` with ``{role: {"streamId", "status"}}``,
+        ``settings`` in force, ``legId``), or a TranscriptionError /
+        ApiError."""
 
     def stop(app, guid):
         """Stop transcription of *guid* for *app*; ``{role: {"streamId",
@@ -43,6 +45,9 @@ class ICallController(Interface):
     def has_call(guid):
         """True when this node has *guid* as an active call (then nothing
         needs forwarding)."""
+
+    def live(guid):
+        """This node's view of the sessions of *guid* (empty when it has none)."""
 
 
 def owners_of(legs):
@@ -97,3 +102,7 @@ class LocalCalls:
 
     def has_call(self, guid):
         return self.transcription.is_active(guid)
+
+    def live(self, guid):
+        """This node's live view of *guid*'s sessions (empty if it has none)."""
+        return self.transcription.live(guid)

@@ -78,6 +78,9 @@ class ForwardingCalls:
     def has_call(self, guid):
         return self.local.has_call(guid)
 
+    def live(self, guid):
+        return self.local.live(guid)
+
     async def start(self, app, request):
         owner = await self._owner(request.guid)
         if owner is None:
@@ -120,9 +123,11 @@ class ForwardingCalls:
                 "the node that has this call cannot be reached; try again",
                 headers={"Retry-After": 2}) from None
         if response.code == 200 and isinstance(answer, dict):
+            # The owner's answer as a controller's result: {role: ...} and
+            # the extra keys (streams, settings, legId) beside them.
             result = dict(answer.get("autotranscribeResponse", {}))
-            if isinstance(answer.get("streams"), list):
-                result["streams"] = answer["streams"]
+            result.update({key: answer[key] for key in ("streams", "settings", "legId")
+                           if key in answer})
             return result
         error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
         raise ForwardedError(response.code, error.get("code"),

@@ -39,6 +39,7 @@ import os
 import secrets
 import shutil
 import time
+from pathlib import Path
 
 import attrs
 from twisted.internet import defer, threads
@@ -46,9 +47,12 @@ from twisted.logger import Logger
 
 from siprecd.export import feed as utterances
 from siprecd.export.layout import (
+    APP_DIR,
+    APPS_DIR,
     DATE_DIR,
     HOUR_DIR,
     PART_FILE,
+    app_dir_name,
     day_dir,
     format_dir,
     part_name,
@@ -248,6 +252,81 @@ class _DayWriter:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+class _PartitionedWriter:
+    """The shared day (every row) and, with *per_app*, one day per app
+    under ``apps/<app>`` (the rows of the conversations that app started),
+    written and published together; same interface as :class:`_DayWriter`.
+    A rebuild also clears the day of an app that has no rows any more."""
+
+    def __init__(self, root, feed, version, day, formats, per_app):
+        self.root = root
+        self.args = (feed, version, day, formats)
+        self.per_app = per_app
+        self.shared = _DayWriter(root, *self.args)
+        self.apps = {}          # app directory name -> _DayWriter
+
+    @property
+    def bytes(self):
+        return self.shared.bytes + sum(w.bytes for w in self.apps.values())
+
+    def _writers(self):
+        return [self.shared, *self.apps.values()]
+
+    def prepare(self):
+        self.shared.prepare()
+
+    def write(self, messages, conversation_ids):
+        self.shared.write(messages, conversation_ids)
+        if not self.per_app:
+            return
+        by_app = collections.defaultdict(list)
+        for m in messages:
+            app = (m.stream_params or {}).get("appId")
+            if app:
+                by_app[app_dir_name(app)].append(m)
+        for name, rows in by_app.items():
+            writer = self.apps.get(name)
+            if writer is None:
+                writer = self.apps[name] = _DayWriter(self.root / APPS_DIR / name, *self.args)
+                writer.prepare()
+            writer.write(rows, conversation_ids)
+
+    def commit(self):
+        published, removed = [], []
+        for writer in self._writers():
+            p, r = writer.commit()
+            prefix = writer.root.relative_to(self.root).as_posix()
+            published += [p_ if prefix == "." else f"{prefix}/{p_}" for p_ in p]
+            removed += [r_ if prefix == "." else f"{prefix}/{r_}" for r_ in r]
+        # Apps that had rows on this day before but have none now.
+        apps = self.root / APPS_DIR
+        for entry in _entries_of(apps):
+            if entry.name in self.apps or not entry.is_dir(follow_symlinks=False):
+                continue
+            if not APP_DIR.fullmatch(entry.name):
+                continue
+            cleaner = _DayWriter(apps / entry.name, *self.args)
+            if not any(day_dir(cleaner.root, cleaner.feed, cleaner.version, fmt,
+                               cleaner.day).is_dir() for fmt in cleaner.formats):
+                continue
+            cleaner.prepare()
+            _, r = cleaner.commit()
+            removed += [f"{APPS_DIR}/{entry.name}/{r_}" for r_ in r]
+        return published, removed
+
+    def abort(self):
+        for writer in self._writers():
+            writer.abort()
+
+
+def _entries_of(path):
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def _make_dirs(path):
     """mkdir -p, fsyncing each parent whose entries changed (so a
     published file's directory survives a power cut)."""
@@ -270,8 +349,11 @@ def _fsync_dir(path):
 
 
 async def build_day(storage, directory, day, formats=utterances.FORMATS, *, reactor=None,
-                    page_size=PAGE_SIZE, progress=None, should_stop=None):
+                    page_size=PAGE_SIZE, progress=None, should_stop=None, per_app=False):
     """Build the utterances feed of UTC *day* into *directory*, in *formats*.
+
+    With *per_app* (``api.app_isolation``), each app's rows are also
+    written under ``apps/<app>/``: the feed that app is shown.
 
     *progress*, if given, is called (on the reactor thread) with the
     number of rows of each page written; *should_stop*, if given, is asked
@@ -291,7 +373,8 @@ async def build_day(storage, directory, day, formats=utterances.FORMATS, *, reac
     def blocking(f, *args):
         return threads.deferToThreadPool(reactor, pool, f, *args)
 
-    writer = _DayWriter(directory, utterances.FEED, utterances.VERSION, day, formats)
+    writer = _PartitionedWriter(Path(directory), utterances.FEED, utterances.VERSION, day,
+                                formats, per_app)
     conversations = collections.OrderedDict()
     rows = 0
     fetching = writing = None
@@ -370,7 +453,7 @@ class Exporter:
     log = Logger()
 
     def __init__(self, storage, directory, node, formats=utterances.FORMATS, reactor=None,
-                 clock=None, page_size=PAGE_SIZE):
+                 clock=None, page_size=PAGE_SIZE, per_app=False):
         if reactor is None:
             from twisted.internet import reactor
         self.storage = storage
@@ -380,11 +463,13 @@ class Exporter:
         self.reactor = reactor
         self.clock = reactor if clock is None else clock
         self.page_size = page_size
+        self.per_app = per_app
 
     @classmethod
     def from_config(cls, config, storage, reactor, clock=None):
         return cls(storage, config.in_state_dir(config.export.directory), config.node.name,
-                   tuple(config.export.formats), reactor, clock)
+                   tuple(config.export.formats), reactor, clock,
+                   per_app=config.api.app_isolation)
 
     def _now(self):
         return int(self.clock.seconds() * 1000)
@@ -405,6 +490,7 @@ class Exporter:
             result = await build_day(
                 self.storage, self.directory, day, formats, reactor=self.reactor,
                 page_size=self.page_size, progress=progress, should_stop=should_stop,
+                per_app=self.per_app,
             )
         except BaseException as e:
             try:

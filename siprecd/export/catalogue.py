@@ -52,7 +52,9 @@ from pathlib import Path
 import attrs
 
 from siprecd.export import feed as utterances
-from siprecd.export.layout import DATE_DIR, HOUR_DIR, PART_FILE, day_dir, format_dir
+from siprecd.export.layout import (
+    APP_DIR, APPS_DIR, DATE_DIR, HOUR_DIR, PART_FILE, app_dir_name, day_dir, format_dir,
+)
 
 __all__ = ["Catalogue", "FeedFile", "CatalogueError", "InvalidValue", "NotFound", "MEDIA_TYPES"]
 
@@ -132,11 +134,22 @@ class Catalogue:
     feed, version 1, in *formats*.
     """
 
-    def __init__(self, directory, formats=utterances.FORMATS, feeds=None):
+    def __init__(self, directory, formats=utterances.FORMATS, feeds=None, prefix=""):
         self.directory = Path(directory).absolute()
         if feeds is None:
             feeds = {utterances.FEED: {utterances.VERSION: tuple(formats)}}
         self._feeds = {f: {v: tuple(fmts) for v, fmts in vs.items()} for f, vs in feeds.items()}
+        # Where this catalogue's tree is under the export directory ("" for
+        # the whole feed, "apps/<app>/" for one app's): FeedFile.relative
+        # starts with it, so a download link names the tree it opens.
+        self.prefix = prefix
+
+    def for_app(self, app_id):
+        """The catalogue of what *app_id* may see under app isolation: its
+        own tree (``apps/<app>/``), which holds the conversations it started."""
+        name = app_dir_name(app_id)
+        return Catalogue(self.directory / APPS_DIR / name, feeds=self._feeds,
+                         prefix=f"{self.prefix}{APPS_DIR}/{name}/")
 
     @classmethod
     def from_config(cls, config):
@@ -268,6 +281,11 @@ class Catalogue:
         checked; the partition form is required here."""
         text = _text("path", relative)
         segments = text.split("/")
+        if (len(segments) == 8 and segments[0] == APPS_DIR and not self.prefix
+                and APP_DIR.fullmatch(segments[1]) and segments[1] not in (".", "..")):
+            app = Catalogue(self.directory / APPS_DIR / segments[1], feeds=self._feeds,
+                            prefix=f"{APPS_DIR}/{segments[1]}/")
+            return app.resolve_relative("/".join(segments[2:]))
         if len(segments) != 6 or not all(segments):
             raise InvalidValue("path", f"path {_show(relative)} is not a feed file path")
         feed, version, fmt, date, hour, name = segments
@@ -318,7 +336,8 @@ class Catalogue:
         relative = os.path.relpath(path, self.directory)
         if os.path.realpath(path) != os.path.join(os.path.realpath(self.directory), relative):
             raise NotFound("fileName", f"no file {what}")
-        return FeedFile(path=path, relative=relative.replace(os.sep, "/"), name=path.name,
+        return FeedFile(path=path, relative=self.prefix + relative.replace(os.sep, "/"),
+                        name=path.name,
                         size=info.st_size,
                         media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 

@@ -3,16 +3,22 @@ builder that writes them and the catalogue that serves them agree)::
 
     <export dir>/<feed>/version=<v>/format=<fmt>/dt=<YYYY-MM-DD>/hr=<HH>/part-<NNNN>.<fmt>
 
+With ``api.app_isolation`` each app also has its own tree, holding only
+the conversations it started, laid out the same way under
+``<export dir>/apps/<app>/``; an app's File Exporter listings and links
+see that tree only.
+
 ``hr`` is the UTC hour of the rows' creation time. Each hour has one part
 today (``part-0000``); the number leaves room to split very large hours
 later without a new layout. Names starting with ``.`` are the builder's
 work in progress (staging directories) and are never served.
 """
 
+import hashlib
 import re
 
 __all__ = [
-    "format_dir", "day_dir", "hour_dir", "part_name", "staging_prefix",
+    "APPS_DIR", "APP_DIR", "app_dir_name", "format_dir", "day_dir", "hour_dir", "part_name", "staging_prefix",
     "DATE_DIR", "HOUR_DIR", "PART_FILE",
 ]
 
@@ -21,6 +27,18 @@ __all__ = [
 DATE_DIR = re.compile(r"dt=([0-9]{4}-[0-9]{2}-[0-9]{2})")
 HOUR_DIR = re.compile(r"hr=(0[0-9]|1[0-9]|2[0-3])")
 PART_FILE = re.compile(r"part-([0-9]{4})\.([a-z0-9]{1,16})")
+
+
+APPS_DIR = "apps"
+# An app's directory: its api id when that is a safe file name, else a hash of it.
+APP_DIR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def app_dir_name(app_id):
+    """The directory name of an app's tree (under ``apps/``)."""
+    if APP_DIR.fullmatch(app_id) and app_id not in (".", ".."):
+        return app_id
+    return "h-" + hashlib.sha256(app_id.encode("utf-8")).hexdigest()[:40]
 
 
 def format_dir(root, feed, version, fmt):

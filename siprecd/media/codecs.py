@@ -285,8 +285,21 @@ class _Codec:
     """What decoders and encoders share: a name, a payload type, and
     state to free (also as a context manager)."""
 
+    #: The function of ``self._lib`` that frees ``self._state``, for the
+    #: codecs whose state lives in a native library.
+    _release = None
+
     def close(self):
         """Free the codec state; safe to call more than once."""
+        state, self._state = getattr(self, "_state", None), None
+        if state is not None and self._release is not None:
+            getattr(self._lib, self._release)(state)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown may have torn ctypes down
+            pass
 
     def __enter__(self):
         return self
@@ -363,6 +376,8 @@ class G729Decoder(Decoder):
     shifts its timeline.
     """
 
+    _release = "decoder_free"
+
     name = "G729"
     payload_type = 18
     _state = None
@@ -429,16 +444,6 @@ class G729Decoder(Decoder):
             target += G729_FRAME_SAMPLES * 2
         return out[:samples]
 
-    def close(self):
-        state, self._state = self._state, None
-        if state is not None:
-            self._lib.decoder_free(state)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown may have torn ctypes down
-            pass
 
 
 # --- encoders (for the call simulator) --------------------------------------
@@ -476,6 +481,8 @@ class G729Encoder(Encoder):
     end an RTP payload, so with VAD packetise from ``encode_frames``.
     """
 
+    _release = "encoder_free"
+
     name = "G729"
     payload_type = 18
     _state = None
@@ -510,16 +517,6 @@ class G729Encoder(Encoder):
         """*pcm*: a multiple of 80 samples; the frames' bytes joined."""
         return b"".join(self.encode_frames(pcm))
 
-    def close(self):
-        state, self._state = self._state, None
-        if state is not None:
-            self._lib.encoder_free(state)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # --- G.722 (the g722 package) -------------------------------------------------
@@ -639,6 +636,8 @@ class OpusDecoder(Decoder):
     libopus refuses is a damaged frame: nothing comes out of it, and the
     timeline is kept by the next packet's timestamp."""
 
+    _release = "decoder_destroy"
+
     name = "OPUS"
     payload_type = -1
     sample_rate = OPUS_RATE
@@ -699,20 +698,12 @@ class OpusDecoder(Decoder):
             pcm = np.concatenate([pcm, np.zeros(samples - len(pcm), dtype=np.int16)])
         return pcm[:samples]
 
-    def close(self):
-        state, self._state = self._state, None
-        if state is not None:
-            self._lib.decoder_destroy(state)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class OpusEncoder(Encoder):
     """Mono 48 kHz Opus for the call simulator (VoIP application)."""
+
+    _release = "encoder_destroy"
 
     name = "OPUS"
     payload_type = -1
@@ -742,16 +733,6 @@ class OpusEncoder(Encoder):
                              f"{self._lib.strerror(n).decode()}")
         return bytes(self._out[:n])
 
-    def close(self):
-        state, self._state = self._state, None
-        if state is not None:
-            self._lib.encoder_destroy(state)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # --- by name ----------------------------------------------------------------

@@ -614,25 +614,10 @@ def format_answer(
         raise ValueError("need one choice and one port per offered m-line")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if not re.fullmatch(r"[0-9]{1,32}", str(session_id), re.ASCII):
-        raise ValueError(f"session_id must be decimal digits, got {session_id!r}")
-    if not isinstance(session_version, int) or session_version < 0:
-        raise ValueError(f"session_version must be an integer >= 0, got {session_version!r}")
-    if not _TOKEN.fullmatch(username):
-        raise ValueError(f"username must be a token, got {username!r}")
-    if re.search(r"[\r\n\0]", session_name):
-        raise ValueError("session_name must be one line")
-    addrtype = _addrtype(address)
+    lines = _session_lines(address, session_id, session_version, username, session_name)
     for port in ports:
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port out of range: {port}")
-    lines = [
-        "v=0",
-        f"o={username} {session_id} {session_version} IN {addrtype} {address}",
-        f"s={session_name or '-'}",
-        f"c=IN {addrtype} {address}",
-        "t=0 0",
-    ]
     for media, choice, port in zip(offer.media, choices, ports):
         lines.extend(_answer_lines(media, choice, port, direction))
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
@@ -659,6 +644,27 @@ def offer_codecs(codec_preference):
     return [_OFFERED[name] for name in preference] + [_OFFERED_EVENT]
 
 
+def _session_lines(address, session_id, session_version, username, session_name):
+    """The session-level lines of an SDP we write (v=, o=, s=, c=, t=),
+    after checking what goes into them."""
+    if not re.fullmatch(r"[0-9]{1,32}", str(session_id), re.ASCII):
+        raise ValueError(f"session_id must be decimal digits, got {session_id!r}")
+    if not isinstance(session_version, int) or session_version < 0:
+        raise ValueError(f"session_version must be an integer >= 0, got {session_version!r}")
+    if not _TOKEN.fullmatch(username):
+        raise ValueError(f"username must be a token, got {username!r}")
+    if re.search(r"[\r\n\0]", session_name):
+        raise ValueError("session_name must be one line")
+    addrtype = _addrtype(address)
+    return [
+        "v=0",
+        f"o={username} {session_id} {session_version} IN {addrtype} {address}",
+        f"s={session_name or '-'}",
+        f"c=IN {addrtype} {address}",
+        "t=0 0",
+    ]
+
+
 def format_offer(count, codec_preference, ports, *, address, session_id, session_version,
                  username="siprecd", session_name="siprecd", labels=None):
     """Our SDP offer of *count* recvonly audio streams (RFC 7866 §7.1.1: an
@@ -666,18 +672,9 @@ def format_offer(count, codec_preference, ports, *, address, session_id, session
     codec of *codec_preference* plus telephone-event."""
     if len(ports) != count:
         raise ValueError("need one port per offered stream")
-    if not re.fullmatch(r"[0-9]{1,32}", str(session_id), re.ASCII):
-        raise ValueError(f"session_id must be decimal digits, got {session_id!r}")
-    addrtype = _addrtype(address)
+    lines = _session_lines(address, session_id, session_version, username, session_name)
     codecs = offer_codecs(codec_preference)
     labels = labels or [str(i + 1) for i in range(count)]
-    lines = [
-        "v=0",
-        f"o={username} {session_id} {session_version} IN {addrtype} {address}",
-        f"s={session_name or '-'}",
-        f"c=IN {addrtype} {address}",
-        "t=0 0",
-    ]
     for port, label in zip(ports, labels):
         lines.append(f"m=audio {port} RTP/AVP " + " ".join(str(c.payload_type) for c in codecs))
         for codec in codecs:

@@ -401,6 +401,14 @@ class SqlStorage:
         row = tx.row(f"SELECT * FROM calls WHERE {column} = ?", (value,))
         return None if row is None else self._call(row)
 
+    def active_calls(self, limit=1000):
+        return self._read(self._tx_active_calls, int(limit))
+
+    def _tx_active_calls(self, tx, limit):
+        rows = tx.rows("SELECT * FROM calls WHERE state = ? ORDER BY started_ms, guid LIMIT ?",
+                       (ACTIVE, limit))
+        return [self._call(row) for row in rows]
+
     # Dialogs ----------------------------------------------------------------
 
     def _dialog(self, row):
@@ -760,6 +768,32 @@ class SqlStorage:
             params + [limit],
         )
         return [self._outbox_item(r) for r in rows]
+
+    def outbox_counts(self):
+        return self._read(self._tx_outbox_counts)
+
+    def _tx_outbox_counts(self, tx):
+        rows = tx.rows(
+            "SELECT target, state, COUNT(*) AS n, MIN(created_ms) AS oldest FROM outbox"
+            f" WHERE state IN ('{PENDING}', '{IN_FLIGHT}', '{DEAD}') GROUP BY target, state",
+            (),
+        )
+        out = {}
+        for row in rows:
+            entry = out.setdefault(row["target"], {"waiting": 0, "inFlight": 0, "dead": 0,
+                                                   "oldestWaitingMs": None})
+            n = int(row["n"])
+            if row["state"] == DEAD:
+                entry["dead"] += n
+                continue
+            entry["waiting"] += n
+            if row["state"] == IN_FLIGHT:
+                entry["inFlight"] += n
+            oldest = row["oldest"]
+            if oldest is not None and (entry["oldestWaitingMs"] is None
+                                       or oldest < entry["oldestWaitingMs"]):
+                entry["oldestWaitingMs"] = int(oldest)
+        return out
 
     def replay(self, ids=None, target=None, now=None):
         return self._write(self._tx_replay, list(ids) if ids is not None else None, target,

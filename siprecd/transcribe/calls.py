@@ -16,9 +16,16 @@ re-INVITEs; finalised and ended on BYE) and carries out start-streaming and
 stop-streaming as docs/api.rst defines them, with its error codes as
 :mod:`siprecd.transcribe.errors` exceptions.
 
-Legs: a start with another agentId than the last one starts a new leg;
-within a leg each stream keeps its streamId (a uuid4) across windows
-(:mod:`siprecd.transcribe.windows`).
+Legs: a start with another customerId or agentId than the last one
+starts a new leg, so what was said before keeps the sender it had; within
+a leg each stream keeps its streamId (a uuid4) across windows
+(:mod:`siprecd.transcribe.windows`), and a resume keeps the leg's
+settings for what it leaves out (:class:`LegSettings`).
+
+A stop closes the gate at once; what it let through is recognised and
+stored however far behind the recognisers are (the answer waits for it up
+to ``stop_wait``), and a session's end waits for it before the call is
+marked ended.
 """
 
 import uuid
@@ -76,6 +83,9 @@ class ActiveCall:
     windows: dict = attrs.field(factory=dict)    # stream key -> Window
     origins: dict = attrs.field(factory=dict)    # stream key -> UNIX ms of position 0
     redaction: object = None     # ReleaseTimer over the call's CallRedactor
+    # Windows closed (a stop, a stream gone) whose audio is still being
+    # recognised and stored: the session's end waits for them.
+    closing: set = attrs.field(factory=set)
 
     @property
     def streaming(self):
@@ -117,6 +127,17 @@ class CallTable:
             if not conversation.sessions and self.conversations.get(call.guid) is conversation:
                 del self.conversations[call.guid]
 
+    def closing(self, call, d):
+        """Track *d*, the closing of some of *call*'s windows, also as
+        the call's: its end waits for it."""
+        call.closing.add(d)
+
+        def done(result):
+            call.closing.discard(d)
+            return result
+
+        return self.track(d.addBoth(done))
+
     def track(self, d):
         """Keep *d* (work on a call) until it fires; see :meth:`drain`."""
         self.in_flight.add(d)
@@ -141,7 +162,8 @@ class CallControl:
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
-                 recordings=None, accepting=lambda: True, admission=None):
+                 recordings=None, accepting=lambda: True, auto_start=None, stop_wait=5.0,
+                 admission=None):
         self.calls = calls
         self.admission = admission
         self.storage = storage
@@ -152,33 +174,38 @@ class CallControl:
         self.node = node
         self.recordings = recordings
         self.accepting = accepting
+        # A siprecd.transcribe.autostart.AutoStart, or None (the API starts).
+        self.auto_start = auto_start
+        # How long a stop waits for the speech before it to be stored.
+        self.stop_wait = stop_wait
         windows.late_window = self._late_window
 
     # -- start and stop -------------------------------------------------------------
 
     def start(self, request, app_id=None, webhook_target=None):
         """start-streaming for a checked StartRequest: a Deferred firing
-        with ``{role: {"streamId", "status"}, "streams": [...]}`` (the
-        role's main stream, then every stream of every session of the
-        guid), or failing with a TranscriptionError. *app_id* (the API app
-        asking) and *webhook_target* (its target) are kept with the leg's
-        settings."""
+        with ``{role: {"streamId", "status"}, "streams": [...], "settings":
+        {...}, "legId": ...}`` (the role's main stream, every stream of
+        every session of the guid, the settings in force for the leg), or
+        failing with a TranscriptionError. *app_id* (the API app asking) and
+        *webhook_target* (its target) are kept with the leg's settings."""
         try:
-            languages = {language_tag(t) for t in self.backend.languages()}
-            if request.language not in languages:
-                have = ", ".join(sorted(languages)) or "none"
-                raise NotAllowed(f"language {request.language!r} is not available here "
-                                 f"(available: {have})")
-            params = LegSettings(request, app_id, webhook_target or None)
+            if "language" in request.given:
+                self._check_language(request.language)
             conversation = self._request(request.guid)
             if conversation.streaming:
                 raise AlreadyInState(f"transcription of {request.guid} is already started")
             last = conversation.params
-            if (last is not None and last.agent_id == params.agent_id
-                    and last.media_line_order != params.media_line_order):
-                raise Conflict(
-                    f"mediaLineOrder is {last.media_line_order} for this leg; it can change "
-                    "only with a new agentId (a new leg)")
+            if last is not None and last.same_leg(request):
+                if ("mediaLineOrder" in request.given
+                        and last.media_line_order != request.media_line_order):
+                    raise Conflict(
+                        f"mediaLineOrder is {last.media_line_order} for this leg; it can "
+                        "change only with a new customerId or agentId (a new leg)")
+                params = last.resumed(request, app_id, webhook_target or None)
+            else:
+                params = LegSettings(request, app_id, webhook_target or None)
+            self._check_language(params.language)
             if not self.accepting():
                 raise AsrUnavailable("this node is shutting down")
         except Exception:
@@ -186,10 +213,18 @@ class CallControl:
         return self.calls.track(self._serialised(conversation,
                                                  self._admitted(conversation, params)))
 
+    def _check_language(self, language):
+        languages = {language_tag(t) for t in self.backend.languages()}
+        if language not in languages:
+            have = ", ".join(sorted(languages)) or "none"
+            raise NotAllowed(f"language {language!r} is not available here "
+                             f"(available: {have})")
+
     def stop(self, guid):
         """stop-streaming: a Deferred firing with ``{role: {"streamId",
-        "status", "summary"}, "streams": [...]}`` once the open utterances
-        are stored."""
+        "status", "summary"}, "streams": [...]}`` once what it let through
+        is stored, or after ``stop_wait`` (each summary then says
+        ``pending``)."""
         try:
             conversation = self._request(guid)
             if not conversation.streaming:
@@ -212,6 +247,46 @@ class CallControl:
         conversation = self.calls.conversation(guid)
         return conversation is not None and any(c.phase != "ended"
                                                 for c in conversation.sessions)
+
+    def live(self, guid):
+        """What this node knows of *guid* now: one entry per SIPREC session
+        of it that is not over, each with its streams, their roles and
+        transcription state. Empty when this node has no such call."""
+        conversation = self.calls.conversation(guid)
+        if conversation is None:
+            return []
+        return [self._session_view(call) for call in conversation.sessions
+                if call.phase in ("offered", "active", "ending")]
+
+    def _session_view(self, call):
+        session, params = call.session, call.params
+        roles = self.windows.roles(session, params.media_line_order) if params else {}
+        streams = []
+        for s in session.streams:
+            key = stream_key(s.label, s.audio_index)
+            leg_stream = call.streams.get(key)
+            streams.append({
+                "label": s.label, "audioIndex": s.audio_index,
+                "codec": s.codec.name if s.codec is not None else None, "onHold": s.on_hold,
+                "role": roles.get(key),
+                "streamId": leg_stream.id if leg_stream is not None else None,
+                "transcription": ("started" if key in call.windows else
+                                  "stopped" if leg_stream is not None else "not started"),
+                "participant": _participant_of(session, s.label),
+            })
+        conversation = call.conversation
+        state = "started" if call.streaming else "stopped" if params else "not started"
+        return {
+            "callId": session.call_id, "transport": session.transport, "phase": call.phase,
+            "startTimestampMs": int(round(session.started_at * 1000)), "streams": streams,
+            "transcription": {
+                "state": state,
+                "legId": conversation.leg.id if conversation.leg is not None else None,
+                "customerId": params.customer_id if params else None,
+                "agentId": params.agent_id if params else None,
+                "appId": params.app_id if params else None,
+                "settings": params.in_force() if params else None},
+        }
 
     def is_streaming(self, guid):
         conversation = self.calls.conversation(guid)
@@ -307,7 +382,8 @@ class CallControl:
                       guid=conversation.guid, leg=conversation.leg.number,
                       language=params.language)
         self._log_roles(conversation)
-        return self._answer(conversation, sessions=sessions)
+        return dict(self._answer(conversation, sessions=sessions), settings=params.in_force(),
+                    legId=conversation.leg.id)
 
     def _log_roles(self, conversation):
         for call in conversation.active():
@@ -320,7 +396,7 @@ class CallControl:
                     who=f" from {ls.participant.get('aor') or ls.participant.get('name')}"
                     if ls.participant else "")
 
-    def _answer(self, conversation, summary=False, sessions=None):
+    def _answer(self, conversation, summary=False, sessions=None, pending=False):
         """The API's answer: each role's main stream (as the vendor API has
         it), then every stream of every session (of *sessions*: those the
         request began with, though one may have ended meanwhile)."""
@@ -330,12 +406,12 @@ class CallControl:
                 item = ls.describe()
                 item["status"] = dict(OK_STATUS)
                 if summary:
-                    item["summary"] = ls.summary()
+                    item["summary"] = dict(ls.summary(), pending=pending)
                 streams.append(item)
                 if ls.role not in out and ls.primary:
                     main = {"streamId": ls.id, "status": dict(OK_STATUS)}
                     if summary:
-                        main["summary"] = ls.summary()
+                        main["summary"] = dict(ls.summary(), pending=pending)
                     out[ls.role] = main
         for item in streams:   # a role with no seated stream: its first stream
             if item["role"] not in out:
@@ -351,19 +427,41 @@ class CallControl:
         for call in sessions:
             for leg_stream in call.streams.values():
                 leg_stream.close_time(now)
+        # Everything the gate let through is recognised and stored, however
+        # far behind the recognisers are; the answer waits for it up to
+        # stop_wait, and says so when some is still on its way.
+        closing = []
         for call in sessions:
             windows, call.windows = list(call.windows.values()), {}
-            await self.windows.close(windows, call)
-        for call in sessions:
-            await self._save_stats(call, call.streams.values())
-        self.log.info("transcription stopped for guid {guid}", guid=conversation.guid)
-        return self._answer(conversation, summary=True, sessions=sessions)
+            closing.append(self.calls.closing(
+                call, defer.ensureDeferred(self._close_and_save(call, windows))))
+        finished = defer.Deferred()
+        defer.DeferredList(closing, consumeErrors=True).addBoth(
+            lambda _: finished.called or finished.callback(True))
+        timer = self.clock.callLater(self.stop_wait,
+                                     lambda: finished.called or finished.callback(False))
+        complete = await finished
+        if timer.active():
+            timer.cancel()
+        if complete:
+            self.log.info("transcription stopped for guid {guid}", guid=conversation.guid)
+        else:
+            self.log.warn("transcription stopped for guid {guid}; speech received before the "
+                          "stop is still being recognised (the recognisers are behind)",
+                          guid=conversation.guid)
+        return self._answer(conversation, summary=True, sessions=sessions,
+                            pending=not complete)
+
+    async def _close_and_save(self, call, windows):
+        await self.windows.close(windows, call)
+        await self._save_stats(call, call.streams.values())
 
     async def _leg_streams(self, conversation, params, plan):
-        """The current leg (a new one for a new agentId) and the streams of
-        *plan* ([(call, stream key, role)]), stored with this start's settings."""
+        """The current leg (a new one for a new customerId or agentId) and
+        the streams of *plan* ([(call, stream key, role)]), stored with this
+        start's settings."""
         if (conversation.leg is None or conversation.params is None
-                or conversation.params.agent_id != params.agent_id):
+                or not conversation.params.same_leg(params.request)):
             if conversation.leg is not None and self.recordings is not None:
                 self.calls.track(self.recordings.close_leg(conversation.guid,
                                                            conversation.leg.id))
@@ -470,6 +568,8 @@ class CallControl:
         def stored(_):
             if call.phase == "offered":
                 call.phase = "active"
+                if self.auto_start is not None:
+                    self.calls.track(defer.ensureDeferred(self._auto_start(call)))
             return None
 
         def failed(failure):
@@ -484,6 +584,32 @@ class CallControl:
         d.addCallbacks(stored, failed)
         call.stored = _Outcome(d)
         return call.stored.wait()
+
+    async def _auto_start(self, call):
+        """Start transcribing *call*'s conversation as ``auto_start`` says
+        (after the call is stored; the 200 OK never waits for it, and a
+        failure only means the call is recorded without transcription). A
+        further session of a conversation already transcribed joins it."""
+        conversation = call.conversation
+        if conversation.streaming or conversation.params is not None:
+            return
+        try:
+            prepared = await self.auto_start.request_for(call.session, self.windows.roles)
+        except Exception as e:
+            self.log.error("auto_start: cannot prepare the start of guid {guid}: {error}",
+                           guid=call.guid, error=str(e))
+            return
+        if (prepared is None or call.phase != "active" or conversation.streaming
+                or conversation.busy):
+            return
+        try:
+            await self.start(prepared.request, prepared.app_id, prepared.webhook_target)
+        except Exception as e:
+            self.log.warn("auto_start: transcription of guid {guid} did not start: {error}",
+                          guid=call.guid, error=str(e))
+            return
+        self.log.info("auto_start: transcribing guid {guid} for app {app_id}", guid=call.guid,
+                      app_id=prepared.app_id)
 
     def call_updated(self, session):
         call = self.calls.by_call_id.get(session.call_id)
@@ -501,7 +627,7 @@ class CallControl:
             for window in gone:
                 del call.windows[window.key]
             if gone:
-                self.calls.track(defer.ensureDeferred(self.windows.close(gone, call)))
+                self.calls.closing(call, defer.ensureDeferred(self.windows.close(gone, call)))
 
     def call_ended(self, session, reason):
         call = self.calls.by_call_id.get(session.call_id)
@@ -533,6 +659,10 @@ class CallControl:
                 leg_stream.close_time(now)
             windows, call.windows = list(call.windows.values()), {}
             await self.windows.close(windows, call)
+            # Windows closed before (a stop while the recognisers were
+            # behind) finish too: everything said before is stored before
+            # the call is marked ended.
+            await defer.DeferredList(list(call.closing), consumeErrors=True)
             self.writer.close_call(call)
             # Writes of windows closed earlier (stop, stream end) finish too.
             await defer.gatherResults([ls.writes.idle() for ls in call.streams.values()],

@@ -23,6 +23,11 @@ MEDIA_LINE_ORDERS = ("CUSTOMER_FIRST", "AGENT_FIRST")
 # Namespaces of the commercial API other than SIPREC: known, not served here.
 OTHER_NAMESPACES = ("twilio", "amazonconnect", "genesysaudiohook")
 MAX_ID_LENGTH = 256
+# A leg's transcription settings by their API names, and the attribute of each.
+SETTINGS = ("language", "detailedToken", "audioRecordingAllowed", "redactionOutput",
+            "mediaLineOrder")
+_ATTRIBUTES = dict(zip(SETTINGS, ("language", "detailed_token", "audio_recording_allowed",
+                                  "redaction_output", "media_line_order")))
 
 
 def language_tag(value):
@@ -93,6 +98,9 @@ class StartRequest:
     redaction_output: str = "redacted"
     media_line_order: str = "CUSTOMER_FIRST"
     body: dict = attrs.field(factory=dict, eq=False, repr=False)
+    # The settings the body gave (API names); the others took their
+    # defaults, and a resume within a leg keeps the leg's value for them.
+    given: frozenset = attrs.field(default=frozenset(), eq=False)
 
     @classmethod
     def from_json(cls, body):
@@ -121,8 +129,11 @@ class StartRequest:
         order = media_line_order.upper() if isinstance(media_line_order, str) else None
         if order not in MEDIA_LINE_ORDERS:
             raise BadParameter(f"mediaLineOrder must be one of {', '.join(MEDIA_LINE_ORDERS)}")
+        given = frozenset(
+            [name for name in SETTINGS[:4] if params.get(name) is not None]
+            + (["mediaLineOrder"] if siprec.get("mediaLineOrder") is not None else []))
         return cls(guid, customer_id, agent_id, language_tag(language), detailed_token,
-                   audio_recording_allowed, redaction_output, order, body)
+                   audio_recording_allowed, redaction_output, order, body, given)
 
     @classmethod
     def make(cls, guid, customer_id, agent_id, *, language="en-US", detailed_token=False,
@@ -142,11 +153,30 @@ class StartRequest:
 
 @attrs.frozen
 class LegSettings:
-    """What is in force for a leg after an accepted start."""
+    """What is in force for a leg after an accepted start.
+
+    A leg is one customer and one agent: a start with another customerId
+    or agentId than the leg's starts a new leg. A start that continues the
+    leg (a resume after a stop) keeps the leg's value of every setting the
+    request leaves out (:meth:`resumed`), so leaving ``autotranscribeParams``
+    out of a resume changes nothing; a new leg takes the defaults.
+    """
 
     request: StartRequest
     app_id: str | None = None
     webhook_target: str | None = None
+
+    def same_leg(self, request):
+        """Whether *request* continues this leg (same customer and agent)."""
+        return (request.customer_id == self.customer_id
+                and request.agent_id == self.agent_id)
+
+    def resumed(self, request, app_id=None, webhook_target=None):
+        """The settings of *request* continuing this leg: what it leaves out
+        is this leg's."""
+        kept = {_ATTRIBUTES[name]: getattr(self, _ATTRIBUTES[name])
+                for name in SETTINGS if name not in request.given}
+        return LegSettings(attrs.evolve(request, **kept), app_id, webhook_target)
 
     @property
     def customer_id(self):
@@ -180,9 +210,10 @@ class LegSettings:
     def keeps_unredacted(self):
         return self.redaction_output != "redacted"
 
+    def in_force(self):
+        """The settings by their API names (the start response shows them)."""
+        return {name: getattr(self, _ATTRIBUTES[name]) for name in SETTINGS}
+
     def as_dict(self):
         """As stored with the leg and the streams (the API's names)."""
-        return {"language": self.language, "detailedToken": self.detailed_token,
-                "audioRecordingAllowed": self.audio_recording_allowed,
-                "redactionOutput": self.redaction_output,
-                "mediaLineOrder": self.media_line_order, "appId": self.app_id}
+        return dict(self.in_force(), appId=self.app_id)

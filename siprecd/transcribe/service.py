@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
 from siprecd.transcribe.admission import Admission
+from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.utterances import UtteranceWriter
 from siprecd.transcribe.windows import AGENT, CUSTOMER, ROLES, Windows
@@ -42,7 +43,8 @@ class TranscriptionService(service.Service):
     *on_utterance(message)* gets every stored Message (with its sequence,
     guid, leg, role and externalId filled in), *on_stored(message, now
     ms)* the same for metrics, *on_asr_call(audio s, busy s, ok)* every
-    recogniser call.
+    recogniser call. *auto_start* (an AutoStart, or None) starts
+    transcription of each session when it is answered.
     """
 
     name = "transcription"
@@ -53,7 +55,8 @@ class TranscriptionService(service.Service):
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
-                 max_lag=1.0, admission=True, processors=None, target_load=0.85):
+                 auto_start=None, stop_wait=5.0, max_lag=1.0, admission=True, processors=None,
+                 target_load=0.85):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if extra_role not in ROLES:
@@ -84,7 +87,8 @@ class TranscriptionService(service.Service):
                                    target_load=target_load, max_lag=max_lag, enabled=admission)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
-            recordings=recordings, accepting=lambda: self.accepting, admission=self.admission)
+            recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
+            stop_wait=stop_wait, admission=self.admission)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -94,10 +98,11 @@ class TranscriptionService(service.Service):
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
         capacity = config.asr.capacity
+        options.setdefault("auto_start", AutoStart.from_config(config, storage))
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
                    max_utterance=config.asr.max_utterance,
-                   format_numbers=config.asr.format_numbers,
+                   format_numbers=config.asr.format_numbers, stop_wait=config.asr.stop_wait,
                    mixed_role=config.media.mixed_role,
                    extra_role=config.media.extra_stream_role,
                    max_rate=config.asr.sample_rate, max_lag=capacity.max_lag,
@@ -132,6 +137,10 @@ class TranscriptionService(service.Service):
 
     def is_streaming(self, guid):
         return self.control.is_streaming(guid)
+
+    def live(self, guid):
+        """This node's sessions of *guid* now; see :meth:`CallControl.live`."""
+        return self.control.live(guid)
 
     def backlog(self):
         """(windows open, seconds of audio waiting for recognisers), for metrics."""

@@ -228,7 +228,7 @@ class Windows:
             return
         window = call.windows.pop(stream_key(stream.label, stream.audio_index), None)
         if window is not None:
-            self.calls.track(defer.ensureDeferred(self.close([window], call)))
+            self.calls.closing(call, defer.ensureDeferred(self.close([window], call)))
 
     # -- opening and closing -------------------------------------------------------------
 

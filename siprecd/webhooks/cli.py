@@ -7,7 +7,8 @@
   poll;
 - ``enable`` re-enables a target that answered 410 Gone: its waiting
   deliveries become due at once;
-- ``status`` shows each target: enabled or disabled, waiting, dead.
+- ``status`` shows each target: enabled or disabled, deliveries waiting
+  (pending, retrying or parked; how old the oldest is), dead letters.
 
 The state of disabled targets is per node (a file in ``state_dir``): run
 ``enable`` on every node that disabled the target. Every change is
@@ -20,8 +21,6 @@ from siprecd.clitools import CommandError, with_storage
 from siprecd.messages import iso_ms
 
 __all__ = ["register"]
-
-_COUNT_LIMIT = 10000
 
 
 def register(subparsers):
@@ -142,11 +141,12 @@ def _status(args):
             stored = _states(config).read()
         except StateFileError as e:
             raise CommandError(str(e)) from None
+        counts = await storage.outbox_counts()
         rows = []
-        for name in sorted(set(config.webhooks.targets) | set(stored)):
+        for name in sorted(set(config.webhooks.targets) | set(stored) | set(counts)):
             target = config.webhooks.targets.get(name)
             entry = stored.get(name, {})
-            dead = len(await storage.dead_letters(target=name, limit=_COUNT_LIMIT))
+            count = counts.get(name, {})
             secret = target.secret.query_parameter if target and target.secret else None
             rows.append({
                 "target": name,
@@ -155,8 +155,13 @@ def _status(args):
                 "disabled": bool(entry.get("disabled")),
                 "disabledSince": iso_ms(entry.get("since_ms")) if entry.get("disabled") else None,
                 "reason": entry.get("reason") if entry.get("disabled") else None,
-                "waiting": len(entry.get("parked", ())),
-                "deadLetters": dead,
+                # Every delivery not yet made: pending, retrying, parked
+                # behind a disabled target, or being sent now.
+                "waiting": count.get("waiting", 0),
+                "inFlight": count.get("inFlight", 0),
+                "parked": len(entry.get("parked", ())),
+                "oldestWaiting": iso_ms(count.get("oldestWaitingMs")),
+                "deadLetters": count.get("dead", 0),
             })
         if args.json:
             print(json.dumps({"targets": rows}))
@@ -168,8 +173,8 @@ def _status(args):
                 else "enabled"
             if not r["configured"]:
                 state += ", not in webhooks.targets"
-            dead = f"{r['deadLetters']}{'+' if r['deadLetters'] >= _COUNT_LIMIT else ''}"
+            oldest = f"  oldest waiting since {r['oldestWaiting']}" if r["oldestWaiting"] else ""
             print(f"{r['target']}  {r['url'] or '-'}  {state}  waiting={r['waiting']}  "
-                  f"dead={dead}")
+                  f"parked={r['parked']}  dead={r['deadLetters']}{oldest}")
 
     return with_storage(args.config, job)
