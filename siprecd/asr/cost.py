@@ -4,11 +4,10 @@
 seconds a recogniser spends per second of audio: learnt from every call
 as it runs (the processor time of the thread that ran it, so waiting for
 a processor does not count), seeded by a configured figure or by a probe
-at start-up. Only warm recognisers are measured: a new one costs two to
-four times as much during its first seconds (``siprecd.asr.vosk``), a
-start-up cost that kept recognisers avoid and that would otherwise make
-a node that has seen a few short calls believe it has room for none. Admission (``siprecd.transcribe.admission``) turns it into
-how many streams this node keeps in real time.
+at start-up. New recognisers cost more than warm ones
+(``siprecd.asr.vosk``); both are measured, as the node's streams get
+both. Admission (``siprecd.transcribe.admission``) turns it into how
+many streams this node keeps in real time.
 """
 
 import threading
@@ -24,7 +23,8 @@ class CostMeter:
     Until enough audio was measured the figure leans on a *seed* (a
     configured figure or a start-up probe, :meth:`seed`), weighted as
     ``PRIOR_SECONDS`` of audio; without a seed there is no figure until
-    ``MIN_MEASURED`` seconds of audio were measured; measurements count less the older they are
+    ``MIN_MEASURED`` seconds of audio were measured (the first seconds of
+    a new recogniser alone would overstate it); measurements count less the older they are
     (half of their weight per ``HALF_LIFE`` seconds of audio recognised
     since), so the figure follows a change of machine load or of calls.
     Safe to use from the recogniser threads.

@@ -42,13 +42,15 @@ Words and times do not depend on which recogniser a stream got;
 confidences may differ in the second decimal, as the graph's states are
 numbered in the order they were first needed.
 
-Every call's processor time (of the thread that ran it) on a warm
-recogniser (given ``WARM_AFTER`` seconds of audio) is added to ``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
+Every call's processor time (of the thread that ran it) is added to
+``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
 per language, which admission turns into how many streams are kept in
 real time. It is seeded by ``asr.capacity.cost`` when given, else by a
-probe when a model has loaded: a recogniser given a few seconds of
-speech-like sound once it is warm (``siprecd.asr.probe``), with a margin (speech costs
-more), which then becomes a spare.
+probe when a model has loaded: a new recogniser given ten seconds of
+speech-like sound (``siprecd.asr.probe``; with the Korean test model it
+costs more than speech does), which then becomes a spare. New and warm
+recognisers are measured alike: the figure is what the node's streams
+cost as they come, some on new recognisers, some on spares.
 """
 
 import threading
@@ -80,13 +82,8 @@ MODEL_LIST = modelfiles.MODEL_LIST_PAGE
 PROGRESS_EVERY = 15.0
 # A recogniser given this much audio is freed rather than kept as a spare.
 RETIRE_AFTER = 3600.0
-# A recogniser given this much audio is warm: what it costs from then on
-# is what speech costs (siprecd.asr.cost).
-WARM_AFTER = 5.0
-# The probe: seconds of speech-like sound, and the factor from what they
-# cost to the first estimate of what speech costs.
-PROBE_SECONDS = 6.0
-PROBE_MARGIN = 1.0
+# The probe: seconds of speech-like sound given to a new recogniser.
+PROBE_SECONDS = 10.0
 # Its calls are due this long after they are handed over: after any
 # stream's (see VoskBackend._measure).
 PROBE_PATIENCE = 60.0
@@ -257,12 +254,10 @@ class VoskBackend:
         rate = 8000
         try:
             kaldi = await self._probe_step(_Kaldi, model, rate)
-            audio = speechlike(WARM_AFTER + PROBE_SECONDS, rate).astype("<i2").tobytes()
-            step, warm = 2 * rate // 5, 2 * int(WARM_AFTER * rate)
+            audio = speechlike(PROBE_SECONDS, rate).astype("<i2").tobytes()
+            step = 2 * rate // 5
             spent = 0.0
-            for i in range(0, warm, step):
-                await self._probe_step(kaldi.accept, audio[i:min(i + step, warm)])
-            for i in range(warm, len(audio), step):
+            for i in range(0, len(audio), step):
                 spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
             spent += await self._probe_step(_timed, kaldi.final)
         except _ProbeStopped:
@@ -275,14 +270,11 @@ class VoskBackend:
             return
         self._keep(tag, kaldi)
         cost = spent / PROBE_SECONDS
-        estimate = cost * PROBE_MARGIN
-        self.costs.seed(tag, estimate)
+        self.costs.seed(tag, cost)
         self.log.info(
             "asr: {language} costs about {cost:.3f} processor seconds per second of audio "
-            "(probe: {seconds:g} s of speech-like sound took {measured:.3f} per second, "
-            "+{margin:.0%}); learnt from every call from now on",
-            language=tag, cost=estimate, seconds=PROBE_SECONDS, measured=cost,
-            margin=PROBE_MARGIN - 1)
+            "(probe: {seconds:g} s of speech-like sound on a new recogniser); learnt from "
+            "every call from now on", language=tag, cost=cost, seconds=PROBE_SECONDS)
 
     def _probe_step(self, function, *args):
         if self._stopping:
@@ -615,9 +607,7 @@ class VoskRecognizer(OneCallAtATime):
         return self._measured(0.0, self._kaldi.final)
 
     def _measured(self, audio_seconds, step, *args):
-        """*step(*args)* with its processor time counted (when the
-        recogniser is warm); its results."""
-        warm = self._kaldi.seconds >= WARM_AFTER
+        """*step(*args)* with its processor time counted; its results."""
         started = thread_seconds()
         try:
             document = step(*args)
@@ -625,9 +615,8 @@ class VoskRecognizer(OneCallAtATime):
             self._failed = True
             raise
         finally:
-            if warm:
-                self._backend.costs.add(self.language, audio_seconds,
-                                        thread_seconds() - started)
+            self._backend.costs.add(self.language, audio_seconds,
+                                    thread_seconds() - started)
         if document is None:
             return []
         return from_vosk_json(document, -self._offset)
