@@ -72,8 +72,8 @@ def from_vosk_json(text, offset=0.0):
     words = tuple(
         Word(
             str(w["word"]),
-            float(w["start"]) + offset,
-            float(w["end"]) + offset,
+            _shifted(float(w["start"]), offset),
+            _shifted(float(w["end"]), offset),
             float(w.get("conf", 1.0)),
         )
         for w in document.get("result") or ()
@@ -82,3 +82,11 @@ def from_vosk_json(text, offset=0.0):
     if not spoken and not words:
         return []
     return [AsrResult(spoken or " ".join(w.word for w in words), words, final=True)]
+
+
+def _shifted(seconds, offset):
+    # Vosk writes times to the microsecond; a shifted time is rounded back
+    # to that, so that it equals what an unshifted recogniser would give
+    # rather than differ by a floating-point hair.
+    return round(seconds + offset, 6) if offset else seconds
+
