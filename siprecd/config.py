@@ -223,9 +223,31 @@ class RemoteAsr:
 
 
 @attrs.frozen
+class AsrCapacity:
+    """How many streams the recognisers keep in real time
+    (siprecd.transcribe.admission)."""
+
+    # Refuse a start-streaming (500-201) that would take them past it.
+    enabled: bool = True
+    # Processors recognition may use (null: those this process may run on;
+    # never more than asr.threads).
+    cpus: Optional[Annotated[float, Range(0.1, None)]] = None
+    # The share of them admitted streams may use; the rest takes bursts.
+    target_load: Annotated[float, Range(0.05, 1.0)] = 0.85
+    # Processor seconds per second of audio (null: a start-up probe per
+    # language); learnt from every call either way.
+    cost: Optional[Annotated[float, Range(0.001, None)]] = None
+    probe: bool = True
+    # Behind real time by more than this: logged, and no new streams.
+    max_lag: Annotated[Duration, Range(0.1, 60)] = 1.0
+
+
+@attrs.frozen
 class Asr:
     backend: Annotated[str, NonEmpty()] = "vosk"
     threads: Annotated[int, Range(1, 256)] = 2
+    # Warm recognisers kept per language for the next stream (vosk).
+    spare_recognizers: Annotated[int, Range(0, 1000)] = 4
     # Folder holding models by name; relative paths are under state_dir.
     models_dir: StatePath = Path("models")
     # language -> model folder name (in models_dir) or path.
@@ -241,7 +263,7 @@ class Asr:
     # The highest sample rate recognisers are fed at: narrower audio is fed
     # at its own rate, wider (Opus, 48 kHz) is resampled down to this.
     sample_rate: Literal[8000, 16000, 48000] = 16000
-    endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.5
+    endpoint_silence: Annotated[Duration, Range(0.1, 10)] = 0.3
     max_utterance: Annotated[Duration, Range(1, 300)] = 30.0
     # How long stop-streaming waits for the speech it let through to be
     # recognised and stored before it answers; what is still queued then
@@ -251,6 +273,7 @@ class Asr:
     # Word times in interim results (live output) from the local Vosk
     # backend; they make its first partial of an utterance come later.
     partial_word_times: bool = False
+    capacity: AsrCapacity = AsrCapacity()
     remote: RemoteAsr = RemoteAsr()
 
 

@@ -9,7 +9,8 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted",
-    "IStreamConsumer", "IASRBackend", "ILanguageStates", "IRecognizer", "IPartialResults",
+    "IStreamConsumer", "IASRBackend", "ILanguageStates", "IRecognizer", "IDeadlineRecognizer",
+    "IRecognitionCosts", "IPartialResults",
 ]
 
 
@@ -376,3 +377,30 @@ class IPartialResults(Interface):
         utterance still open after this audio (no words when none is
         open, e.g. just after an endpoint). Word times, when the backend
         has them, are on the same scale as those of finished results."""
+class IDeadlineRecognizer(IRecognizer):
+    """Optional for an IRecognizer whose backend runs the calls of many
+    streams on a few shared threads: each call says when its answer is
+    wanted, so the backend can run the most urgent first
+    (``siprecd.asr.scheduling``). Callers that know nothing of deadlines
+    call ``accept(pcm)`` and ``finish()`` as for any IRecognizer."""
+
+    def accept(pcm, deadline=None):
+        """As IRecognizer.accept; *deadline*: seconds on the reactor's
+        clock by which the result is wanted (None: now)."""
+
+    def finish(deadline=None):
+        """As IRecognizer.finish, with a *deadline* as for accept."""
+
+
+class IRecognitionCosts(Interface):
+    """Optional for an IASRBackend that recognises on this machine's
+    processors: what it costs, so that admission can tell how many streams
+    it keeps in real time (``siprecd.transcribe.admission``)."""
+
+    threads = Attribute("Threads that run recognisers (at most this many processors are used).")
+
+    def cost(language):
+        """Processor seconds per second of audio in *language* (learnt from
+        the calls so far, seeded by a configured figure or a probe), or
+        None while nothing is known."""
+

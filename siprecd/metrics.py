@@ -259,6 +259,42 @@ class _ScrapeCollector:
             "siprecd_asr_queue_seconds",
             "Audio waiting for speech recognisers, all streams together.",
             value=backlog)
+        if transcription is None:
+            return
+        capacity = transcription.capacity()
+        yield GaugeMetricFamily(
+            "siprecd_asr_lag_seconds",
+            "How far behind real time the most delayed stream's recognition is.",
+            value=capacity["lag"])
+        yield GaugeMetricFamily(
+            "siprecd_asr_streams_behind",
+            "Streams whose recognition is behind real time by more than "
+            "asr.capacity.max_lag.", value=capacity["behind"])
+        refused = CounterMetricFamily(
+            "siprecd_asr_refused_starts",
+            "start-streaming requests refused because the recognisers could not keep "
+            "more streams in real time, by reason (capacity, behind).", labels=["reason"])
+        for reason, count in sorted(capacity["refused"].items()):
+            refused.add_metric([reason], count)
+        yield refused
+        families = {
+            "cost": GaugeMetricFamily(
+                "siprecd_asr_cost", "Processor seconds a second of audio costs to recognise, "
+                "per language (learnt; seeded by a probe or asr.capacity.cost).",
+                labels=["language"]),
+            "capacity": GaugeMetricFamily(
+                "siprecd_asr_capacity_streams",
+                "Streams of a language this node keeps in real time in all.",
+                labels=["language"]),
+            "headroom": GaugeMetricFamily(
+                "siprecd_asr_headroom_streams",
+                "Streams of a language that would be admitted now.", labels=["language"]),
+        }
+        for language, figures in sorted(capacity["languages"].items()):
+            for name, family in families.items():
+                if figures[name] is not None:
+                    family.add_metric([language], figures[name])
+        yield from families.values()
 
     @staticmethod
     def _webhooks(webhooks):

@@ -95,6 +95,8 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
     root, written = await start_service_tree(
         tmp_path, reactor,
         metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        # Admission with a configured figure: 0.1 of a processor per stream.
+        asr={"capacity": {"enabled": True, "cpus": 1, "target_load": 0.8, "cost": 0.1}},
         webhooks={"backoff_initial": "50ms", "backoff_max": "200ms", "targets": {"crm": {
             "url": receiver.url("/transcripts"), "ca_bundle": str(ca.certificate_path)}}})
     watcher = CallWatcher(root)
@@ -113,6 +115,10 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
         assert value(idle, "siprecd_ready") == 1
         assert value(idle, "siprecd_active_calls") == 0
         assert value(idle, "siprecd_active_streams") == 0
+        assert value(idle, "siprecd_asr_capacity_streams", language="ko") == 8
+        assert value(idle, "siprecd_asr_headroom_streams", language="ko") == 8
+        assert value(idle, "siprecd_asr_cost", language="ko") == pytest.approx(0.1)
+        assert value(idle, "siprecd_asr_lag_seconds") == 0
 
         said = korean_speech("안녕하세요 카드 번호를 알려 주세요", tmp_path / "ko.wav")
         # A pause after the sentence, so utterances end (the audio loops).
@@ -141,6 +147,11 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
         assert value(calling, "siprecd_active_calls") == 1
         assert value(calling, "siprecd_active_streams") == 2
         assert value(calling, "siprecd_transcribed_streams") == 2
+        # Two streams taken (what they cost is being learnt meanwhile).
+        assert value(calling, "siprecd_asr_headroom_streams", language="ko") <= 6
+        assert value(calling, "siprecd_asr_lag_seconds") >= 0
+        assert value(calling, "siprecd_asr_streams_behind") >= 0
+        assert value(calling, "siprecd_asr_refused_starts_total", reason="capacity") == 0
 
         await stored.addTimeout(90, reactor)
         await delivered.addTimeout(60, reactor)

@@ -473,12 +473,14 @@ async def test_trailing_silence_ends_utterances(storage):
     session = await offered(service)
     line = Line(service, session, 0)
     await start(service)
-    line.play(np.concatenate([tone(1.0), silence(0.7), tone(1.0), silence(0.3), tone(0.5),
+    # asr.endpoint_silence is 0.3 s by default: a 0.2 s pause does not
+    # end an utterance, 0.7 s does.
+    line.play(np.concatenate([tone(1.0), silence(0.7), tone(1.0), silence(0.2), tone(0.5),
                               silence(1.0)]))
     await service.stop(GUID)
     found = await messages(storage)
     assert [(m.text, m.start_ms, m.end_ms) for m in found] == [
-        ("w1", 0, 1000), ("w2 w3", 1700, 3500)]
+        ("w1", 0, 1000), ("w2 w3", 1700, 3400)]
 
 
 @pytest_twisted.ensureDeferred

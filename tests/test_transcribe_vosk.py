@@ -48,8 +48,11 @@ SENTENCES = [
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def backend():
+    # No spares: every stream gets a fresh recogniser, so that confidences
+    # can be compared exactly between runs (a recogniser handed on from
+    # another stream may break ties otherwise; see siprecd.asr.vosk).
     b = VoskBackend(reactor, {KO_LANGUAGE: str(ko_model_dir())}, ko_model_dir().parent,
-                    threads=2)
+                    threads=2, spare_recognizers=0)
     await b.start()
     yield b
     await b.stop()
@@ -177,3 +180,81 @@ async def test_skipping_long_silence_changes_nothing(tmp_path, backend, speech):
     # Without skipping, only the preroll held when the window closed is
     # left out (it is silence).
     assert stats["skippedSilenceMs"] > 15000 and all_stats["skippedSilenceMs"] <= 520
+
+
+async def utterances_at(backend, audio, endpoint):
+    """The utterances (lists of words) and their spans (first word's start,
+    last word's end, in samples) when the Segmenter ends utterances after
+    *endpoint* seconds of silence, recognised by a recogniser of the real
+    model. Nothing is left out, so recogniser time is stream time."""
+    segmenter = Segmenter(endpoint=endpoint, skip_silence=False)
+    actions = []
+    for i in range(0, len(audio), 160):
+        actions += segmenter.push(i, audio[i:i + 160])
+    actions += segmenter.close() + [Finish(len(audio), "stop")]
+    recognizer = backend.new_recognizer(KO_LANGUAGE)
+    utterances, spans = [], []
+    try:
+        for action in actions:
+            if isinstance(action, Feed):
+                results = await recognizer.accept(action.samples.tobytes())
+            else:
+                results = await recognizer.finish()
+            for r in results:
+                if r.words:
+                    utterances.append([w.word for w in r.words])
+                    spans.append((r.words[0].start * RATE, r.words[-1].end * RATE))
+    finally:
+        recognizer.close()
+    return utterances, spans
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
+    # The sentences 0.35-1.2 s apart (espeak-ng adds some silence of its
+    # own around each). Ended after 0.3 s of silence (the default) rather
+    # than 0.5 s (the former default), every utterance still ends in a
+    # pause between sentences, never inside one: the same utterances,
+    # each on one sentence. (Its words may differ: this model's words for
+    # synthetic Korean change with where its input is cut, see the module
+    # docstring, and the earlier end shifts the chunks after it.)
+    gaps = [0.6, 0.8, 1.2, 0.6, 0.35]
+    audio = conversation(speech, gaps)
+    assert Segmenter().endpoint == int(0.3 * RATE)
+    sentences, position = [], 0
+    for sentence, gap in zip(speech, gaps):
+        position += int(gap * RATE)
+        # From its first to its last loud 20 ms frame (espeak-ng pads).
+        frames = sentence[:len(sentence) // 160 * 160].reshape(-1, 160).astype(float)
+        loud = np.flatnonzero(np.sqrt((frames ** 2).mean(axis=1)) >= 32768 * 10 ** (-45 / 20))
+        sentences.append((position + 160 * loud[0], position + 160 * (loud[-1] + 1)))
+        position += len(sentence)
+
+    def sentence_of(position):
+        inside = [i for i, (a, b) in enumerate(sentences) if a < position < b]
+        return inside[0] if inside else None
+
+    # Where the segmenter ends utterances: only in the pauses.
+    segmenter = Segmenter(endpoint=0.3, skip_silence=False)
+    ends = [a.position for i in range(0, len(audio), 160)
+            for a in segmenter.push(i, audio[i:i + 160]) if isinstance(a, Finish)]
+    assert ends and all(sentence_of(end) is None for end in ends)
+    # What the recogniser makes of it, at 0.5 s and at 0.3 s.
+    found = {}
+    for endpoint in (0.5, 0.3):
+        utterances, spans = await utterances_at(backend, audio, endpoint)
+        found[endpoint] = [
+            ([i for i, (a, b) in enumerate(sentences) if first < b and last > a], words)
+            for (first, last), words in zip(spans, utterances)]
+    matcher = difflib.SequenceMatcher(a=[w for _, u in found[0.5] for w in u],
+                                      b=[w for _, u in found[0.3] for w in u], autojunk=False)
+    print(f"endpoint 0.5 s: {len(found[0.5])} utterances; 0.3 s: {len(found[0.3])}; "
+          f"{100 * matcher.ratio():.0f}% of their words the same; sentence of each: "
+          f"{[o for o, _ in found[0.3]]}")
+    assert [o for o, _ in found[0.3]] == [o for o, _ in found[0.5]]
+    # No utterance spans two sentences, and every sentence gave one. (The
+    # model hears a short word in the silence before the first sentence,
+    # with either endpoint.)
+    overlapping = [o for o, _ in found[0.3]]
+    assert all(len(o) <= 1 for o in overlapping)
+    assert sorted(o[0] for o in overlapping if o) == list(range(len(SENTENCES)))

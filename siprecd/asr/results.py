@@ -68,8 +68,8 @@ def _words(items, offset):
     return tuple(
         Word(
             str(w["word"]),
-            float(w["start"]) + offset,
-            float(w["end"]) + offset,
+            _shifted(float(w["start"]), offset),
+            _shifted(float(w["end"]), offset),
             float(w.get("conf", 1.0)),
         )
         for w in items or ()
@@ -107,3 +107,11 @@ def partial_from_vosk_json(text, offset=0.0):
     words = _words(document.get("partial_result"), offset)
     spoken = " ".join(str(document["partial"]).split())
     return AsrResult(spoken or " ".join(w.word for w in words), words, final=False)
+
+
+def _shifted(seconds, offset):
+    # Vosk writes times to the microsecond; a shifted time is rounded back
+    # to that, so that it equals what an unshifted recogniser would give
+    # rather than differ by a floating-point hair.
+    return round(seconds + offset, 6) if offset else seconds
+

@@ -24,7 +24,33 @@ releases the GIL while it computes, so the threads really run in
 parallel, and a slow recogniser never delays SIP or RTP. A recogniser
 takes one call at a time (a second one raises ``RecognizerBusy``, see
 ``siprecd.asr.common``), so each stream's audio is recognised in order
-while different streams share the pool.
+while different streams share the pool. Which stream's call a free
+thread takes next is decided by deadline (``siprecd.asr.scheduling``):
+the oldest audio first, and the finish of an utterance before audio that
+can still wait.
+
+Warm recognisers are kept for the next stream. With a model whose graph
+is composed as it is used (``graph/HCLr.fst`` with ``Gr.fst``, as small
+Vosk models are), a new ``KaldiRecognizer`` builds its part of the graph
+during its first seconds of speech and costs two to four times what it
+costs afterwards; a stream that takes over a recogniser of a finished one
+skips that. Up to ``asr.spare_recognizers`` per language are kept, each
+reset by ``FinalResult()`` before it is handed on (nothing of the last
+stream's audio remains; its cached graph is not audio) and retired after
+``RETIRE_AFTER`` seconds of audio, as its cache grows slowly with use.
+Words and times do not depend on which recogniser a stream got;
+confidences may differ in the second decimal, as the graph's states are
+numbered in the order they were first needed.
+
+Every call's processor time (of the thread that ran it) is added to
+``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
+per language, which admission turns into how many streams are kept in
+real time. It is seeded by ``asr.capacity.cost`` when given, else by a
+probe when a model has loaded: a new recogniser given ten seconds of
+speech-like sound (``siprecd.asr.probe``; with the Korean test model it
+costs more than speech does), which then becomes a spare. New and warm
+recognisers are measured alike: the figure is what the node's streams
+cost as they come, some on new recognisers, some on spares.
 """
 
 import threading
@@ -40,8 +66,13 @@ from siprecd.asr import models as modelfiles
 from siprecd.asr.common import (
     AsrNotReady, LanguageUnavailable, OneCallAtATime, Waiters, languages_of, normalise_language,
 )
+from siprecd.asr.cost import CostMeter, thread_seconds
+from siprecd.asr.probe import speechlike
 from siprecd.asr.results import from_vosk_json, partial_from_vosk_json
-from siprecd.interfaces import IASRBackend, ILanguageStates, IPartialResults, IRecognizer
+from siprecd.asr.scheduling import ScheduledPool
+from siprecd.interfaces import (
+    IASRBackend, IDeadlineRecognizer, ILanguageStates, IPartialResults, IRecognitionCosts,
+)
 from siprecd.structure import ConfigError
 
 __all__ = ["VoskBackend", "VoskRecognizer", "ModelNotFound", "ModelUnusable", "MODEL_LIST"]
@@ -49,6 +80,13 @@ __all__ = ["VoskBackend", "VoskRecognizer", "ModelNotFound", "ModelUnusable", "M
 MODEL_LIST = modelfiles.MODEL_LIST_PAGE
 # A progress line at most every this many seconds, and at each tenth.
 PROGRESS_EVERY = 15.0
+# A recogniser given this much audio is freed rather than kept as a spare.
+RETIRE_AFTER = 3600.0
+# The probe: seconds of speech-like sound given to a new recogniser.
+PROBE_SECONDS = 10.0
+# Its calls are due this long after they are handed over: after any
+# stream's (see VoskBackend._measure).
+PROBE_PATIENCE = 60.0
 
 
 class ModelNotFound(ConfigError):
@@ -68,7 +106,7 @@ def _mib(count):
     return f"{count / 2**20:.1f} MiB"
 
 
-@implementer(IASRBackend, ILanguageStates)
+@implementer(IASRBackend, ILanguageStates, IRecognitionCosts)
 class VoskBackend:
     """Local Vosk recognition on a dedicated thread pool; see the module doc."""
 
@@ -76,7 +114,8 @@ class VoskBackend:
     name = "vosk"
 
     def __init__(self, reactor, models, models_dir, threads=2, download=False,
-                 download_url=None, partial_word_times=False):
+                 download_url=None, spare_recognizers=4, cost=None, probe=False,
+                 partial_word_times=False):
         self._reactor = reactor
         # Word times in interim results (asr.partial_word_times).
         self.partial_word_times = partial_word_times
@@ -84,6 +123,13 @@ class VoskBackend:
         self.threads = threads
         self.download = download
         self.download_url = download_url
+        self.spare_recognizers = spare_recognizers
+        # What a second of audio costs, per language; *cost* seeds every one.
+        self.costs = CostMeter(default=cost)
+        self.probe = probe and cost is None
+        self._spares = {}            # (tag, sample rate) -> [_Kaldi], warm and idle
+        self._spares_lock = threading.Lock()
+        self._scheduled = None
         # tag -> (key as written in asr.models, folder name or path)
         self._wanted = languages_of(models)
         self._models = {}
@@ -101,8 +147,11 @@ class VoskBackend:
     @classmethod
     def from_config(cls, config, reactor):
         asr = config.asr
+        capacity = asr.capacity
         return cls(reactor, asr.models, config.in_state_dir(asr.models_dir), asr.threads,
-                   asr.download, asr.download_url, partial_word_times=asr.partial_word_times)
+                   asr.download, asr.download_url, spare_recognizers=asr.spare_recognizers,
+                   cost=capacity.cost, probe=capacity.enabled and capacity.probe,
+                   partial_word_times=asr.partial_word_times)
 
     # Where models are -------------------------------------------------------
 
@@ -128,6 +177,10 @@ class VoskBackend:
                                               for t in sorted(self._wanted))
         return "loading Vosk models: " + ", ".join(parts)
 
+    def cost(self, language):
+        """Processor seconds per second of audio in *language* (IRecognitionCosts)."""
+        return self.costs.cost(normalise_language(language))
+
     def language_states(self):
         return {tag: {"state": state, "detail": detail}
                 for tag, (state, detail) in sorted(self._states.items())}
@@ -150,6 +203,7 @@ class VoskBackend:
             vosk.SetLogLevel(-1)
             self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="siprecd-asr")
             self._pool.start()
+            self._scheduled = ScheduledPool(self._reactor, self._pool)
             # Pool threads are not daemons: stop them with the reactor even
             # when stop() is never called.
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
@@ -188,7 +242,48 @@ class VoskBackend:
             self.log.info("asr: Vosk model for {language} loaded from {path}",
                           language=tag, path=str(path))
             self.ready = True
+            self._settle()
+            if self.probe and not self.costs.seeded(tag):
+                await self._measure(tag, model)
+            return
         self._settle()
+
+    async def _measure(self, tag, model):
+        """Seed what *tag* costs with the probe (the node is ready meanwhile).
+
+        The probe goes through the same scheduler as the streams, one
+        chunk per call, each due ``PROBE_PATIENCE`` seconds from when it is
+        handed over: a stream's call always goes first, so a call that
+        arrives while the probe runs waits for one probe chunk at most."""
+        rate = 8000
+        try:
+            kaldi = await self._probe_step(_Kaldi, model, rate)
+            audio = speechlike(PROBE_SECONDS, rate).astype("<i2").tobytes()
+            step = 2 * rate // 5
+            spent = 0.0
+            for i in range(0, len(audio), step):
+                spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
+            spent += await self._probe_step(_timed, kaldi.final)
+        except _ProbeStopped:
+            return
+        except Exception:
+            if not self._stopping:
+                self.log.failure("asr: the cost probe of {language} failed", language=tag)
+            return
+        if self._stopping:
+            return
+        self._keep(tag, kaldi)
+        cost = spent / PROBE_SECONDS
+        self.costs.seed(tag, cost)
+        self.log.info(
+            "asr: {language} costs about {cost:.3f} processor seconds per second of audio "
+            "(probe: {seconds:g} s of speech-like sound on a new recogniser); learnt from "
+            "every call from now on", language=tag, cost=cost, seconds=PROBE_SECONDS)
+
+    def _probe_step(self, function, *args):
+        if self._stopping:
+            return defer.fail(_ProbeStopped())
+        return self._submit(self._reactor.seconds() + PROBE_PATIENCE, function, *args)
 
     def _open(self, path, key):
         """On a pool thread: the vosk.Model in *path*."""
@@ -324,10 +419,15 @@ class VoskBackend:
         if self._pool is None:
             return
         await self._in_flight.idle()
+        with self._spares_lock:
+            spares, self._spares = self._spares, {}
+        # Recognisers before the models they were made from.
+        await self._run(spares.clear)
         models, self._models = self._models, {}
         # Freeing a model releases hundreds of MB: do it off the reactor.
         await self._run(models.clear)
         pool, self._pool = self._pool, None
+        self._scheduled = None
         self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
         self._shutdown_trigger = None
         # Every thread is idle now, so joining them does not wait on Vosk.
@@ -341,6 +441,55 @@ class VoskBackend:
             return defer.fail(AsrNotReady("the vosk backend is not started"))
         return self._in_flight.track(
             threads.deferToThreadPool(self._reactor, self._pool, function, *args))
+
+    def _submit(self, deadline, function, *args):
+        """A recogniser call: *function(*args)* on a pool thread when it is
+        the call due first (*deadline* on the reactor's clock; None: now)."""
+        if self._scheduled is None:
+            return defer.fail(AsrNotReady("the vosk backend is not started"))
+        if deadline is None:
+            deadline = self._reactor.seconds()
+        return self._in_flight.track(self._scheduled.submit(deadline, function, *args))
+
+    # Warm recognisers ---------------------------------------------------------------
+
+    def _take_spare(self, tag, rate):
+        """On a pool thread: a warm recogniser for *tag* at *rate*, or None."""
+        with self._spares_lock:
+            spares = self._spares.get((tag, rate))
+            return spares.pop() if spares else None
+
+    def _keep(self, tag, kaldi):
+        """On a pool thread: *kaldi* (reset) as a spare, or freed when there
+        are enough spares or it is old."""
+        with self._spares_lock:
+            spares = self._spares.setdefault((tag, kaldi.rate), [])
+            if (not self._stopping and len(spares) < self.spare_recognizers
+                    and kaldi.seconds < RETIRE_AFTER):
+                spares.append(kaldi)
+
+    def _recycle(self, tag, kaldi):
+        """Hand *kaldi* (a stream's, now idle) on to the next stream, on a
+        pool thread: its open utterance finished (the result dropped),
+        then kept as a spare or freed."""
+        if self._pool is None:
+            return
+
+        def reset():
+            try:
+                if kaldi.open:
+                    kaldi.final()
+            except Exception:
+                return  # a recogniser Vosk failed on is not handed on
+            self._keep(tag, kaldi)
+
+        self._pool.callInThread(reset)
+
+    def spares(self, language):
+        """Warm recognisers kept for *language* (all sample rates)."""
+        tag = normalise_language(language)
+        with self._spares_lock:
+            return sum(len(v) for (t, _), v in self._spares.items() if t == tag)
 
     def _in_daemon_thread(self, function, *args, **kwargs):
         """*function* on a thread of its own that does not hold up the
@@ -360,27 +509,62 @@ class VoskBackend:
         threading.Thread(target=run, name="siprecd-model-fetch", daemon=True).start()
         return d
 
-    def _dispose(self, thing):
-        """Drop the last reference to *thing* on a pool thread."""
-        if self._pool is None:
-            return
-        box = [thing]
-        del thing
-        self._pool.callInThread(box.clear)
-
     @property
     def pool(self):
         """The thread pool (None when stopped), for tests and statistics."""
         return self._pool
 
 
-@implementer(IRecognizer, IPartialResults)
+class _ProbeStopped(Exception):
+    """The backend is stopping: the probe ends where it is."""
+
+
+def _timed(step, *args):
+    """On a pool thread: the processor seconds *step(*args)* took."""
+    started = thread_seconds()
+    step(*args)
+    return thread_seconds() - started
+
+
+class _Kaldi:
+    """A ``KaldiRecognizer`` (with word times) and what it has been given:
+    ``seconds`` of audio in all, and whether an utterance is ``open``
+    (audio given since the last ``FinalResult()``). Used on pool threads,
+    by one stream at a time."""
+
+    def __init__(self, model, rate):
+        self.rate = rate
+        self.kaldi = vosk.KaldiRecognizer(model, rate)
+        self.kaldi.SetWords(True)
+        self.samples = 0
+        self.open = False
+
+    @property
+    def seconds(self):
+        return self.samples / self.rate
+
+    def accept(self, pcm):
+        """Feed *pcm*; the result document when Vosk's endpointer ended an
+        utterance, else None."""
+        self.samples += len(pcm) // 2
+        self.open = True
+        if self.kaldi.AcceptWaveform(pcm):
+            return self.kaldi.Result()
+        return None
+
+    def final(self):
+        self.open = False
+        return self.kaldi.FinalResult()
+
+
+@implementer(IDeadlineRecognizer, IPartialResults)
 class VoskRecognizer(OneCallAtATime):
-    """One stream's ``KaldiRecognizer``, made on the pool by the first call.
+    """One stream's ``KaldiRecognizer``: a warm spare, or one made on the
+    pool by the first call.
 
     Times are seconds from the first sample given, across utterances:
     Vosk keeps counting samples across its own endpoints and across
-    ``FinalResult()``.
+    ``FinalResult()``; a spare's count so far is taken off.
     """
 
     def __init__(self, backend, model, language, sample_rate=8000, partial_word_times=False):
@@ -390,48 +574,71 @@ class VoskRecognizer(OneCallAtATime):
         self.language = language
         self.sample_rate = sample_rate
         self._kaldi = None
+        self._offset = 0.0         # seconds the recogniser was given before this stream
+        self._failed = False
 
     def __repr__(self):
         return f"<VoskRecognizer {self.language} at {id(self):#x}>"
 
-    def accept(self, pcm):
-        return self._call(self._backend._run, self._accept, bytes(pcm))
+    def accept(self, pcm, deadline=None):
+        return self._call(self._backend._submit, deadline, self._accept, bytes(pcm))
 
-    def accept_partial(self, pcm):
-        return self._call(self._backend._run, self._accept, bytes(pcm), True)
+    def accept_partial(self, pcm, deadline=None):
+        return self._call(self._backend._submit, deadline, self._accept, bytes(pcm), True)
 
-    def finish(self):
-        return self._call(self._backend._run, self._finish)
+    def finish(self, deadline=None):
+        return self._call(self._backend._submit, deadline, self._finish)
 
     def _release(self):
         kaldi, self._kaldi = self._kaldi, None
         self._model = None
-        if kaldi is not None:
-            self._backend._dispose(kaldi)
+        if kaldi is not None and not self._failed:
+            self._backend._recycle(self.language, kaldi)
 
     # On a pool thread -----------------------------------------------------------
 
     def _recognizer(self):
         if self._kaldi is None:
-            kaldi = vosk.KaldiRecognizer(self._model, self.sample_rate)
-            kaldi.SetWords(True)
+            kaldi = self._backend._take_spare(self.language, self.sample_rate)
+            if kaldi is None:
+                kaldi = _Kaldi(self._model, self.sample_rate)
+            self._offset = kaldi.seconds
             # Word times in interim results only when asked for: Vosk then
             # aligns the partial lattice, and its first words come a second
             # or more later (bench/live_bench); without, a partial is text
-            # placed where it was heard by.
-            kaldi.SetPartialWords(self.partial_word_times)
+            # placed where it was heard by. (A spare may have been made
+            # for the probe: set either way.)
+            kaldi.kaldi.SetPartialWords(self._backend.partial_word_times)
             self._kaldi = kaldi
         return self._kaldi
 
     def _accept(self, pcm, partial=False):
         kaldi = self._recognizer()
-        results = from_vosk_json(kaldi.Result()) if kaldi.AcceptWaveform(pcm) else []
+        results = self._measured(len(pcm) / 2 / self.sample_rate, kaldi.accept, pcm)
         if partial:
             # In the same pool call: one hop off the reactor per chunk.
-            results.append(partial_from_vosk_json(kaldi.PartialResult()))
+            started = thread_seconds()
+            document = kaldi.kaldi.PartialResult()
+            self._backend.costs.add(self.language, 0.0, thread_seconds() - started)
+            results.append(partial_from_vosk_json(document, -self._offset))
         return results
 
     def _finish(self):
-        if self._kaldi is None:
+        if self._kaldi is None or not self._kaldi.open:
             return []
-        return from_vosk_json(self._kaldi.FinalResult())
+        return self._measured(0.0, self._kaldi.final)
+
+    def _measured(self, audio_seconds, step, *args):
+        """*step(*args)* with its processor time counted; its results."""
+        started = thread_seconds()
+        try:
+            document = step(*args)
+        except Exception:
+            self._failed = True
+            raise
+        finally:
+            self._backend.costs.add(self.language, audio_seconds,
+                                    thread_seconds() - started)
+        if document is None:
+            return []
+        return from_vosk_json(document, -self._offset)

@@ -10,11 +10,19 @@
 - :func:`korean_speech` -- speech made by ``espeak-ng -v ko``, as the
   8 kHz int16 samples the media plane produces.
 - :func:`feed` -- audio through any IRecognizer in fixed-size chunks,
-  one call at a time, collecting the results.
+  one call at a time, collecting the results;
+  :func:`assert_same_recognition` -- two recognitions of the same audio
+  agree (a recogniser handed on from another stream may differ in its
+  confidences, and in its times by Vosk's own rounding).
 - :class:`FakeAsrBackend` / :class:`FakeRecognizer` -- a TEST DOUBLE of
   the ASR interfaces for pipeline unit tests that must run fast: it
   "recognises" each loud stretch of audio as one word, and offers
   interim results (``IPartialResults``) of the utterance being spoken.
+- :class:`ClockWorkers` -- a TEST DOUBLE of a backend's recogniser
+  threads on a ``task.Clock``: calls of many fake recognisers run on a
+  few simulated workers, in the order the real scheduler
+  (``siprecd.asr.scheduling.DeadlineQueue``) gives them, each taking the
+  clock time a cost function says.
 """
 
 import atexit
@@ -30,12 +38,14 @@ from zope.interface import implementer
 
 from siprecd.asr.common import AsrNotReady, OneCallAtATime, normalise_language
 from siprecd.asr.results import AsrResult, Word
-from siprecd.interfaces import IASRBackend, IPartialResults, IRecognizer
+from siprecd.asr.scheduling import DeadlineQueue
+from siprecd.interfaces import IASRBackend, IDeadlineRecognizer, IPartialResults
 from siprecd.simulator.wav import read_wav
 
 __all__ = [
     "KO_LANGUAGE", "ko_model_source", "ko_model_dir", "korean_speech", "feed",
-    "FakeAsrBackend", "FakeRecognizer",
+    "assert_same_recognition",
+    "FakeAsrBackend", "FakeRecognizer", "ClockWorkers",
 ]
 
 KO_LANGUAGE = "ko"
@@ -102,7 +112,75 @@ async def feed(recognizer, samples, chunk=1600, finish=True):
     return results
 
 
-@implementer(IRecognizer, IPartialResults)
+class ClockWorkers:
+    """TEST DOUBLE of a backend's recogniser threads, on a ``task.Clock``.
+
+    *count* workers take calls earliest deadline first from the real
+    ``DeadlineQueue``; a call of *recognizer* of kind "accept" (with its
+    byte count) or "finish" takes ``cost(recognizer, kind, nbytes)``
+    seconds of *clock* time, and its result is computed when it ends.
+    Every call run is kept in ``ran`` as (started, ended, recognizer,
+    kind, deadline), in the order they started.
+    """
+
+    def __init__(self, clock, count, cost):
+        self.clock = clock
+        self.count = count
+        self.cost = cost
+        self.queue = DeadlineQueue()
+        self.busy = 0
+        self.ran = []
+
+    def submit(self, deadline, recognizer, kind, nbytes, work):
+        d = defer.Deferred()
+        if deadline is None:
+            deadline = self.clock.seconds()
+        self.queue.put(deadline, (d, recognizer, kind, nbytes, work, deadline))
+        self._start_more()
+        return d
+
+    def _start_more(self):
+        while self.busy < self.count and len(self.queue):
+            d, recognizer, kind, nbytes, work, deadline = self.queue.pop()
+            self.busy += 1
+            started = self.clock.seconds()
+            took = self.cost(recognizer, kind, nbytes)
+            self.clock.callLater(took, self._end, d, work, (started, recognizer, kind, deadline))
+
+    def _end(self, d, work, record):
+        started, recognizer, kind, deadline = record
+        self.ran.append((started, self.clock.seconds(), recognizer, kind, deadline))
+        self.busy -= 1
+        try:
+            result = work()
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+        self._start_more()
+
+
+# How far two recognitions of the same audio may differ: a warm
+# recogniser taken over from another stream numbers its graph's states in
+# another order, which may break ties in its lattice differently
+# (siprecd.asr.vosk), and its times are shifted at Vosk's precision.
+CONFIDENCE_TOLERANCE = 0.1
+TIME_TOLERANCE = 1e-5
+
+
+def assert_same_recognition(got, expected):
+    """AsrResult lists *got* and *expected* have the same texts and words,
+    the same times and about the same confidences."""
+    assert [r.text for r in got] == [r.text for r in expected]
+    words = [w for r in got for w in r.words]
+    wanted = [w for r in expected for w in r.words]
+    assert [w.word for w in words] == [w.word for w in wanted]
+    for a, b in zip(words, wanted):
+        assert abs(a.start - b.start) <= TIME_TOLERANCE and abs(a.end - b.end) <= TIME_TOLERANCE
+        assert abs(a.conf - b.conf) <= CONFIDENCE_TOLERANCE
+
+
+@implementer(IDeadlineRecognizer, IPartialResults)
 class FakeRecognizer(OneCallAtATime):
     """TEST DOUBLE of a recogniser: each stretch of loud audio is a word.
 
@@ -121,14 +199,16 @@ class FakeRecognizer(OneCallAtATime):
     Everything fed is kept in ``fed`` (bytes) and each call in ``calls``
     (("accept", byte count), ("accept_partial", byte count) or ("finish",
     None)). Results come back at
-    once, or after *latency* seconds on *clock* when both are given. Like
-    the real ones it takes one call at a time (RecognizerBusy).
+    once, or after *latency* seconds on *clock* when both are given, or,
+    with *workers* (ClockWorkers), when a simulated thread has run the
+    call (deadlines honoured). Like the real ones it takes one call at a
+    time (RecognizerBusy).
     """
 
     FRAME = 0.01
 
     def __init__(self, language="en-us", sample_rate=8000, threshold=1000, endpoint=0.5,
-                 word_gap=0.1, words=None, clock=None, latency=0.0):
+                 word_gap=0.1, words=None, clock=None, latency=0.0, workers=None):
         self.language = normalise_language(language)
         self.sample_rate = sample_rate
         self.threshold = threshold
@@ -138,6 +218,7 @@ class FakeRecognizer(OneCallAtATime):
         self._next_word = None     # the name the word being spoken will take
         self.clock = clock
         self.latency = latency
+        self.workers = workers
         self.fed = bytearray()
         self.calls = []
         self.closed = False
@@ -151,19 +232,23 @@ class FakeRecognizer(OneCallAtATime):
     def __repr__(self):
         return f"<FakeRecognizer {self.language}>"
 
-    def accept(self, pcm):
-        return self._call(self._answer, self._accept, bytes(pcm))
+    def accept(self, pcm, deadline=None):
+        pcm = bytes(pcm)
+        return self._call(self._answer, deadline, "accept", len(pcm), self._accept, pcm)
 
-    def accept_partial(self, pcm):
-        return self._call(self._answer, self._accept_partial, bytes(pcm))
+    def accept_partial(self, pcm, deadline=None):
+        pcm = bytes(pcm)
+        return self._call(self._answer, deadline, "accept", len(pcm), self._accept_partial, pcm)
 
-    def finish(self):
-        return self._call(self._answer, self._finish)
+    def finish(self, deadline=None):
+        return self._call(self._answer, deadline, "finish", 0, self._finish)
 
     def _release(self):
         self.closed = True
 
-    def _answer(self, work, *args):
+    def _answer(self, deadline, kind, nbytes, work, *args):
+        if self.workers is not None:
+            return self.workers.submit(deadline, self, kind, nbytes, lambda: work(*args))
         results = work(*args)
         if self.clock is None or not self.latency:
             return defer.succeed(results)

@@ -167,8 +167,9 @@ class CallControl:
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
                  recordings=None, accepting=lambda: True, auto_start=None, stop_wait=5.0,
-                 on_call_event=()):
+                 admission=None, on_call_event=()):
         self.calls = calls
+        self.admission = admission
         self.on_call_event = Hook("on_call_event", *on_call_event)
         self.storage = storage
         self.backend = backend
@@ -215,7 +216,7 @@ class CallControl:
         except Exception:
             return defer.fail()
         return self.calls.track(self._serialised(conversation,
-                                                 self._start(conversation, params)))
+                                                 self._admitted(conversation, params)))
 
     def _check_language(self, language):
         languages = {language_tag(t) for t in self.backend.languages()}
@@ -318,6 +319,16 @@ class CallControl:
             return result
 
         return defer.ensureDeferred(coroutine).addBoth(done)
+
+    async def _admitted(self, conversation, params):
+        """_start if the recognisers can keep the streams in real time
+        (siprecd.transcribe.admission); refused with 500-201 if not."""
+        if self.admission is None:
+            return await self._start(conversation, params)
+        streams = sum(len(self.windows.roles(call.session, params.media_line_order))
+                      for call in conversation.active())
+        with self.admission.reserve(params.language, streams, conversation.guid):
+            return await self._start(conversation, params)
 
     async def _start(self, conversation, params):
         sessions = conversation.active()

@@ -7,7 +7,18 @@ backend's threads; the reactor only queues and waits), maps the words of
 every finished result onto the stream's timeline and hands the utterance
 to its owner.
 
-If the recogniser falls behind, audio waits in the queue; past
+Deadlines. Each action is stamped with the time it was queued (on the
+injected clock: when its audio had arrived). A recogniser whose backend
+shares threads between streams (``IDeadlineRecognizer``) is told by when
+each answer is wanted: a chunk of audio ``max_lag`` after it arrived, a
+finish (someone waits for the utterance it ends) and the chunks before it
+as soon as possible; the backend runs the most urgent first
+(``siprecd.asr.scheduling``).
+
+Lag is how long the oldest action not yet answered has been waiting
+(:meth:`StreamPipeline.lag`): past ``max_lag`` the stream is behind real
+time, which is logged once (naming the stream) until it has caught up.
+If the recogniser falls further behind, audio waits in the queue; past
 ``warn_backlog`` samples that is logged, and past ``max_backlog`` new audio
 is dropped (logged, counted, and marked as a gap so no utterance spans it)
 rather than let memory grow without end. Order is never changed.
@@ -29,7 +40,7 @@ from twisted.python.failure import Failure
 
 from siprecd.asr.results import Token
 from siprecd.hooks import Hook
-from siprecd.interfaces import IPartialResults
+from siprecd.interfaces import IDeadlineRecognizer, IPartialResults
 from siprecd.transcribe.segment import SAMPLE_RATE, Feed, Finish
 from siprecd.transcribe.timeline import Timeline
 
@@ -52,27 +63,34 @@ class RawUtterance:
 class StreamPipeline:
     log = Logger()
 
-    def __init__(self, recognizer, segmenter, on_utterance, *, warn_backlog=10 * SAMPLE_RATE,
-                 max_backlog=120 * SAMPLE_RATE, log_context=None, on_asr_call=(),
-                 rate=SAMPLE_RATE, interim=None):
+    def __init__(self, recognizer, segmenter, on_utterance, *, clock, max_lag=1.0,
+                 warn_backlog=10 * SAMPLE_RATE, max_backlog=120 * SAMPLE_RATE, log_context=None,
+                 on_asr_call=(), rate=SAMPLE_RATE, interim=None):
         """*rate*: the sample rate of the audio (and of the recogniser);
-        the backlog limits are in samples at that rate."""
+        the backlog limits are in samples at that rate. *clock* stamps
+        each action with when it was queued; *max_lag*: see the module doc."""
         self.recognizer = recognizer
         # siprecd.transcribe.interim.InterimResults, when partials are wanted.
         self.interim = interim if IPartialResults.providedBy(recognizer) else None
         self.segmenter = segmenter
         self.on_utterance = on_utterance
+        self.clock = clock
+        self.max_lag = max_lag
         self.warn_backlog = warn_backlog
         self.max_backlog = max_backlog
+        self._deadlines = IDeadlineRecognizer.providedBy(recognizer)
         self.rate = rate
         self.timeline = Timeline(rate)
         self.context = dict(log_context or {})
         self.dropped = 0           # samples dropped because the recogniser was too far behind
         self.errors = 0
         self.results = 0
-        self._ops = deque()
+        self._ops = deque()        # (action, when it was queued)
         self._backlog = 0          # samples queued for the recogniser
         self._busy = False
+        self._asked_at = None      # when the action in flight was queued
+        self._finishes = 0         # Finish actions in the queue
+        self._late = False         # behind by more than max_lag (and said so)
         self._pumping = False
         # Audio given to the recogniser since the last Finish: without it a
         # Finish has nothing to finish and costs a recogniser call (and,
@@ -91,6 +109,17 @@ class StreamPipeline:
     def backlog(self):
         """Samples waiting for the recogniser."""
         return self._backlog
+
+    def lag(self, now=None):
+        """Seconds the oldest action not yet answered has waited (0 when
+        the recogniser has nothing to do)."""
+        if self._asked_at is not None:
+            oldest = self._asked_at
+        elif self._ops:
+            oldest = self._ops[0][1]
+        else:
+            return 0.0
+        return max(0.0, (self.clock.seconds() if now is None else now) - oldest)
 
     # -- input ----------------------------------------------------------------
 
@@ -131,10 +160,14 @@ class StreamPipeline:
     # -- the queue ------------------------------------------------------------------
 
     def _queue(self, actions):
+        now = self.clock.seconds()
         for action in actions:
-            self._ops.append(action)
+            self._ops.append((action, now))
             if isinstance(action, Feed):
                 self._backlog += len(action)
+            else:
+                self._finishes += 1
+        self._check_lag(now)
         if self._backlog > self.warn_backlog and not self._behind:
             self._behind = True
             self.log.warn("asr is falling behind on stream {stream_id}: {seconds:.1f} s queued",
@@ -149,7 +182,9 @@ class StreamPipeline:
         self._pumping = True
         try:
             while not self._busy and self._ops:
-                op = self._ops.popleft()
+                op, queued = self._ops.popleft()
+                if isinstance(op, Finish):
+                    self._finishes -= 1
                 # Real time, not the reactor's: what the recogniser costs.
                 started = time.perf_counter()
                 if isinstance(op, Feed):
@@ -160,11 +195,11 @@ class StreamPipeline:
                     accept = self.recognizer.accept
                     if self.interim is not None and self.interim.ask(len(op), self._backlog):
                         accept = self.recognizer.accept_partial
-                    d = defer.maybeDeferred(accept, op.samples.tobytes())
+                    d = self._ask(accept, queued, op.samples.tobytes())
                 elif self._unfinished:
                     self._busy = True
                     self._unfinished = False
-                    d = defer.maybeDeferred(self.recognizer.finish)
+                    d = self._ask(self.recognizer.finish, queued)
                 else:
                     continue
                 d.addBoth(self._done, op, started)
@@ -173,8 +208,35 @@ class StreamPipeline:
         if not self._busy and not self._ops and self._closing and not self.closed:
             self._release()
 
+    def _ask(self, call, queued, *args):
+        """One recogniser call for an action queued at *queued*."""
+        self._asked_at = queued
+        if not self._deadlines:
+            return defer.maybeDeferred(call, *args)
+        # An utterance's end (and what it still waits on) is wanted at
+        # once; other audio may wait up to max_lag.
+        urgent = not args or self._finishes > 0
+        deadline = queued if urgent else queued + self.max_lag
+        return defer.maybeDeferred(call, *args, deadline=deadline)
+
+    def _check_lag(self, now):
+        lag = self.lag(now)
+        if lag > self.max_lag and not self._late:
+            self._late = True
+            self.log.warn("speech recognition is {lag:.1f} s behind real time on stream "
+                          "{stream_id}", lag=lag, **self.context)
+        elif self._late and lag <= self.max_lag / 2:
+            self._late = False
+            self.log.info("speech recognition caught up on stream {stream_id}", **self.context)
+
+    @property
+    def late(self):
+        """True while this stream is behind real time by more than max_lag."""
+        return self._late
+
     def _done(self, results, op, started=None):
         self._busy = False
+        self._asked_at = None
         if self.on_asr_call and started is not None:
             self.on_asr_call(len(op) / self.rate if isinstance(op, Feed) else 0.0,
                              time.perf_counter() - started, not isinstance(results, Failure),
@@ -196,6 +258,7 @@ class StreamPipeline:
         if self.interim is not None and isinstance(op, Finish):
             self.interim.withdraw()  # finished, and no final came for it
         self._pump()
+        self._check_lag(self.clock.seconds())
 
     def _result(self, result, reason):
         if not getattr(result, "final", True):

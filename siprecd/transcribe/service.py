@@ -25,6 +25,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
+from siprecd.transcribe.admission import Admission
 from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.partials import PartialWriter
@@ -56,14 +57,15 @@ class TranscriptionService(service.Service):
 
     name = "transcription"
 
-    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.5,
+    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.3,
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER,
                  extra_role=AGENT, max_rate=16000, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
                  on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None,
-                 auto_start=None, stop_wait=5.0):
+                 auto_start=None, stop_wait=5.0, max_lag=1.0, admission=True, processors=None,
+                 target_load=0.85):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if extra_role not in ROLES:
@@ -90,13 +92,16 @@ class TranscriptionService(service.Service):
                 endpoint=endpoint_silence, max_utterance=max_utterance,
                 threshold=vad_threshold, chunk=chunk, skip_after=skip_after, preroll=preroll,
                 skip_silence=skip_silence),
-            warn_backlog=warn_backlog, max_backlog=max_backlog, mixed_role=mixed_role,
-            extra_role=extra_role, max_rate=max_rate, on_asr_call=on_asr_call,
-            partials=self.partials)
+            warn_backlog=warn_backlog, max_backlog=max_backlog, max_lag=max_lag,
+            mixed_role=mixed_role, extra_role=extra_role, max_rate=max_rate,
+            on_asr_call=on_asr_call, partials=self.partials)
+        self.admission = Admission(backend, self.windows, processors=processors,
+                                   target_load=target_load, max_lag=max_lag, enabled=admission)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
             recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
-            stop_wait=stop_wait, on_call_event=on_call_event)
+            stop_wait=stop_wait, admission=self.admission,
+            on_call_event=on_call_event)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -106,6 +111,7 @@ class TranscriptionService(service.Service):
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
         options.setdefault("partial_interval", config.live.partial_interval)
+        capacity = config.asr.capacity
         options.setdefault("auto_start", AutoStart.from_config(config, storage))
         return cls(storage, backend, clock, node=config.node.name,
                    endpoint_silence=config.asr.endpoint_silence,
@@ -113,7 +119,9 @@ class TranscriptionService(service.Service):
                    format_numbers=config.asr.format_numbers, stop_wait=config.asr.stop_wait,
                    mixed_role=config.media.mixed_role,
                    extra_role=config.media.extra_stream_role,
-                   max_rate=config.asr.sample_rate, **options)
+                   max_rate=config.asr.sample_rate, max_lag=capacity.max_lag,
+                   admission=capacity.enabled, processors=capacity.cpus,
+                   target_load=capacity.target_load, **options)
 
     # -- listeners (for tests and tools that observe a running node) ------------------
 
@@ -159,6 +167,27 @@ class TranscriptionService(service.Service):
     def backlog(self):
         """(windows open, seconds of audio waiting for recognisers), for metrics."""
         return self.windows.backlog()
+
+    def lags(self):
+        """How far behind real time each open window's recognition is (s)."""
+        now = self.clock.seconds()
+        return [w.pipeline.lag(now) for w in self.windows.open_windows()]
+
+    def capacity(self):
+        """For metrics: ``lag`` (the largest, s), ``behind`` (streams behind
+        by more than max_lag), ``refused`` (starts refused, by reason) and
+        per language ``{"cost", "capacity", "headroom"}`` (None: no limit
+        or nothing known yet; see siprecd.transcribe.admission)."""
+        lags = self.lags()
+        admission = self.admission
+        languages = {}
+        for language in self.backend.languages():
+            languages[language] = {"cost": admission.cost(language),
+                                   "capacity": admission.capacity(language),
+                                   "headroom": admission.headroom(language)}
+        return {"lag": max(lags, default=0.0),
+                "behind": sum(lag > admission.max_lag for lag in lags),
+                "refused": dict(admission.refused), "languages": languages}
 
     # -- IStreamConsumer ---------------------------------------------------------------
 

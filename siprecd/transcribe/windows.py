@@ -172,14 +172,15 @@ class Windows:
     log = Logger()
 
     def __init__(self, calls, backend, writer, clock, *, segmenter_options, warn_backlog,
-                 max_backlog, mixed_role=CUSTOMER, extra_role=AGENT, max_rate=16000,
-                 on_asr_call=(), partials=None):
+                 max_backlog, max_lag=1.0, mixed_role=CUSTOMER, extra_role=AGENT,
+                 max_rate=16000, on_asr_call=(), partials=None):
         self.calls = calls
         self.partials = partials
         self.backend = backend
         self.writer = writer
         self.clock = clock
         self.segmenter_options = dict(segmenter_options)
+        self.max_lag = max_lag
         self.warn_backlog = warn_backlog
         self.max_backlog = max_backlog
         self.mixed_role = mixed_role
@@ -256,9 +257,10 @@ class Windows:
                         RateConverter(RECORDING_RATE))
         window.pipeline = StreamPipeline(
             recognizer, Segmenter(rate=rate, **self.segmenter_options),
-            lambda utterance: self.writer.utterance(call, window, utterance),
-            warn_backlog=int(self.warn_backlog * rate), max_backlog=int(self.max_backlog * rate),
-            log_context=context, on_asr_call=self.on_asr_call, rate=rate,
+            lambda utterance: self.writer.utterance(call, window, utterance), clock=self.clock,
+            max_lag=self.max_lag, warn_backlog=int(self.warn_backlog * rate),
+            max_backlog=int(self.max_backlog * rate), log_context=context,
+            on_asr_call=self.on_asr_call, rate=rate,
             interim=self.partials.interim(call, window) if self.partials is not None else None)
         call.windows[key] = window
         leg_stream.windows += 1
@@ -298,8 +300,12 @@ class Windows:
 
     def backlog(self):
         """(windows open, seconds of audio waiting for recognisers) over every call."""
-        windows = [w for call in self.calls for w in call.windows.values()]
+        windows = self.open_windows()
         return len(windows), sum(w.pipeline.backlog / w.rate for w in windows)
+
+    def open_windows(self):
+        """Every window open now, over every call."""
+        return [w for call in self.calls for w in call.windows.values()]
 
     def _now_ms(self):
         return int(round(self.clock.seconds() * 1000))

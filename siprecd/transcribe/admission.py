@@ -1,0 +1,164 @@
+"""How many streams this node keeps in real time, and refusing a start beyond that.
+
+Recognition is the part of a node whose cost grows with every stream it
+transcribes, and a recogniser that falls behind delivers every result of
+every stream late. So a start-streaming that would take the recognisers
+past what they keep in real time is refused (500-201, saying why), and
+the client can start the call on another node or later; recording, which
+needs no recogniser, goes on (SIP INVITEs are answered as before).
+
+The figures (:class:`Admission`):
+
+- what a stream costs: the backend's processor seconds per second of
+  audio for its language (``IRecognitionCosts``: learnt from every call,
+  seeded by ``asr.capacity.cost`` or a start-up probe), counted as if the
+  stream spoke all the time: real time is promised to every stream, and
+  two parties may talk at once;
+- what there is: ``processors`` (the fewer of ``asr.threads`` and
+  ``asr.capacity.cpus``, by default the processors this process may run
+  on) times ``target_load``, the share streams may use; the rest absorbs
+  the bursts of recognition (a decoder works in steps; the end of an
+  utterance costs more than its middle);
+- what is used: every open window's stream, plus the streams of starts in
+  progress (reserved from the check until their windows are open).
+
+A start is also refused while any stream is behind real time by more than
+``max_lag`` (the figures are off, or other work took the processors):
+taking more would only make every stream later. A backend without costs
+(the remote one: its servers are another machine's concern) is not
+limited here.
+"""
+
+import math
+import os
+
+from twisted.logger import Logger
+
+from siprecd.interfaces import IRecognitionCosts
+from siprecd.transcribe.errors import AsrUnavailable
+
+__all__ = ["Admission", "AtCapacity", "available_processors"]
+
+
+class AtCapacity(AsrUnavailable):
+    """Refused: the recognisers cannot keep more streams in real time (500-201)."""
+
+
+def available_processors():
+    """Processors this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Reservation:
+    """Streams of a start in progress, counted until released."""
+
+    def __init__(self, admission, language, streams):
+        self.admission = admission
+        self.language = language
+        self.streams = streams
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self):
+        self.admission._reserved.discard(self)
+
+
+class Admission:
+    """See the module docstring. *backend* is the IASRBackend (limited only
+    when it provides IRecognitionCosts); *windows* the open windows
+    (``open_windows()``); *processors* what recognition may use at most
+    (None: the processors this process may run on)."""
+
+    log = Logger()
+
+    def __init__(self, backend, windows, *, processors=None, target_load=0.85, max_lag=1.0,
+                 enabled=True):
+        self.costs = backend if IRecognitionCosts.providedBy(backend) else None
+        self.windows = windows
+        threads = math.inf if self.costs is None else self.costs.threads
+        self.processors = min(float(processors or available_processors()), float(threads))
+        self.target_load = target_load
+        self.max_lag = max_lag
+        self.enabled = enabled and self.costs is not None
+        self.refused = {"capacity": 0, "behind": 0}
+        self._reserved = set()
+
+    @property
+    def budget(self):
+        """Processor seconds per second that admitted streams may use."""
+        return self.processors * self.target_load
+
+    def cost(self, language):
+        """Processor seconds per second of audio in *language* (None: unknown)."""
+        return None if self.costs is None else self.costs.cost(language)
+
+    def demand(self):
+        """Processor seconds per second the open windows and the starts in
+        progress may use, when every stream speaks."""
+        total = 0.0
+        for window in self.windows.open_windows():
+            total += self.cost(window.params.language) or 0.0
+        for reservation in self._reserved:
+            total += reservation.streams * (self.cost(reservation.language) or 0.0)
+        return total
+
+    def capacity(self, language):
+        """Streams of *language* kept in real time in all (None: no limit)."""
+        cost = self.cost(language)
+        if not self.enabled or not cost:
+            return None
+        return int(self.budget / cost)
+
+    def headroom(self, language):
+        """Streams of *language* that would be admitted now (None: no limit)."""
+        cost = self.cost(language)
+        if not self.enabled or not cost:
+            return None
+        return max(0, int((self.budget - self.demand()) / cost + 1e-9))
+
+    def behind(self, now=None):
+        """The open windows whose recognition is behind by more than max_lag."""
+        return [w for w in self.windows.open_windows() if w.pipeline.lag(now) > self.max_lag]
+
+    def reserve(self, language, streams, guid=None):
+        """Room for *streams* more streams in *language*, held until the
+        returned reservation is released (a context manager); raises
+        AtCapacity (500-201) when there is none."""
+        reservation = _Reservation(self, language, streams)
+        if not self.enabled or streams <= 0:
+            return reservation
+        cost = self.cost(language)
+        late = self.behind()
+        if late:
+            self.refused["behind"] += 1
+            worst = max(w.pipeline.lag() for w in late)
+            message = (f"speech recognition on this node is behind real time on {len(late)} "
+                       f"stream(s) (up to {worst:.1f} s); no new streams until it has caught "
+                       "up: try another node or later")
+            self._refuse(message, guid)
+        if cost:
+            used, wanted = self.demand(), streams * cost
+            if used + wanted > self.budget + 1e-9:
+                self.refused["capacity"] += 1
+                room = max(0, int((self.budget - used) / cost + 1e-9))
+                message = (
+                    f"speech recognition on this node is at capacity: {streams} more "
+                    f"stream(s) in {language} would not be transcribed in real time (room for "
+                    f"{room}; {len(self.windows.open_windows())} streams open, each costing "
+                    f"about {cost:.2f} of a processor, {self.budget:.2f} of "
+                    f"{self.processors:g} processors usable); try another node or later")
+                self._refuse(message, guid)
+        self._reserved.add(reservation)
+        return reservation
+
+    def _refuse(self, message, guid):
+        self.log.info("start-streaming for guid {guid} refused: {reason}", guid=guid,
+                      reason=message)
+        raise AtCapacity(message)

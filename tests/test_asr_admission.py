@@ -1,0 +1,161 @@
+"""Admission by capacity (siprecd.transcribe.admission): a start-streaming
+the recognisers cannot keep in real time is refused with 500-201 and its
+reason, while the calls themselves are answered and recorded.
+
+The figures are checked sans-IO first (a costs double and windows double,
+named as such); then through the daemon's service tree in this process:
+two real SIPREC calls from the simulator (Korean speech, the real Korean
+Vosk model), the HTTPS API over real TLS, a cost configured so that the
+node keeps one call's two streams in real time.
+"""
+
+import types
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from zope.interface import implementer
+
+from harness.api import ApiClient, create_app
+from harness.inprocess import CallWatcher, start_service_tree
+from siprecd.interfaces import IRecognitionCosts
+from siprecd.simulator import CallSpec, Target, place_calls
+from siprecd.testing.asr import KO_LANGUAGE, korean_speech
+from siprecd.transcribe.admission import Admission, AtCapacity
+
+
+@implementer(IRecognitionCosts)
+class CostsDouble:
+    """TEST DOUBLE of a backend's recognition costs: fixed figures."""
+
+    def __init__(self, threads=2, costs=None):
+        self.threads = threads
+        self.costs = dict(costs or {})
+
+    def cost(self, language):
+        return self.costs.get(language)
+
+
+class WindowsDouble:
+    """TEST DOUBLE of the open windows: (language, lag) per window."""
+
+    def __init__(self):
+        self.open = []
+
+    def add(self, language, lag=0.0):
+        pipeline = types.SimpleNamespace(lag=lambda now=None: lag)
+        self.open.append(types.SimpleNamespace(params=types.SimpleNamespace(language=language),
+                                               pipeline=pipeline))
+
+    def open_windows(self):
+        return list(self.open)
+
+
+def test_streams_are_admitted_up_to_the_budget_and_refused_beyond_it():
+    windows = WindowsDouble()
+    admission = Admission(CostsDouble(threads=4, costs={"ko": 0.2, "en-us": 0.1}), windows,
+                          processors=2, target_load=0.8)
+    # 2 processors (fewer than 4 threads) x 0.8 = 1.6; ko streams cost 0.2.
+    assert admission.budget == pytest.approx(1.6)
+    assert admission.capacity("ko") == 8 and admission.headroom("ko") == 8
+    for _ in range(6):
+        windows.add("ko")
+    assert admission.headroom("ko") == 2 and admission.headroom("en-us") == 4
+    with admission.reserve("ko", 2, "g1"):
+        # Held while the start is in progress: nothing left for another.
+        assert admission.headroom("ko") == 0
+        with pytest.raises(AtCapacity) as refused:
+            admission.reserve("en-us", 2, "g2")
+    message = str(refused.value)
+    assert "at capacity" in message and "room for 0" in message and "try another node" in message
+    assert refused.value.code == "500-201"
+    assert admission.headroom("en-us") == 4
+    assert admission.refused == {"capacity": 1, "behind": 0}
+
+
+def test_no_new_stream_while_one_is_behind_real_time():
+    windows = WindowsDouble()
+    admission = Admission(CostsDouble(costs={"ko": 0.1}), windows, processors=2, max_lag=1.0)
+    windows.add("ko", lag=0.4)
+    admission.reserve("ko", 2).release()
+    windows.add("ko", lag=2.5)
+    with pytest.raises(AtCapacity) as refused:
+        admission.reserve("ko", 2, "g")
+    assert "behind real time on 1 stream(s) (up to 2.5 s)" in str(refused.value)
+    assert admission.refused["behind"] == 1
+
+
+def test_without_a_figure_or_costs_or_when_off_nothing_is_refused():
+    windows = WindowsDouble()
+    for _ in range(50):
+        windows.add("ko")
+    # Nothing measured yet and no seed: no figure, no limit.
+    unknown = Admission(CostsDouble(costs={}), windows, processors=1)
+    assert unknown.capacity("ko") is None
+    unknown.reserve("ko", 2).release()
+    # A backend that does not recognise on this machine (remote).
+    remote = Admission(object(), windows, processors=1)
+    assert not remote.enabled
+    remote.reserve("ko", 2).release()
+    off = Admission(CostsDouble(costs={"ko": 1.0}), windows, processors=1, enabled=False)
+    off.reserve("ko", 2).release()
+
+
+def call(client, method, *args, **kwargs):
+    return threads.deferToThread(getattr(client, method), *args, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_start_beyond_capacity_is_refused_over_https_and_the_call_still_recorded(
+        tmp_path):
+    # One processor, 85% of it for streams, 0.4 of a processor per stream:
+    # room for two streams, one call.
+    capacity = {"enabled": True, "cpus": 1, "target_load": 0.85, "cost": 0.4}
+    root, written = await start_service_tree(tmp_path, reactor,
+                                             asr={"capacity": capacity})
+    cert = tmp_path / "state" / "tls" / "api-selfsigned.crt"
+    app = ApiClient(written["api"]["port"], cert,
+                    *create_app(tmp_path / "siprecd.yaml", label="admission"))
+    watcher = CallWatcher(root)
+    speech = korean_speech("안녕하세요 카드 번호를 알려 주세요", tmp_path / "ko.wav")
+    target = Target("127.0.0.1", written["sip"]["udp"]["port"])
+    placed = place_calls(reactor, target,
+                         [CallSpec(customer=speech, duration=12), CallSpec(customer=speech,
+                                                                           duration=12)],
+                         media_host="127.0.0.1", local_host="127.0.0.1")
+    ko = {"language": KO_LANGUAGE}
+    try:
+        first = (await watcher.offered.get()).guid.value
+        second = (await watcher.offered.get()).guid.value
+        transcription = root.node.transcription
+        assert transcription.capacity()["languages"]["ko"]["headroom"] == 2
+
+        started = await call(app, "start", first, autotranscribeParams=ko)
+        assert started.status == 200, started.body
+        refused = await call(app, "start", second, autotranscribeParams=ko)
+        assert (refused.status, refused.code) == (500, "500-201")
+        message = refused.body["error"]["message"]
+        assert "at capacity" in message and "room for 0" in message, message
+        assert "try another node or later" in message
+        figures = transcription.capacity()
+        assert figures["languages"]["ko"]["headroom"] == 0
+        assert figures["refused"]["capacity"] == 1
+
+        # Once the first is stopped there is room again.
+        stopped = await call(app, "stop", first)
+        assert stopped.status == 200, stopped.body
+        started = await call(app, "start", second, autotranscribeParams=ko)
+        assert started.status == 200, started.body
+        summary = await placed
+        placed = None
+    finally:
+        if placed is not None:
+            for s in list(root.node.sip_server.calls.values()):
+                root.node.sip_server.hang_up(s, "test over")
+        await root.stopService()
+        if placed is not None:
+            await placed
+    # Both INVITEs were answered and both calls recorded: recording needs
+    # no recogniser.
+    assert [c.status for c in summary.calls] == [200, 200]
+    assert all(c.answered for c in summary.calls)
