@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "siprecd.storage.cli",
     "siprecd.asr.cli",
     "siprecd.demo.cli",
+    "siprecd.live.cli",
 )
 
 

@@ -270,6 +270,9 @@ class Asr:
     # is transcribed and delivered after the answer all the same.
     stop_wait: Annotated[Duration, Range(0, 300)] = 5.0
     format_numbers: bool = True
+    # Word times in interim results (live output) from the local Vosk
+    # backend; they make its first partial of an utterance come later.
+    partial_word_times: bool = False
     capacity: AsrCapacity = AsrCapacity()
     remote: RemoteAsr = RemoteAsr()
 
@@ -354,6 +357,22 @@ class Api:
 
 
 @attrs.frozen
+class Live:
+    """Live transcripts over a WebSocket on the API (siprecd.live)."""
+
+    enabled: bool = True
+    # Seconds of audio between two interim results of a stream, at most.
+    partial_interval: Annotated[Duration, Range(0.05, 10)] = 0.2
+    max_connections: Annotated[int, Range(1, 100000)] = 500
+    max_connections_per_app: Annotated[int, Range(1, 100000)] = 100
+    # A client's queue while it does not read; past either bound it is cut off.
+    queue_events: Annotated[int, Range(10, 1000000)] = 1000
+    queue_bytes: Annotated[ByteSize, Range(64 * 1024, None)] = 1024 * 1024
+    # A connection that does not answer a ping within this long is dropped.
+    ping_interval: Annotated[Duration, Range(1, 3600)] = 30.0
+
+
+@attrs.frozen
 class AutoStart:
     """Transcription started by the node when a session is answered, as if
     ``app_id`` had called start-streaming with these parameters."""
@@ -414,6 +433,10 @@ class WebhookTarget:
     oauth2: Optional[OAuth2] = None
     # Standard Webhooks signing secret ("whsec_..."), optional.
     signing_secret: Optional[str] = _secret()
+    # Interim results too (type transcript-partial): best effort, never
+    # retried, at most one per partial_interval per stream.
+    partials: bool = False
+    partial_interval: Annotated[Duration, Range(0.1, 60)] = 1.0
 
     def validate(self, path):
         if (self.client_certificate is None) != (self.client_key is None):
@@ -601,6 +624,7 @@ class Config:
     asr: Asr = Asr()
     storage: Storage = Storage()
     api: Api = Api()
+    live: Live = Live()
     auto_start: AutoStart = AutoStart()
     webhooks: Webhooks = Webhooks()
     redaction: Redaction = Redaction()

@@ -10,7 +10,7 @@ from zope.interface import Attribute, Interface
 __all__ = [
     "IDrainable", "IReadiness", "ICallListener", "IMediaPortAllocator", "PortsExhausted",
     "IStreamConsumer", "IASRBackend", "ILanguageStates", "IRecognizer", "IDeadlineRecognizer",
-    "IRecognitionCosts",
+    "IRecognitionCosts", "IPartialResults",
 ]
 
 
@@ -365,6 +365,18 @@ class IRecognizer(Interface):
         """Free the recogniser."""
 
 
+class IPartialResults(Interface):
+    """Optional for an IRecognizer: interim results of the utterance being
+    spoken, for live output (never stored). The caller decides how often
+    to ask (each ask costs the recogniser a look at its best path so far),
+    and asks in the same one-call-at-a-time order as ``accept``."""
+
+    def accept_partial(pcm):
+        """Like ``accept(pcm)``, and the list it fires with always ends
+        with one AsrResult with ``final=False``: the words so far of the
+        utterance still open after this audio (no words when none is
+        open, e.g. just after an endpoint). Word times, when the backend
+        has them, are on the same scale as those of finished results."""
 class IDeadlineRecognizer(IRecognizer):
     """Optional for an IRecognizer whose backend runs the calls of many
     streams on a few shared threads: each call says when its answer is

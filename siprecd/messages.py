@@ -1,7 +1,9 @@
 """How a stored utterance is shown outside siprecd.
 
 One place decides what a client sees of a :class:`~siprecd.storage.records.Message`
-(the webhook body, GET messages, the export feed), from the settings its
+(the webhook body, GET messages, the export feed, the live output's
+``final`` event), and of a partial (``transcript-partial`` webhooks and
+the live output's ``partial`` event), from the settings its
 stream was started with (``stream_params``: ``redactionOutput``,
 ``detailedToken``):
 
@@ -18,7 +20,7 @@ start-streaming asked for: nothing unredacted is made up after the fact.
 
 import datetime
 
-__all__ = ["utterance_item", "webhook_payload", "api_message", "iso_ms"]
+__all__ = ["utterance_item", "webhook_payload", "partial_payload", "api_message", "iso_ms"]
 
 
 def iso_ms(epoch_ms):
@@ -65,6 +67,30 @@ def webhook_payload(message):
         "legId": message.leg_id,
         "sequence": message.sequence,
         **_participant(message),
+    }
+
+
+def partial_payload(partial):
+    """The body of a ``transcript-partial`` webhook and of the live output's
+    ``partial`` event, for a siprecd.transcribe.partials.LivePartial: the
+    shape of the transcript webhook, with ``utteranceId`` (the messageId
+    the final will have) and ``revision`` (1, 2, ... within it) instead of
+    messageId and sequence. An empty ``text`` withdraws the utterance."""
+    return {
+        "type": "transcript-partial",
+        "externalConversationId": partial.guid,
+        "streamId": partial.stream_id,
+        "sender": {"externalId": partial.external_id, "role": partial.role},
+        "autotranscribeResponse": {
+            "message": "transcript-partial",
+            "start": partial.start_ms,
+            "end": partial.end_ms,
+            "utterance": [utterance_item(partial)],
+        },
+        "utteranceId": partial.utterance_id,
+        "revision": partial.revision,
+        "legId": partial.leg_id,
+        **_participant(partial),
     }
 
 

@@ -8,9 +8,9 @@ back from anywhere but the frozen :class:`Node` it returns.
 ``siprecd.tap.makeService`` turns it into the daemon's root service, whose
 children start in the order of :attr:`Node.services`::
 
-    storage -> export -> webhooks -> cluster -> asr -> transcription
-    -> RTP port journal -> media -> SIP/UDP, SIP/TCP, SIP/TLS -> HTTPS API -> metrics
-    -> SIP
+    storage -> export -> webhooks -> webhook partials -> cluster -> asr
+    -> transcription -> RTP port journal -> media -> SIP/UDP, SIP/TCP, SIP/TLS
+    -> HTTPS API -> live WebSockets -> metrics -> SIP
 
 (SIP, the recording server, last: stopped first, so calls are hung up
 while the SIP sockets are still open.)
@@ -56,6 +56,9 @@ class Node:
     metrics: object = None           # siprecd.metrics.SiprecdMetrics
     services: tuple = ()             # the root service's children, in start order
     orphans: object = None           # siprecd.orphans.OrphanReaper
+    live_hub: object = None          # siprecd.live.LiveHub (live.enabled, api.enabled)
+    live: object = None              # siprecd.live.websocket.LiveEndpoint
+    webhook_partials: object = None  # siprecd.webhooks.partials.PartialWebhooks
 
 
 class Drain:
@@ -127,7 +130,9 @@ def build_node(config, reactor):
     from siprecd.siprec.server import RecordingService
     from siprecd.storage import StorageService
     from siprecd.transcribe import TranscriptionService
+    from siprecd.live import LiveHub
     from siprecd.webhooks import WebhookService
+    from siprecd.webhooks.partials import PartialWebhooks
 
     readiness = Readiness()
     readiness.wait_for("startup", "starting")
@@ -153,13 +158,30 @@ def build_node(config, reactor):
     # resumes what was pending when the node stopped.
     webhooks = WebhookService.from_config(config, storage, reactor,
                                           on_outcome=listener(lambda m: m.webhook_outcome))
+    # Interim results: best effort to the targets that ask for them, and
+    # to live WebSocket clients; the recogniser is asked for them only
+    # while one of these wants those of the call.
+    webhook_partials = PartialWebhooks.from_config(config, webhooks, reactor)
+    live_hub = (LiveHub(reactor, isolation=config.api.app_isolation)
+                if config.live.enabled and config.api.enabled else None)
+    live_listeners = () if live_hub is None else (live_hub,)
+
+    def partials_wanted(guid, app_id, webhook_target):
+        return (webhook_partials.wants(webhook_target)
+                or (live_hub is not None and live_hub.wants(guid, app_id)))
+
     # Speech recognition loads in the background: the node stays not
     # ready (SIP 503, /v1/health says why) until its model is in.
     asr_service = AsrService.from_config(config, reactor, readiness)
     transcription = TranscriptionService.from_config(
         config, storage, asr_service.backend, reactor, recordings=recordings,
-        on_utterance=(webhooks.notify,), on_stored=listener(lambda m: m.utterance_stored),
-        on_asr_call=listener(lambda m: m.asr_call))
+        on_utterance=(webhooks.notify, webhook_partials.final,
+                      *(h.final for h in live_listeners)),
+        on_stored=listener(lambda m: m.utterance_stored),
+        on_asr_call=listener(lambda m: m.asr_call),
+        on_partial=(webhook_partials.partial, *(h.partial for h in live_listeners)),
+        on_call_event=(webhook_partials.call_event, *(h.call_event for h in live_listeners)),
+        partials_wanted=partials_wanted)
 
     calls, media, media_transport, sip_server, sip_ports, orphans = _sip_and_media(
         config, reactor, transcription, readiness, storage)
@@ -168,14 +190,22 @@ def build_node(config, reactor):
     cluster = ClusterService.from_config(config, storage, reactor,
                                          on_node_gone=(orphans.node_gone,))
     drain = Drain(readiness, sip_server, calls, reactor)
-    calls_controller = api = None
+    calls_controller = api = live = None
     api_ports = ()
     if config.api.enabled:
+        if live_hub is not None:
+            from siprecd.live.websocket import LiveEndpoint
+
+            live = LiveEndpoint.from_config(config, live_hub, storage, reactor)
         calls_controller, api, api_ports = _api(
             config, reactor, storage, transcription, cluster, readiness, recordings, drain,
-            listener(lambda m: m.api_request))
-    services = [storage_service, export, webhooks, cluster, asr_service, transcription,
-                PortJournalService(media.ports.ports), media_transport, *sip_ports, *api_ports]
+            listener(lambda m: m.api_request), live)
+    services = [storage_service, export, webhooks, webhook_partials, cluster, asr_service,
+                transcription, PortJournalService(media.ports.ports), media_transport,
+                *sip_ports, *api_ports]
+    if live is not None:
+        # After the API's listener: stopped first, closing its WebSockets.
+        services.append(live)
     if metrics is not None:
         from siprecd.metrics import MetricsService, ScrapeSources
 
@@ -188,7 +218,8 @@ def build_node(config, reactor):
     return Node(config, reactor, readiness, storage, recordings, asr_service.backend,
                 transcription, webhooks, export, cluster, calls, media, media_transport,
                 sip_server, drain, calls_controller, api, metrics, tuple(services),
-                orphans=orphans)
+                orphans=orphans, live_hub=live_hub, live=live,
+                webhook_partials=webhook_partials)
 
 
 def _sip_and_media(config, reactor, transcription, readiness, storage):
@@ -300,7 +331,7 @@ def _sip_listeners(config, reactor, endpoint, transports, in_use=lambda connecti
 
 
 def _api(config, reactor, storage, transcription, cluster, readiness, recordings, drain,
-         on_request):
+         on_request, live=None):
     from siprecd.api.app import ControlApi
     from siprecd.api.control import LocalCalls
     from siprecd.api.http import make_site
@@ -320,7 +351,7 @@ def _api(config, reactor, storage, transcription, cluster, readiness, recordings
     api = ControlApi.from_config(
         config, storage, controller, readiness, reactor, recordings=recordings,
         catalogue=Catalogue.from_config(config), links=links, local_calls=local,
-        on_drain=drain.start, on_request=on_request)
+        on_drain=drain.start, on_request=on_request, live=live)
     site = make_site(api.resource(), config.api.max_body_size)
     context = _api_context(config)
     port = ListeningPort(

@@ -58,6 +58,7 @@ RECORDINGS = "/conversation/v1/conversations/{conversationId}/recordings"
 RECORDING = "/conversation/v1/conversations/{conversationId}/recordings/{legFile}"
 HEALTH = "/v1/health"
 OPENAPI = "/openapi.yaml"
+LIVE = "/conversation/v1/live"
 FEED_LISTINGS = ("listfeeds", "listfeedversions", "listfeedformats", "listfeeddates",
                  "listfeedintervals", "listfeedfiles", "getfeedfile")
 DOWNLOAD = "/fileexporter/v1/download/{file}"
@@ -66,13 +67,18 @@ INTERNAL = {("POST", "/internal/v1/start-streaming"), ("POST", "/internal/v1/sto
 OPERATIONS = {("POST", START), ("POST", STOP), ("GET", MESSAGES), ("GET", CONVERSATIONS),
               ("GET", "/conversation/v1/calls"),
               ("GET", CONVERSATION), ("GET", CONVERSATION_MESSAGES), ("GET", RECORDINGS),
-              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD)} | {
+              ("GET", RECORDING), ("GET", HEALTH), ("GET", OPENAPI), ("GET", DOWNLOAD),
+              ("GET", LIVE)} | {
               ("POST", f"/fileexporter/v1/static/{name}") for name in FEED_LISTINGS} | INTERNAL
 
 CLUSTER_SECRET = "schema-test-cluster-secret-0123456789"
 # Not sent generated requests: draining would stop the node taking calls
 # (it is checked by hand: 401 without the cluster secret).
-NOT_GENERATED = {"internalDrain"}
+# The live WebSocket's upgrade is not generated either: generated queries
+# (any UTF-8, percent-encoded) pass the HTTP server's 16 KiB request-line
+# limit, where it answers 400 and hangs up while the client still sends;
+# its answers and refusals are tested in test_live_websocket.
+NOT_GENERATED = {"internalDrain", "liveTranscripts"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
 # Generated cases per operation and generation mode.
@@ -245,7 +251,9 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
                  CONVERSATION_MESSAGES: {"path_parameters": some_id},
                  RECORDINGS: {"path_parameters": some_id},
                  RECORDING: {"path_parameters": dict(some_id, legFile="x.wav")}}
-        for method, path in sorted(OPERATIONS - {("GET", DOWNLOAD)} - INTERNAL):
+        # (The live route's 401 is in test_live_websocket: one address may
+        # fail authentication only so often, and this spends that budget.)
+        for method, path in sorted(OPERATIONS - {("GET", DOWNLOAD), ("GET", LIVE)} - INTERNAL):
             await in_thread(live.exchange, method, path, "401 401-01", credentials=False,
                             **valid.get(path, {"body": {"feed": "utterances", "version": "1",
                                                         "format": "jsonl", "date": "2024-05-02",
@@ -257,6 +265,8 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
                         path_parameters={"file": "utterances/x"},
                         query={"expires": "1", "signature": "x"})
         health = await in_thread(live.exchange, "GET", HEALTH, 200)
+        # The live route answers a request that is not a WebSocket upgrade.
+        await in_thread(live.exchange, "GET", LIVE, "400 400-01", query={"externalId": "g"})
         assert health["healthCheck"] == "SUCCESS" and health["ready"] is True
         root.readiness.wait_for("test", "a stage says it is not ready")
         try:

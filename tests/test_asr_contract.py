@@ -17,7 +17,7 @@ from siprecd.asr.common import AsrNotReady, RecognizerBusy, RecognizerClosed
 from siprecd.asr.remote import RemoteBackend
 from siprecd.asr.results import AsrResult, Word
 from siprecd.asr.vosk import VoskBackend
-from siprecd.interfaces import IASRBackend, IRecognizer
+from siprecd.interfaces import IASRBackend, IPartialResults, IRecognizer
 from siprecd.testing.asr import assert_same_recognition, feed, ko_model_dir, korean_speech
 
 SILENCE = np.zeros(8000, dtype=np.int16)
@@ -93,6 +93,40 @@ async def test_speech_gives_final_results_with_timed_words(backend, speech):
 
 
 @pytest_twisted.ensureDeferred
+async def test_interim_results_grow_while_speaking_and_end_with_the_final(backend, speech):
+    first, _ = speech
+    recognizer = backend.new_recognizer("ko")
+    verifyObject(IPartialResults, recognizer)
+    pcm = np.concatenate([SILENCE, first, SILENCE]).astype("<i2").tobytes()
+    partials, finals = [], []
+    for i in range(0, len(pcm), 3200):
+        results = await recognizer.accept_partial(pcm[i:i + 3200])
+        # Always one interim result, last.
+        assert results and not results[-1].final and all(r.final for r in results[:-1])
+        partials.append(results[-1])
+        finals += results[:-1]
+    finals += await recognizer.finish()
+    recognizer.close()
+    heard = [p for p in partials if p.text]
+    assert heard, "no interim result had words"
+    final_words = " ".join(w.word for w in words_of(finals)).split()
+    # Interim words are timed like final ones when the backend times them
+    # (the local one with partial_word_times; vosk-server sends partial text
+    # only) and are words the final has.
+    assert all(not p.words or p.words[0].start >= 0.9 for p in heard)
+    if getattr(backend, "partial_word_times", False):
+        assert all(p.words for p in heard)
+    else:
+        assert not any(p.words for p in heard)
+    assert set(heard[-1].text.split()) & set(final_words)
+    # Without asking, accept() gives finished results only.
+    again = backend.new_recognizer("ko")
+    plain = await feed(again, np.concatenate([SILENCE, first, SILENCE]), chunk=1600)
+    again.close()
+    assert all(r.final for r in plain)
+
+
+@pytest_twisted.ensureDeferred
 async def test_nothing_said_gives_nothing(backend):
     recognizer = backend.new_recognizer("ko")
     assert await recognizer.finish() == []
@@ -149,3 +183,22 @@ async def test_streams_recognised_at_once_do_not_disturb_each_other(backend, spe
     for got, expected in zip(together, alone):
         assert_same_recognition(got, expected)
     assert_same_recognition(alone[0], alone[2])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_local_backend_times_interim_words_when_asked(speech):
+    first, _ = speech
+    timed = VoskBackend(reactor, {"ko": str(ko_model_dir())}, "/nonexistent", threads=1,
+                        partial_word_times=True)
+    await timed.start()
+    try:
+        recognizer = timed.new_recognizer("ko")
+        pcm = np.concatenate([SILENCE, first, SILENCE]).astype("<i2").tobytes()
+        heard = []
+        for i in range(0, len(pcm), 3200):
+            results = await recognizer.accept_partial(pcm[i:i + 3200])
+            heard += [r for r in results if not r.final and r.text]
+        recognizer.close()
+        assert heard and all(p.words and p.words[0].start >= 0.9 for p in heard)
+    finally:
+        await timed.stop()

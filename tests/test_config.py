@@ -23,8 +23,9 @@ BAD_CONFIGS = [
     ("port is a float", "api:\n  port: 8443.5\n",
      "api.port: expected an integer 1-65535, got 8443.5"),
     ("unknown top-level key", "stat_dir: /tmp/x\n",
-     "stat_dir: unknown key (expected one of: api, asr, auto_start, cluster, export, logging, "
-     "media, metrics, node, recordings, redaction, retention, sip, state_dir, storage, webhooks)"),
+     "stat_dir: unknown key (expected one of: api, asr, auto_start, cluster, export, live, "
+     "logging, media, metrics, node, recordings, redaction, retention, sip, state_dir, storage, "
+     "webhooks)"),
     ("unknown nested key", "sip:\n  tcp:\n    prot: 5070\n",
      "sip.tcp.prot: unknown key (expected one of: enabled, host, port)"),
     ("section is not a mapping", "sip: 5070\n",

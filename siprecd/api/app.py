@@ -42,6 +42,7 @@ from siprecd.api.views import call_in_progress, conversation_view
 from siprecd.export.layout import APPS_DIR
 from siprecd.hooks import Hook
 from siprecd.interfaces import StorageError, StorageUnavailable
+from siprecd.live.request import LiveRefused, LiveRequest
 from siprecd.messages import api_message, iso_ms
 from siprecd.ratelimit import RateLimiter
 from siprecd.transcribe.errors import BadParameter, TranscriptionError
@@ -124,8 +125,10 @@ class ControlApi:
                  secret_header="asapp-api-secret", rate=50.0, burst=100, app_isolation=True,
                  recordings=None, catalogue=None, links=None, public_url=None,
                  cluster_secret=None, on_drain=None, local_calls=None, on_request=(),
-                 public_health=False):
+                 public_health=False, live=None):
         self.storage = storage
+        # siprecd.live.websocket.LiveEndpoint, or None when live.enabled is off.
+        self.live = live
         # Internal requests between nodes (forwarded start/stop, drain).
         self.cluster_secret = cluster_secret
         self.on_drain = on_drain
@@ -158,7 +161,7 @@ class ControlApi:
     @classmethod
     def from_config(cls, config, storage, calls, readiness, clock, recordings=None,
                     catalogue=None, links=None, local_calls=None, on_drain=None,
-                    on_request=()):
+                    on_request=(), live=None):
         a = config.api
         return cls(storage, calls, readiness, clock, config.node.name, id_header=a.id_header,
                    secret_header=a.secret_header, rate=a.rate_limit.requests_per_second,
@@ -166,7 +169,7 @@ class ControlApi:
                    recordings=recordings, catalogue=catalogue, links=links,
                    public_url=a.public_url, cluster_secret=config.cluster.secret,
                    local_calls=local_calls, on_drain=on_drain, on_request=on_request,
-                   public_health=a.public_health)
+                   public_health=a.public_health, live=live)
 
     def resource(self):
         return _CheckedPaths(self.app.resource())
@@ -404,6 +407,24 @@ class ControlApi:
         except StorageError as e:
             raise _unavailable(e) from None
         return [api_message(m) for m in messages]
+
+    # -- live transcripts (siprecd.live) ------------------------------------------------
+
+    @route("/conversation/v1/live", ["GET"])
+    async def live_transcripts(self, request, app):
+        try:
+            if self.live is None:
+                raise LiveRefused("live transcripts are not enabled on this node", status=404)
+            wanted = LiveRequest.from_args(request.args)
+            if wanted.guid is not None:
+                try:
+                    legs = await self.storage.legs_for_guid(wanted.guid)
+                except StorageError as e:
+                    raise _unavailable(e) from None
+                check_owner(app, legs, wanted.guid, self.app_isolation)
+            return self.live.upgrade(request, app, wanted)
+        except LiveRefused as e:
+            raise _refused(e) from None
 
     # -- between nodes ------------------------------------------------------------------
 
@@ -681,6 +702,15 @@ class _RawBody(bytes):
 @functools.cache
 def openapi_document():
     return resources.files("siprecd.api").joinpath("openapi.yaml").read_bytes()
+
+
+def _refused(refusal):
+    """The API error for a siprecd.live.LiveRefused."""
+    kind = {404: errors.NotFound, 429: errors.TooManyRequests,
+            503: errors.ServiceUnavailable}.get(refusal.status, errors.BadRequest)
+    headers = ({"Retry-After": int(refusal.retry_after)}
+               if refusal.retry_after is not None else None)
+    return kind(str(refusal), headers=headers)
 
 
 def _unavailable(error):

@@ -12,6 +12,11 @@ vosk-server project's clients do:
 3. to end an utterance, the text message exactly ``{"eof" : 1}``, answered
    with the final result, after which the server closes the connection.
 
+Interim results (``IPartialResults``): vosk-server answers every chunk
+that does not end an utterance with ``{"partial": ...}`` anyway;
+``accept_partial`` returns it (as an AsrResult with ``final=False``)
+where ``accept`` drops it, so asking costs nothing more here.
+
 The next chunk after ``finish()`` opens a new WebSocket; word times are
 shifted by the audio given before it, so they stay on the stream's
 timeline (seconds from the recogniser's first sample), as with the local
@@ -49,8 +54,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from siprecd.asr.common import AsrNotReady, OneCallAtATime, normalise_language
-from siprecd.asr.results import from_vosk_json
-from siprecd.interfaces import IASRBackend, IRecognizer
+from siprecd.asr.results import AsrResult, from_vosk_json, partial_from_vosk_json
+from siprecd.interfaces import IASRBackend, IPartialResults, IRecognizer
 from siprecd.structure import ConfigError
 
 __all__ = ["RemoteBackend", "RemoteRecognizer", "RemoteAsrError", "EOF", "config_message",
@@ -378,6 +383,10 @@ class RemoteBackend:
             self._down(server, why)
 
 
+# The interim result when no utterance is open.
+_NOTHING_OPEN = AsrResult("", (), final=False)
+
+
 @attrs.define(eq=False)
 class _Session:
     server: _Server
@@ -385,7 +394,7 @@ class _Session:
     first_sample: int   # the stream's sample this session's sample 0 is
 
 
-@implementer(IRecognizer)
+@implementer(IRecognizer, IPartialResults)
 class RemoteRecognizer(OneCallAtATime):
     """One stream's recognition on a vosk-server; see the module doc."""
 
@@ -407,6 +416,9 @@ class RemoteRecognizer(OneCallAtATime):
     def accept(self, pcm):
         return self._call(lambda: defer.ensureDeferred(self._accept(bytes(pcm))))
 
+    def accept_partial(self, pcm):
+        return self._call(lambda: defer.ensureDeferred(self._accept(bytes(pcm), True)))
+
     def finish(self):
         return self._call(lambda: defer.ensureDeferred(self._finish()))
 
@@ -415,9 +427,9 @@ class RemoteRecognizer(OneCallAtATime):
         if session is not None:
             session.connection.close()
 
-    async def _accept(self, pcm):
+    async def _accept(self, pcm, partial=False):
         if not pcm:
-            return []
+            return [_NOTHING_OPEN] if partial else []
         first = self._given
         self._given += len(pcm) // 2
         session = self._session
@@ -425,11 +437,11 @@ class RemoteRecognizer(OneCallAtATime):
             server, connection = await self._backend._connect(self.language)
             if self._closed:
                 connection.close()
-                return []
+                return [_NOTHING_OPEN] if partial else []
             connection.send_text(config_message(self.sample_rate))
             session = self._session = _Session(server, connection, first)
         reply = await self._ask(session, pcm, binary=True)
-        return self._parse(session, reply)
+        return self._parse(session, reply, partial)
 
     async def _finish(self):
         session, self._session = self._session, None
@@ -452,9 +464,16 @@ class RemoteRecognizer(OneCallAtATime):
             raise RemoteAsrError(
                 f"ASR server {session.server.url} went away mid-stream: {e}") from None
 
-    def _parse(self, session, reply):
+    def _parse(self, session, reply, partial=False):
+        offset = session.first_sample / self.sample_rate
         try:
-            return from_vosk_json(reply, session.first_sample / self.sample_rate)
+            results = from_vosk_json(reply, offset)
+            if partial:
+                document = json.loads(reply)
+                # After an endpoint nothing is open until the next chunk.
+                results.append(partial_from_vosk_json(document, offset)
+                               if "partial" in document else _NOTHING_OPEN)
+            return results
         except (ValueError, KeyError, TypeError) as e:
             if self._session is session:
                 self._session = None

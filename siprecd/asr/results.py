@@ -12,7 +12,7 @@ import json
 
 import attrs
 
-__all__ = ["Word", "AsrResult", "Token", "from_vosk_json"]
+__all__ = ["Word", "AsrResult", "Token", "from_vosk_json", "partial_from_vosk_json"]
 
 
 @attrs.frozen
@@ -56,6 +56,26 @@ class AsrResult:
         return self.words[-1].end if self.words else None
 
 
+def _document(text):
+    document = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
+    if not isinstance(document, dict):
+        raise ValueError(
+            f"expected a JSON object from the recogniser, got {type(document).__name__}")
+    return document
+
+
+def _words(items, offset):
+    return tuple(
+        Word(
+            str(w["word"]),
+            _shifted(float(w["start"]), offset),
+            _shifted(float(w["end"]), offset),
+            float(w.get("conf", 1.0)),
+        )
+        for w in items or ()
+    )
+
+
 def from_vosk_json(text, offset=0.0):
     """The finished results in one Vosk result document (``Result()`` or
     ``FinalResult()``): a list of one AsrResult, or an empty list when
@@ -63,25 +83,30 @@ def from_vosk_json(text, offset=0.0):
     remote backend uses it to keep times on the stream's timeline across
     server sessions. Partial results (``{"partial": ...}``) give [].
     """
-    document = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
-    if not isinstance(document, dict):
-        raise ValueError(
-            f"expected a JSON object from the recogniser, got {type(document).__name__}")
+    document = _document(text)
     if "text" not in document:
         return []
-    words = tuple(
-        Word(
-            str(w["word"]),
-            _shifted(float(w["start"]), offset),
-            _shifted(float(w["end"]), offset),
-            float(w.get("conf", 1.0)),
-        )
-        for w in document.get("result") or ()
-    )
+    words = _words(document.get("result"), offset)
     spoken = str(document["text"]).strip()
     if not spoken and not words:
         return []
     return [AsrResult(spoken or " ".join(w.word for w in words), words, final=True)]
+
+
+def partial_from_vosk_json(text, offset=0.0):
+    """The interim result in a Vosk ``PartialResult()`` document
+    (``{"partial": "...", "partial_result": [...]}``, the word list only
+    when partial words are on): an AsrResult with ``final=False``, whose
+    words have times when the document has them. Words without times
+    (vosk-server without partial words) get none: ``words`` is then
+    empty and ``text`` says what was heard. Raises ValueError for a
+    document that is not a partial result."""
+    document = _document(text)
+    if "partial" not in document:
+        raise ValueError("not a partial result: it has no 'partial' member")
+    words = _words(document.get("partial_result"), offset)
+    spoken = " ".join(str(document["partial"]).split())
+    return AsrResult(spoken or " ".join(w.word for w in words), words, final=False)
 
 
 def _shifted(seconds, offset):

@@ -68,10 +68,10 @@ from siprecd.asr.common import (
 )
 from siprecd.asr.cost import CostMeter, thread_seconds
 from siprecd.asr.probe import speechlike
-from siprecd.asr.results import from_vosk_json
+from siprecd.asr.results import from_vosk_json, partial_from_vosk_json
 from siprecd.asr.scheduling import ScheduledPool
 from siprecd.interfaces import (
-    IASRBackend, IDeadlineRecognizer, ILanguageStates, IRecognitionCosts,
+    IASRBackend, IDeadlineRecognizer, ILanguageStates, IPartialResults, IRecognitionCosts,
 )
 from siprecd.structure import ConfigError
 
@@ -114,8 +114,11 @@ class VoskBackend:
     name = "vosk"
 
     def __init__(self, reactor, models, models_dir, threads=2, download=False,
-                 download_url=None, spare_recognizers=4, cost=None, probe=False):
+                 download_url=None, spare_recognizers=4, cost=None, probe=False,
+                 partial_word_times=False):
         self._reactor = reactor
+        # Word times in interim results (asr.partial_word_times).
+        self.partial_word_times = partial_word_times
         self.models_dir = Path(models_dir)
         self.threads = threads
         self.download = download
@@ -147,7 +150,8 @@ class VoskBackend:
         capacity = asr.capacity
         return cls(reactor, asr.models, config.in_state_dir(asr.models_dir), asr.threads,
                    asr.download, asr.download_url, spare_recognizers=asr.spare_recognizers,
-                   cost=capacity.cost, probe=capacity.enabled and capacity.probe)
+                   cost=capacity.cost, probe=capacity.enabled and capacity.probe,
+                   partial_word_times=asr.partial_word_times)
 
     # Where models are -------------------------------------------------------
 
@@ -400,7 +404,8 @@ class VoskBackend:
             if not self.ready:
                 raise AsrNotReady("the vosk backend has not finished loading its models")
             raise LanguageUnavailable(f"the {tag} model is not loaded yet ({state}: {detail})")
-        return VoskRecognizer(self, model, tag, sample_rate)
+        return VoskRecognizer(self, model, tag, sample_rate,
+                              partial_word_times=self.partial_word_times)
 
     def stop(self):
         return defer.ensureDeferred(self._stop())
@@ -552,7 +557,7 @@ class _Kaldi:
         return self.kaldi.FinalResult()
 
 
-@implementer(IDeadlineRecognizer)
+@implementer(IDeadlineRecognizer, IPartialResults)
 class VoskRecognizer(OneCallAtATime):
     """One stream's ``KaldiRecognizer``: a warm spare, or one made on the
     pool by the first call.
@@ -562,8 +567,9 @@ class VoskRecognizer(OneCallAtATime):
     ``FinalResult()``; a spare's count so far is taken off.
     """
 
-    def __init__(self, backend, model, language, sample_rate=8000):
+    def __init__(self, backend, model, language, sample_rate=8000, partial_word_times=False):
         self._backend = backend
+        self.partial_word_times = partial_word_times
         self._model = model
         self.language = language
         self.sample_rate = sample_rate
@@ -576,6 +582,9 @@ class VoskRecognizer(OneCallAtATime):
 
     def accept(self, pcm, deadline=None):
         return self._call(self._backend._submit, deadline, self._accept, bytes(pcm))
+
+    def accept_partial(self, pcm, deadline=None):
+        return self._call(self._backend._submit, deadline, self._accept, bytes(pcm), True)
 
     def finish(self, deadline=None):
         return self._call(self._backend._submit, deadline, self._finish)
@@ -594,12 +603,25 @@ class VoskRecognizer(OneCallAtATime):
             if kaldi is None:
                 kaldi = _Kaldi(self._model, self.sample_rate)
             self._offset = kaldi.seconds
+            # Word times in interim results only when asked for: Vosk then
+            # aligns the partial lattice, and its first words come a second
+            # or more later (bench/live_bench); without, a partial is text
+            # placed where it was heard by. (A spare may have been made
+            # for the probe: set either way.)
+            kaldi.kaldi.SetPartialWords(self._backend.partial_word_times)
             self._kaldi = kaldi
         return self._kaldi
 
-    def _accept(self, pcm):
+    def _accept(self, pcm, partial=False):
         kaldi = self._recognizer()
-        return self._measured(len(pcm) / 2 / self.sample_rate, kaldi.accept, pcm)
+        results = self._measured(len(pcm) / 2 / self.sample_rate, kaldi.accept, pcm)
+        if partial:
+            # In the same pool call: one hop off the reactor per chunk.
+            started = thread_seconds()
+            document = kaldi.kaldi.PartialResult()
+            self._backend.costs.add(self.language, 0.0, thread_seconds() - started)
+            results.append(partial_from_vosk_json(document, -self._offset))
+        return results
 
     def _finish(self):
         if self._kaldi is None or not self._kaldi.open:

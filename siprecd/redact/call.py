@@ -34,6 +34,16 @@ Context
     that card?", "the order number?") makes its answer not sensitive by
     context. Context and hold-back are per call (one CallRedactor each)
     and per stream: calls may interleave in any order.
+Partials (interim results)
+    :meth:`CallRedactor.preview` redacts an utterance still being spoken,
+    for live output, without changing what is held, released or in
+    context. It sees what a final would (the stream's held utterances,
+    its look-back, the context of the call) and is stricter, since its
+    own next words may still make a number sensitive ("4111 1111 is my
+    card"): every number in it is masked except one that the words around
+    it already make an amount, a time, a count, an address or an
+    identifier, and the number at its end is masked whatever it is (it
+    may go on).
 Never losing an utterance
     If the analysis raises (a bug, odd input), every utterance waiting in
     that stream is released with every word masked
@@ -210,6 +220,15 @@ class _Context:
             self.entries.append((seq, now, own))
         return frozenset(active)
 
+    def peek(self, seq, now, own, changes_topic):
+        """What :meth:`note` would answer, leaving the entries as they are."""
+        # note() only ever rebinds or changes a list it made itself.
+        saved = self.entries
+        try:
+            return self.note(seq, now, own, changes_topic)
+        finally:
+            self.entries = saved
+
     def renew(self, seq, now, kinds):
         """A number of utterance *seq* was masked in the context *kinds*."""
         if kinds and self.utterances > 0:
@@ -363,6 +382,46 @@ class CallRedactor:
         self.stats["utterances"] += 1
         out.extend(self._settle(state, now))
         return out
+
+    def preview(self, stream, role, tokens, now):
+        """*tokens* of the utterance *stream* is still speaking, redacted
+        for a partial (see the module docstring): a :class:`Redacted`.
+        Changes nothing; raises if the analysis does (the caller then
+        masks every word)."""
+        tokens = tuple(tokens)
+        words = [tk.shape(t.content, self.spanish).word for t in tokens]
+        own, changes_topic = detect.context_of(words)
+        ctx = self._context.peek(self._seq, now, own, changes_topic)
+        state = self._streams.get(stream) or _Stream()
+        slots, breaks, _ = self._chain(state)
+        offset = len(slots)
+        last = next((p.tokens[-1].end for p in reversed(state.pending) if p.tokens), None)
+        if last is None and state.lookback:
+            last = state.lookback_end
+        if tokens and last is not None and tokens[0].start - last > self.policy.lookback * 1000:
+            breaks.add(offset)
+        slots.extend(Slot(t.content, ctx, self._seq) for t in tokens)
+        analysis = analyse(slots, self.policy, region=self.region, spanish=self.spanish,
+                           breaks=breaks, final=False)
+        out, spans = _render(tokens, slots, offset, analysis, self.spanish)
+        out = list(out)
+        for run in analysis.runs:
+            if run.kind is not None:
+                continue  # masked by _render already
+            if not run.open and (run.qty or run.excluded):
+                continue  # an amount, time, count, address or identifier
+            for i in run.members:
+                k = i - offset
+                if k < 0 or out[k] is not tokens[k]:
+                    continue
+                token = tokens[k]
+                if run.chars is not None:
+                    out[k] = _with_content(token, mask_content(token.content, run.chars))
+                elif should_mask(tk.shape(token.content, self.spanish).kind):
+                    out[k] = _with_content(token, mask_content(token.content,
+                                                               spanish=self.spanish))
+        out = tuple(out)
+        return Redacted(_join(out), out, spans)
 
     def due(self, now):
         """Release the utterances whose hold-back has run out by *now*."""

@@ -16,7 +16,8 @@
   confidences, and in its times by Vosk's own rounding).
 - :class:`FakeAsrBackend` / :class:`FakeRecognizer` -- a TEST DOUBLE of
   the ASR interfaces for pipeline unit tests that must run fast: it
-  "recognises" each loud stretch of audio as one word.
+  "recognises" each loud stretch of audio as one word, and offers
+  interim results (``IPartialResults``) of the utterance being spoken.
 - :class:`ClockWorkers` -- a TEST DOUBLE of a backend's recogniser
   threads on a ``task.Clock``: calls of many fake recognisers run on a
   few simulated workers, in the order the real scheduler
@@ -38,7 +39,7 @@ from zope.interface import implementer
 from siprecd.asr.common import AsrNotReady, OneCallAtATime, normalise_language
 from siprecd.asr.results import AsrResult, Word
 from siprecd.asr.scheduling import DeadlineQueue
-from siprecd.interfaces import IASRBackend, IDeadlineRecognizer
+from siprecd.interfaces import IASRBackend, IDeadlineRecognizer, IPartialResults
 from siprecd.simulator.wav import read_wav
 
 __all__ = [
@@ -179,7 +180,7 @@ def assert_same_recognition(got, expected):
         assert abs(a.conf - b.conf) <= CONFIDENCE_TOLERANCE
 
 
-@implementer(IDeadlineRecognizer)
+@implementer(IDeadlineRecognizer, IPartialResults)
 class FakeRecognizer(OneCallAtATime):
     """TEST DOUBLE of a recogniser: each stretch of loud audio is a word.
 
@@ -191,8 +192,13 @@ class FakeRecognizer(OneCallAtATime):
     by default); confidence is 1.0. Times are seconds from the first
     sample, as with real recognisers.
 
+    ``accept_partial`` adds the interim result: the words of the open
+    utterance so far, the word still being spoken included (it takes the
+    name the word will have).
+
     Everything fed is kept in ``fed`` (bytes) and each call in ``calls``
-    (("accept", byte count) or ("finish", None)). Results come back at
+    (("accept", byte count), ("accept_partial", byte count) or ("finish",
+    None)). Results come back at
     once, or after *latency* seconds on *clock* when both are given, or,
     with *workers* (ClockWorkers), when a simulated thread has run the
     call (deadlines honoured). Like the real ones it takes one call at a
@@ -209,6 +215,7 @@ class FakeRecognizer(OneCallAtATime):
         self.endpoint = endpoint
         self.word_gap = word_gap
         self._words = iter(words) if words is not None else (f"w{n}" for n in range(1, 10**9))
+        self._next_word = None     # the name the word being spoken will take
         self.clock = clock
         self.latency = latency
         self.workers = workers
@@ -229,6 +236,10 @@ class FakeRecognizer(OneCallAtATime):
         pcm = bytes(pcm)
         return self._call(self._answer, deadline, "accept", len(pcm), self._accept, pcm)
 
+    def accept_partial(self, pcm, deadline=None):
+        pcm = bytes(pcm)
+        return self._call(self._answer, deadline, "accept", len(pcm), self._accept_partial, pcm)
+
     def finish(self, deadline=None):
         return self._call(self._answer, deadline, "finish", 0, self._finish)
 
@@ -243,9 +254,26 @@ class FakeRecognizer(OneCallAtATime):
             return defer.succeed(results)
         return _later(self.clock, self.latency, results)
 
-    def _accept(self, pcm):
+    def _accept_partial(self, pcm):
+        out = self._accept(pcm, "accept_partial")
+        words = list(self._utterance)
+        if self._run_start is not None:
+            start, end = self._run_start * self.FRAME, self._last_loud * self.FRAME
+            words.append(Word(self._peek_word(), round(start, 3), round(end, 3), 1.0))
+        return out + [AsrResult(" ".join(w.word for w in words), words, final=False)]
+
+    def _peek_word(self):
+        if self._next_word is None:
+            self._next_word = next(self._words)
+        return self._next_word
+
+    def _take_word(self):
+        word, self._next_word = self._peek_word(), None
+        return word
+
+    def _accept(self, pcm, kind="accept"):
         self.fed += pcm
-        self.calls.append(("accept", len(pcm)))
+        self.calls.append((kind, len(pcm)))
         samples = np.concatenate([self._pending, np.frombuffer(pcm, dtype="<i2")])
         usable = len(samples) - len(samples) % self._frame
         self._pending = samples[usable:].copy()
@@ -284,7 +312,7 @@ class FakeRecognizer(OneCallAtATime):
         if self._run_start is None:
             return
         start, end = self._run_start * self.FRAME, self._last_loud * self.FRAME
-        self._utterance.append(Word(next(self._words), round(start, 3), round(end, 3), 1.0))
+        self._utterance.append(Word(self._take_word(), round(start, 3), round(end, 3), 1.0))
         self._run_start = None
 
     def _end_utterance(self):

@@ -37,8 +37,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from siprecd.asr.common import AsrNotReady
+from siprecd.hooks import Hook
 from siprecd.interfaces import ICallListener, StorageError
 from siprecd.storage.records import Call, Stream
+from siprecd.transcribe.events import call_event
 from siprecd.transcribe.errors import (
     AlreadyInState, AsrUnavailable, BadParameter, CallEnding, Conflict, NoSuchCall,
     NotAllowed, RequestInProgress,
@@ -157,15 +159,18 @@ class CallTable:
 class CallControl:
     """See the module docstring. *windows* opens and closes the audio
     windows, *writer* is the UtteranceWriter (its per-call redaction is
-    ended with the call); *accepting()* is false once the node stops."""
+    ended with the call); *accepting()* is false once the node stops;
+    *on_call_event(CallEvent)* listeners are told what happens to calls
+    (siprecd.transcribe.events)."""
 
     log = Logger()
 
     def __init__(self, calls, storage, backend, clock, windows, writer, *, node="siprecd",
                  recordings=None, accepting=lambda: True, auto_start=None, stop_wait=5.0,
-                 admission=None):
+                 admission=None, on_call_event=()):
         self.calls = calls
         self.admission = admission
+        self.on_call_event = Hook("on_call_event", *on_call_event)
         self.storage = storage
         self.backend = backend
         self.clock = clock
@@ -378,6 +383,7 @@ class CallControl:
         for call in sessions:
             for leg_stream in call.streams.values():
                 leg_stream.open_time(now)
+        self._tell("streaming-started", conversation)
         self.log.info("transcription started for guid {guid} (leg {leg}, {language})",
                       guid=conversation.guid, leg=conversation.leg.number,
                       language=params.language)
@@ -436,8 +442,12 @@ class CallControl:
             closing.append(self.calls.closing(
                 call, defer.ensureDeferred(self._close_and_save(call, windows))))
         finished = defer.Deferred()
-        defer.DeferredList(closing, consumeErrors=True).addBoth(
-            lambda _: finished.called or finished.callback(True))
+        closed = defer.DeferredList(closing, consumeErrors=True)
+        closed.addBoth(lambda _: finished.called or finished.callback(True))
+        # Live clients: after the last final of these windows, whenever that
+        # is (the answer may come first); not if a start came meanwhile.
+        closed.addBoth(lambda _: conversation.streaming
+                       or self._tell("streaming-stopped", conversation))
         timer = self.clock.callLater(self.stop_wait,
                                      lambda: finished.called or finished.callback(False))
         complete = await finished
@@ -496,13 +506,9 @@ class CallControl:
                          participant=_participant_of(call.session, key[0]))
 
     def _store_stream(self, call, leg_stream, params):
-        extra = {"callId": call.call_id, "audioIndex": leg_stream.key[1],
-                 "primary": leg_stream.primary}
-        if leg_stream.participant:
-            extra["participant"] = dict(leg_stream.participant)
         record = Stream(leg_stream.id, call.guid, leg_stream.leg_id, leg_stream.role,
                         leg_stream.external_id, leg_stream.created_ms, label=leg_stream.label,
-                        params={**params.as_dict(), **extra})
+                        params=leg_stream.stored_params(params))
         return self.storage.upsert_stream(record).addCallback(lambda _: (call, leg_stream))
 
     def _late_window(self, call, key):
@@ -532,6 +538,8 @@ class CallControl:
             leg_stream.writes.run(self._store_late, call, leg_stream, params)
         leg_stream.open_time(self.clock.seconds())
         window = self.windows.open(call, key, leg_stream, recognizer, rate)
+        # Live clients learn of the stream before its first partial.
+        self._tell("streaming-started", conversation, call=call)
         self.log.info(
             "guid {guid} stream {label} (m-line {audio_index}) of call {call_id}: {role} as "
             "stream {stream_id} (joined while transcribing)", guid=call.guid,
@@ -568,6 +576,11 @@ class CallControl:
         def stored(_):
             if call.phase == "offered":
                 call.phase = "active"
+                # Live output is about the conversation: it starts with its
+                # first session (a further session of the guid joins it).
+                if not any(c.phase in ("active", "ending")
+                           for c in call.conversation.sessions if c is not call):
+                    self._tell("call-started", call.conversation, call=call)
                 if self.auto_start is not None:
                     self.calls.track(defer.ensureDeferred(self._auto_start(call)))
             return None
@@ -678,6 +691,7 @@ class CallControl:
                 except StorageError as e:
                     self.log.error("cannot mark call {guid} ended: {error}", guid=call.guid,
                                    error=str(e))
+                self._tell("call-ended", call.conversation, reason, call=call)
             else:
                 self.log.info("session {call_id} of guid {guid} ended ({reason}); {count} "
                               "other session(s) go on", guid=call.guid, call_id=call.call_id,
@@ -685,6 +699,14 @@ class CallControl:
         finally:
             call.phase = "ended"
             self._forget(call)
+
+    def _tell(self, kind, conversation, reason=None, call=None):
+        """Tell the ``on_call_event`` listeners of *conversation* (*call*:
+        the session the event came from, when one did)."""
+        if self.on_call_event:
+            self.on_call_event(call_event(kind, conversation, self._now_ms(), reason,
+                                          call_id=call.call_id if call is not None else None),
+                               guid=conversation.guid)
 
     def _forget(self, call):
         self.writer.close_call(call)

@@ -22,6 +22,12 @@ If the recogniser falls further behind, audio waits in the queue; past
 ``warn_backlog`` samples that is logged, and past ``max_backlog`` new audio
 is dropped (logged, counted, and marked as a gap so no utterance spans it)
 rather than let memory grow without end. Order is never changed.
+
+Interim results (optional, for live output): with an
+:class:`~siprecd.transcribe.interim.InterimResults` and a recogniser that
+offers ``IPartialResults``, some chunks are fed with ``accept_partial``
+instead of ``accept``; partials are handed to it in the order the
+recogniser gives them, and a final takes the id of the partials it closes.
 """
 
 import time
@@ -34,7 +40,7 @@ from twisted.python.failure import Failure
 
 from siprecd.asr.results import Token
 from siprecd.hooks import Hook
-from siprecd.interfaces import IDeadlineRecognizer
+from siprecd.interfaces import IDeadlineRecognizer, IPartialResults
 from siprecd.transcribe.segment import SAMPLE_RATE, Feed, Finish
 from siprecd.transcribe.timeline import Timeline
 
@@ -50,6 +56,8 @@ class RawUtterance:
     start: int           # ms
     end: int             # ms
     reason: str          # what ended it: "endpoint" (the recogniser), or a Finish reason
+    # The id of the partials it closes (its messageId), when some were shown.
+    id: str | None = None
 
 
 class StreamPipeline:
@@ -57,11 +65,13 @@ class StreamPipeline:
 
     def __init__(self, recognizer, segmenter, on_utterance, *, clock, max_lag=1.0,
                  warn_backlog=10 * SAMPLE_RATE, max_backlog=120 * SAMPLE_RATE, log_context=None,
-                 on_asr_call=(), rate=SAMPLE_RATE):
+                 on_asr_call=(), rate=SAMPLE_RATE, interim=None):
         """*rate*: the sample rate of the audio (and of the recogniser);
         the backlog limits are in samples at that rate. *clock* stamps
         each action with when it was queued; *max_lag*: see the module doc."""
         self.recognizer = recognizer
+        # siprecd.transcribe.interim.InterimResults, when partials are wanted.
+        self.interim = interim if IPartialResults.providedBy(recognizer) else None
         self.segmenter = segmenter
         self.on_utterance = on_utterance
         self.clock = clock
@@ -182,7 +192,10 @@ class StreamPipeline:
                     self._unfinished = True
                     self._backlog -= len(op)
                     self.timeline.fed_at(op.position, len(op))
-                    d = self._ask(self.recognizer.accept, queued, op.samples.tobytes())
+                    accept = self.recognizer.accept
+                    if self.interim is not None and self.interim.ask(len(op), self._backlog):
+                        accept = self.recognizer.accept_partial
+                    d = self._ask(accept, queued, op.samples.tobytes())
                 elif self._unfinished:
                     self._busy = True
                     self._unfinished = False
@@ -242,11 +255,20 @@ class StreamPipeline:
             reason = op.reason if isinstance(op, Finish) else "endpoint"
             for result in results or ():
                 self._result(result, reason)
+        if self.interim is not None and isinstance(op, Finish):
+            self.interim.withdraw()  # finished, and no final came for it
         self._pump()
         self._check_lag(self.clock.seconds())
 
     def _result(self, result, reason):
-        if not getattr(result, "final", True) or not result.words:
+        if not getattr(result, "final", True):
+            if self.interim is not None:
+                try:
+                    self.interim.partial(result, self.timeline)
+                except Exception:
+                    self.log.failure("handling a partial of stream {stream_id}", **self.context)
+            return
+        if not result.words:
             return
         tl = self.timeline
         tokens = []
@@ -255,7 +277,8 @@ class StreamPipeline:
             tokens.append(Token(w.word, start, max(start, tl.ms(w.end, end=True)), float(w.conf)))
         tokens = tuple(tokens)
         self.results += 1
-        utterance = RawUtterance(result.text, tokens, tokens[0].start, tokens[-1].end, reason)
+        utterance = RawUtterance(result.text, tokens, tokens[0].start, tokens[-1].end, reason,
+                                 self.interim.close() if self.interim is not None else None)
         try:
             self.on_utterance(utterance)
         except Exception:

@@ -11,7 +11,10 @@ one job:
   recogniser's :class:`~siprecd.transcribe.pipeline.StreamPipeline`;
 - :class:`~siprecd.transcribe.utterances.UtteranceWriter` (utterances):
   formats, redacts, stores each finished utterance, then tells
-  ``on_utterance`` and ``on_stored``.
+  ``on_utterance`` and ``on_stored``;
+- :class:`~siprecd.transcribe.partials.PartialWriter` (partials): formats
+  and redacts each interim result for live output and tells
+  ``on_partial``; never stores.
 
 It is what the rest of the node sees: the call listener and stream
 consumer the SIP and media layers report to, the ``start``/``stop`` the
@@ -25,6 +28,7 @@ from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
 from siprecd.transcribe.admission import Admission
 from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
+from siprecd.transcribe.partials import PartialWriter
 from siprecd.transcribe.utterances import UtteranceWriter
 from siprecd.transcribe.windows import AGENT, CUSTOMER, ROLES, Windows
 
@@ -43,8 +47,12 @@ class TranscriptionService(service.Service):
     *on_utterance(message)* gets every stored Message (with its sequence,
     guid, leg, role and externalId filled in), *on_stored(message, now
     ms)* the same for metrics, *on_asr_call(audio s, busy s, ok)* every
-    recogniser call. *auto_start* (an AutoStart, or None) starts
-    transcription of each session when it is answered.
+    recogniser call, *on_partial(LivePartial)* every interim result (at
+    most one per *partial_interval* seconds of audio per stream, while
+    *partials_wanted(guid, app_id, webhook_target)* says someone wants
+    them), *on_call_event(CallEvent)* what happens to calls. *auto_start*
+    (an AutoStart, or None) starts transcription of each session when it
+    is answered.
     """
 
     name = "transcription"
@@ -55,6 +63,7 @@ class TranscriptionService(service.Service):
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
                  on_asr_call=(), skip_silence=True, vad_threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
+                 on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None,
                  auto_start=None, stop_wait=5.0, max_lag=1.0, admission=True, processors=None,
                  target_load=0.85):
         if mixed_role not in ROLES:
@@ -74,6 +83,9 @@ class TranscriptionService(service.Service):
             storage, clock, format_numbers=format_numbers, redaction=redaction, redact=redact,
             recordings=recordings, on_utterance=on_utterance, on_stored=on_stored,
             running=lambda: self.running)
+        self.partials = PartialWriter(
+            self.utterances, clock, format_numbers=format_numbers, interval=partial_interval,
+            wanted=partials_wanted, on_partial=on_partial)
         self.windows = Windows(
             self.calls, backend, self.utterances, clock,
             segmenter_options=dict(
@@ -82,13 +94,14 @@ class TranscriptionService(service.Service):
                 skip_silence=skip_silence),
             warn_backlog=warn_backlog, max_backlog=max_backlog, max_lag=max_lag,
             mixed_role=mixed_role, extra_role=extra_role, max_rate=max_rate,
-            on_asr_call=on_asr_call)
+            on_asr_call=on_asr_call, partials=self.partials)
         self.admission = Admission(backend, self.windows, processors=processors,
                                    target_load=target_load, max_lag=max_lag, enabled=admission)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
             recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
-            stop_wait=stop_wait, admission=self.admission)
+            stop_wait=stop_wait, admission=self.admission,
+            on_call_event=on_call_event)
 
     @classmethod
     def from_config(cls, config, storage, backend, clock, **options):
@@ -97,6 +110,7 @@ class TranscriptionService(service.Service):
             from siprecd.redact import Policy
 
             options.setdefault("redaction", Policy.from_config(config.redaction))
+        options.setdefault("partial_interval", config.live.partial_interval)
         capacity = config.asr.capacity
         options.setdefault("auto_start", AutoStart.from_config(config, storage))
         return cls(storage, backend, clock, node=config.node.name,
@@ -118,6 +132,14 @@ class TranscriptionService(service.Service):
     @property
     def on_stored(self):
         return self.utterances.on_stored
+
+    @property
+    def on_partial(self):
+        return self.partials.on_partial
+
+    @property
+    def on_call_event(self):
+        return self.control.on_call_event
 
     # -- the control API -----------------------------------------------------------------
 

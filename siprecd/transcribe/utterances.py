@@ -155,6 +155,10 @@ class UtteranceWriter:
 
     # -- redaction ------------------------------------------------------------------------
 
+    def call_redactor(self, call, language):
+        """The CallRedactor of *call* for *language* (partials preview with it)."""
+        return self._redaction(call, language).redactor
+
     def _redaction(self, call, language):
         timer = call.redaction
         if timer is not None and timer.redactor.language != language:
@@ -188,7 +192,8 @@ class UtteranceWriter:
         shown = tokens if unredacted else redacted_tokens
         origin = call.origins.get(window.key)
         message = Message(
-            id=str(uuid.uuid4()), stream_id=leg_stream.id,
+            # The id its partials were shown under, if any (the final replaces them).
+            id=raw.id or str(uuid.uuid4()), stream_id=leg_stream.id,
             text=redacted_text,
             start_ms=raw.start, end_ms=raw.end, created_ms=self._now_ms(),
             client_ms=None if origin is None else origin + raw.start,
@@ -204,9 +209,9 @@ class UtteranceWriter:
                            guid=call.guid, stream_id=leg_stream.id, message_id=message.id,
                            pending=leg_stream.writes.pending)
             return
-        leg_stream.writes.run(self._write, call, leg_stream, message, targets)
+        leg_stream.writes.run(self._write, call, leg_stream, message, targets, params)
 
-    async def _write(self, call, leg_stream, message, targets):
+    async def _write(self, call, leg_stream, message, targets, params):
         attempt, after_stop = 0, 0
         while True:
             try:
@@ -238,7 +243,8 @@ class UtteranceWriter:
                        sequence=sequence, start_ms=message.start_ms, end_ms=message.end_ms)
         stored = attrs.evolve(message, sequence=sequence, guid=call.guid,
                               leg_id=leg_stream.leg_id, role=leg_stream.role,
-                              external_id=leg_stream.external_id)
+                              external_id=leg_stream.external_id,
+                              stream_params=leg_stream.stored_params(params))
         context = {"message_id": message.id, "stream_id": leg_stream.id}
         self.on_utterance(stored, **context)
         self.on_stored(stored, self._now_ms(), **context)

@@ -123,6 +123,16 @@ class LegStream:
             out["participant"] = dict(self.participant)
         return out
 
+    def stored_params(self, params):
+        """What is stored with the stream (and given with its messages as
+        ``stream_params``): the LegSettings *params*, and where it is."""
+        out = {**params.as_dict(), "callId": self.call_id,
+               "audioIndex": self.key[1] if self.key is not None else None,
+               "primary": self.primary}
+        if self.participant:
+            out["participant"] = dict(self.participant)
+        return out
+
     def open_time(self, now):
         self.opened_at = now
 
@@ -152,7 +162,9 @@ class Windows:
     *calls* is the :class:`~siprecd.transcribe.calls.CallTable` the windows
     belong to; *backend* the IASRBackend recognisers come from; *writer*
     the :class:`~siprecd.transcribe.utterances.UtteranceWriter` utterances
-    go to; *on_asr_call* listeners of every recogniser call (metrics).
+    go to; *on_asr_call* listeners of every recogniser call (metrics);
+    *partials* the :class:`~siprecd.transcribe.partials.PartialWriter`
+    interim results go to (None: none are asked for).
     *warn_backlog* and *max_backlog* are in seconds of audio; *max_rate* is
     the highest rate a recogniser is fed at.
     """
@@ -161,8 +173,9 @@ class Windows:
 
     def __init__(self, calls, backend, writer, clock, *, segmenter_options, warn_backlog,
                  max_backlog, max_lag=1.0, mixed_role=CUSTOMER, extra_role=AGENT,
-                 max_rate=16000, on_asr_call=()):
+                 max_rate=16000, on_asr_call=(), partials=None):
         self.calls = calls
+        self.partials = partials
         self.backend = backend
         self.writer = writer
         self.clock = clock
@@ -247,7 +260,8 @@ class Windows:
             lambda utterance: self.writer.utterance(call, window, utterance), clock=self.clock,
             max_lag=self.max_lag, warn_backlog=int(self.warn_backlog * rate),
             max_backlog=int(self.max_backlog * rate), log_context=context,
-            on_asr_call=self.on_asr_call, rate=rate)
+            on_asr_call=self.on_asr_call, rate=rate,
+            interim=self.partials.interim(call, window) if self.partials is not None else None)
         call.windows[key] = window
         leg_stream.windows += 1
         return window
