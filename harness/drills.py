@@ -84,7 +84,15 @@ class FailingRecognizer(FakeRecognizer):
         self.accepts = 0
         self.failures = 0
 
-    def accept(self, pcm):
+    def accept(self, pcm, deadline=None):
+        return self._failure() or super().accept(pcm, deadline)
+
+    def accept_partial(self, pcm, deadline=None):
+        return self._failure() or super().accept_partial(pcm, deadline)
+
+    def _failure(self):
+        """The failure of this call to accept audio, if it is to fail
+        (raised at once, or a failing Deferred); else None."""
         self.accepts += 1
         if self.accepts > self.fail_after and (self.permanent or not self.failures):
             self.failures += 1
@@ -96,7 +104,7 @@ class FailingRecognizer(FakeRecognizer):
                 raise DrillAsrError(message)
 
             return threads.deferToThread(fail)
-        return super().accept(pcm)
+        return None
 
 
 @implementer(IASRBackend)
