@@ -52,22 +52,8 @@ def utterance_item(message):
 def webhook_payload(message):
     """The body of the real-time webhook (docs/api.rst) for one stored message
     (read back from storage, so guid, role, externalId and sequence are set)."""
-    return {
-        "type": "transcript",
-        "externalConversationId": message.guid,
-        "streamId": message.stream_id,
-        "sender": {"externalId": message.external_id, "role": message.role},
-        "autotranscribeResponse": {
-            "message": "transcript",
-            "start": message.start_ms,
-            "end": message.end_ms,
-            "utterance": [utterance_item(message)],
-        },
-        "messageId": message.id,
-        "legId": message.leg_id,
-        "sequence": message.sequence,
-        **_participant(message),
-    }
+    return _transcript_body("transcript", message, messageId=message.id,
+                            legId=message.leg_id, sequence=message.sequence)
 
 
 def partial_payload(partial):
@@ -76,21 +62,26 @@ def partial_payload(partial):
     shape of the transcript webhook, with ``utteranceId`` (the messageId
     the final will have) and ``revision`` (1, 2, ... within it) instead of
     messageId and sequence. An empty ``text`` withdraws the utterance."""
+    return _transcript_body("transcript-partial", partial, utteranceId=partial.utterance_id,
+                            revision=partial.revision, legId=partial.leg_id)
+
+
+def _transcript_body(kind, item, **ids):
+    """What a transcript and a partial share: who said it, when, the
+    utterance; then *ids* and the participant, in that order."""
     return {
-        "type": "transcript-partial",
-        "externalConversationId": partial.guid,
-        "streamId": partial.stream_id,
-        "sender": {"externalId": partial.external_id, "role": partial.role},
+        "type": kind,
+        "externalConversationId": item.guid,
+        "streamId": item.stream_id,
+        "sender": {"externalId": item.external_id, "role": item.role},
         "autotranscribeResponse": {
-            "message": "transcript-partial",
-            "start": partial.start_ms,
-            "end": partial.end_ms,
-            "utterance": [utterance_item(partial)],
+            "message": kind,
+            "start": item.start_ms,
+            "end": item.end_ms,
+            "utterance": [utterance_item(item)],
         },
-        "utteranceId": partial.utterance_id,
-        "revision": partial.revision,
-        "legId": partial.leg_id,
-        **_participant(partial),
+        **ids,
+        **_participant(item),
     }
 
 
