@@ -63,6 +63,19 @@ def _backend(args):
         return fail(str(e), EXIT_CONFIG)
 
 
+def _backend_and_languages(args):
+    """(config, VoskBackend not started, the languages asked for) or an
+    exit status."""
+    made = _backend(args)
+    if isinstance(made, int):
+        return made
+    config, backend = made
+    try:
+        return config, backend, _chosen(args, backend)
+    except ValueError as e:
+        return fail(str(e))
+
+
 def _chosen(args, backend):
     from siprecd.asr.common import normalise_language
 
@@ -115,14 +128,10 @@ def _written(config, tag):
 def _fetch(args):
     from siprecd.asr import models as modelfiles
 
-    made = _backend(args)
+    made = _backend_and_languages(args)
     if isinstance(made, int):
         return made
-    config, backend = made
-    try:
-        tags = _chosen(args, backend)
-    except ValueError as e:
-        return fail(str(e))
+    config, backend, tags = made
     status = 0
     for tag in tags:
         state, path = _state(backend, tag)
@@ -160,14 +169,10 @@ def _fetch(args):
 def _verify(args):
     import vosk
 
-    made = _backend(args)
+    made = _backend_and_languages(args)
     if isinstance(made, int):
         return made
-    config, backend = made
-    try:
-        tags = _chosen(args, backend)
-    except ValueError as e:
-        return fail(str(e))
+    config, backend, tags = made
     vosk.SetLogLevel(-1)
     status = 0
     for tag in tags:

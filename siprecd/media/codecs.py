@@ -536,12 +536,10 @@ _g722_module, G722_UNAVAILABLE_REASON = _load_g722()
 G722_BIT_RATE = 64000
 
 
-class G722Decoder(Decoder):
-    """One stream's G.722 decoder (ADPCM: it keeps state between packets).
-
-    Each payload byte is two samples at 16 kHz; the RTP clock runs at 8 kHz
-    (RFC 3551 §4.5.2), so one timestamp unit is two samples. Lost audio is
-    silence (G.722 has no concealment of its own)."""
+class _G722:
+    """What the G.722 decoder and encoder share: the codec's figures and
+    one g722 codec state each. Each payload byte is two samples at 16 kHz;
+    the RTP clock runs at 8 kHz (RFC 3551 §4.5.2)."""
 
     name = "G722"
     payload_type = 9
@@ -550,6 +548,12 @@ class G722Decoder(Decoder):
 
     def __init__(self, module):
         self._codec = module.G722(self.sample_rate, G722_BIT_RATE)
+
+
+class G722Decoder(_G722, Decoder):
+    """One stream's G.722 decoder (ADPCM: it keeps state between packets).
+    One timestamp unit is two samples. Lost audio is silence (G.722 has no
+    concealment of its own)."""
 
     def decode(self, payload):
         if not len(payload):
@@ -561,15 +565,7 @@ class G722Decoder(Decoder):
         return self.decode(b"".join(bytes(p) for p in payloads))
 
 
-class G722Encoder(Encoder):
-    name = "G722"
-    payload_type = 9
-    sample_rate = 16000
-    clock_rate = 8000
-
-    def __init__(self, module):
-        self._codec = module.G722(self.sample_rate, G722_BIT_RATE)
-
+class G722Encoder(_G722, Encoder):
     def encode(self, pcm):
         """An even number of 16 kHz samples; one byte per two."""
         pcm = np.ascontiguousarray(_pcm16(pcm))
