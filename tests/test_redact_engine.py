@@ -210,6 +210,9 @@ def test_email_policy():
 
 @pytest.mark.parametrize("text,expected", [
     ("it's j underscore moreno at yahoo dot com", "it's #### #### #### #### #### #### ####"),
+    # An initial inside the local part ("o" is also a digit word).
+    ("email me at jane dot o underscore brien at gmail dot com",
+     "email me at #### #### #### #### #### #### #### #### ####"),
     ("sure m a r k at outlook dot com", "sure #### #### #### #### #### #### #### ####"),
     ("my work one is jpatel at brightline dot io", "my work one is #### #### #### #### ####"),
     ("um kevin garcia ninety at live dot com", "um #### #### ## #### #### #### ####"),

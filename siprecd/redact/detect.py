@@ -264,6 +264,10 @@ def _spoken_local(words, j, breaks, at):
             j -= 1
             continue
         spelled = len(w) == 1 and j > 0 and len(words[j - 1]) == 1 and words[j - 1].isalpha()
+        # An initial joined on to the next piece ("jane dot o underscore
+        # brien") is a letter of the address, not the word or digit "o".
+        spelled = spelled or (len(w) == 1 and w.isalpha() and j + 1 < at
+                              and words[j + 1] in lx.LOCAL_JOINERS)
         if not w or (w in lx.NOT_LOCAL and not spelled) or w in lx.FILLERS \
                 or not _LOCAL.fullmatch(w):
             # ("a" and "i" are words, except between letters: "m a r k").
