@@ -75,9 +75,11 @@ def write_config(directory, **sections):
         # the messages as soon as its stop is answered. Admission by
         # capacity is off: on a test machine shared with other work, what a
         # stream costs and whether one lags follow that work, not the test;
-        # the tests of admission turn it on with a figure.
+        # the tests of admission turn it on with a figure. Spares are not
+        # warmed ahead (seconds of processor time at every daemon start;
+        # tests/test_asr_spares.py tests it).
         "asr": {"models": {"ko": str(korean_model())}, "stop_wait": "300s",
-                "capacity": {"enabled": False}},
+                "capacity": {"enabled": False}, "warm_spares": False},
         "logging": {"level": "info"},
     }
     _merge(data, sections)

@@ -248,6 +248,9 @@ class Asr:
     threads: Annotated[int, Range(1, 256)] = 2
     # Warm recognisers kept per language for the next stream (vosk).
     spare_recognizers: Annotated[int, Range(0, 1000)] = 4
+    # Make the spares at start, and replace each one a stream takes, by
+    # giving new recognisers speech-like sound behind the streams' work.
+    warm_spares: bool = True
     # Folder holding models by name; relative paths are under state_dir.
     models_dir: StatePath = Path("models")
     # language -> model folder name (in models_dir) or path.

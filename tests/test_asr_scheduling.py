@@ -9,6 +9,7 @@ who waits behind whom is exact and repeatable.
 """
 
 import numpy as np
+import pytest
 from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 
@@ -80,22 +81,32 @@ def test_deadline_queue_gives_the_earliest_first_and_equal_ones_in_order():
     assert queue.earliest() is None
 
 
+class _HeldPool:
+    """TEST DOUBLE of a ThreadPool whose threads run what was given them
+    only when the test says so; *max* threads."""
+
+    def __init__(self, max):
+        self.max = max
+        self.waiting = []
+
+    def callInThread(self, function, *args):
+        self.waiting.append((function, args))
+
+    def run_one(self):
+        function, args = self.waiting.pop(0)
+        function(*args)
+
+
+class _SameThread:
+    def callFromThread(self, function, *args):
+        function(*args)
+
+
 def test_scheduled_pool_runs_each_call_once_due_first_when_a_thread_takes_it():
     # A pool whose threads are held: the calls queued meanwhile run in
     # deadline order once threads take them up, each exactly once.
-    class HeldPool:
-        def __init__(self):
-            self.waiting = []
-
-        def callInThread(self, function):
-            self.waiting.append(function)
-
-    class Reactor:
-        def callFromThread(self, function, *args):
-            function(*args)
-
-    pool = HeldPool()
-    scheduled = ScheduledPool(Reactor(), pool)
+    pool = _HeldPool(2)
+    scheduled = ScheduledPool(_SameThread(), pool)
     ran, answers = [], []
     for deadline, name in [(3.0, "late"), (1.0, "urgent"), (2.0, "soon"), (1.0, "urgent-2")]:
         scheduled.submit(deadline, lambda name=name: ran.append(name) or name).addCallback(
@@ -106,12 +117,63 @@ def test_scheduled_pool_runs_each_call_once_due_first_when_a_thread_takes_it():
 
     failures = []
     scheduled.submit(0.5, failing).addErrback(lambda f: failures.append(f.value))
-    for run in pool.waiting:
-        run()
+    while pool.waiting:
+        pool.run_one()
     assert ran == ["urgent", "urgent-2", "soon", "late"]
     assert answers == ran
     assert [str(e) for e in failures] == ["the recogniser failed"]
     assert len(scheduled.queue) == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_background_work_runs_only_when_no_stream_waits_and_a_thread_stays_free(threads):
+    pool = _HeldPool(threads)
+    scheduled = ScheduledPool(_SameThread(), pool)
+    ran = []
+    for n in range(3):
+        scheduled.background(lambda n=n: ran.append(f"warm-{n}"))
+    # One background call at a time at most here (it may use all but one
+    # thread; with one thread, the idle one).
+    assert len(pool.waiting) == 1
+    # A stream's call while the background one runs: it is not held back
+    # by the background work queued behind it.
+    scheduled.submit(0.0, lambda: ran.append("stream"))
+    assert len(pool.waiting) == 2
+    pool.run_one()                   # warm-0 ends: the stream's call waits, so no warm-1
+    assert ran == ["warm-0"] and len(pool.waiting) == 1
+    pool.run_one()                   # the stream's call; then warm-1 may start
+    assert ran == ["warm-0", "stream"] and len(pool.waiting) == 1
+    pool.run_one()
+    pool.run_one()
+    assert ran == ["warm-0", "stream", "warm-1", "warm-2"] and not pool.waiting
+
+
+def test_background_work_may_use_every_thread_but_one():
+    pool = _HeldPool(4)
+    scheduled = ScheduledPool(_SameThread(), pool)
+    for n in range(5):
+        scheduled.background(lambda: None)
+    assert len(pool.waiting) == 3
+    pool.run_one()
+    assert len(pool.waiting) == 3
+
+
+def test_with_every_thread_but_one_busy_background_work_waits():
+    pool = _HeldPool(2)
+    scheduled = ScheduledPool(_SameThread(), pool)
+    ran = []
+
+    def stream_call():
+        # While this runs on one of the two threads, background work is
+        # given: the other thread is kept free for the streams.
+        scheduled.background(lambda: ran.append("warm"))
+        ran.append(("stream", len(pool.waiting)))
+
+    scheduled.submit(0.0, stream_call)
+    pool.run_one()
+    assert ran == [("stream", 0)] and len(pool.waiting) == 1  # started once it ended
+    pool.run_one()
+    assert ran == [("stream", 0), "warm"]
 
 
 class FirstComeWorkers(ClockWorkers):

@@ -22,8 +22,16 @@ The queue only orders; the calls run on a thread pool
 which runs whichever call is due first when a thread takes it up, so
 every call runs exactly once. Tests drive the same queue with workers on a
 ``task.Clock`` (``siprecd.testing.asr.ClockWorkers``).
+
+Background work (the start-up cost probe, warming spare recognisers) is
+not due at any time: :meth:`ScheduledPool.background` runs it, in the
+order given, only when no stream's call waits and a thread would still
+be free for the next one (with one thread: when it is idle), so a
+stream's call never waits behind more than the one background call that
+may have just started.
 """
 
+import collections
 import heapq
 import itertools
 import threading
@@ -72,6 +80,9 @@ class ScheduledPool:
         self._reactor = reactor
         self._pool = pool
         self.queue = DeadlineQueue()
+        self._background = collections.deque()
+        self._lock = threading.Lock()
+        self._busy = 0               # calls running (streams' and background)
 
     def submit(self, deadline, function, *args):
         """*function(*args)* on a pool thread once it is the call due
@@ -81,15 +92,44 @@ class ScheduledPool:
         self._pool.callInThread(self._run_next)
         return d
 
+    def background(self, function, *args):
+        """*function(*args)* on a pool thread when no stream's call waits
+        and another thread stays free (see the module doc); a Deferred
+        with its result (on the reactor thread)."""
+        d = defer.Deferred()
+        with self._lock:
+            self._background.append((d, function, args))
+        self._kick()
+        return d
+
+    def _kick(self):
+        """Start the next background call if the pool can spare a thread."""
+        with self._lock:
+            spare = max(1, self._pool.max - 1)
+            if not self._background or len(self.queue) or self._busy >= spare:
+                return
+            job = self._background.popleft()
+            self._busy += 1
+        self._pool.callInThread(self._run, job)
+
     def _run_next(self):
         # One of these per call submitted: the call run is whichever is
         # due first now, not necessarily the one that queued this.
-        d, function, args = self.queue.pop()
+        job = self.queue.pop()
+        with self._lock:
+            self._busy += 1
+        self._run(job)
+
+    def _run(self, job):
+        d, function, args = job
         try:
             result = function(*args)
         except BaseException:
             result = Failure()
+        with self._lock:
+            self._busy -= 1
         if isinstance(result, Failure):
             self._reactor.callFromThread(d.errback, result)
         else:
             self._reactor.callFromThread(d.callback, result)
+        self._kick()

@@ -33,14 +33,28 @@ Warm recognisers are kept for the next stream. With a model whose graph
 is composed as it is used (``graph/HCLr.fst`` with ``Gr.fst``, as small
 Vosk models are), a new ``KaldiRecognizer`` builds its part of the graph
 during its first seconds of speech and costs two to four times what it
-costs afterwards; a stream that takes over a recogniser of a finished one
-skips that. Up to ``asr.spare_recognizers`` per language are kept, each
-reset by ``FinalResult()`` before it is handed on (nothing of the last
-stream's audio remains; its cached graph is not audio) and retired after
+costs afterwards (Korean model: 0.62 processor seconds per audio second
+during the first five seconds of speech, 0.15 later); a stream that takes
+over a recogniser of a finished one skips that. Up to
+``asr.spare_recognizers`` per language are kept, each reset by
+``FinalResult()`` before it is handed on (nothing of the last stream's
+audio remains; its cached graph is not audio) and retired after
 ``RETIRE_AFTER`` seconds of audio, as its cache grows slowly with use.
 Words and times do not depend on which recogniser a stream got;
 confidences may differ in the second decimal, as the graph's states are
 numbered in the order they were first needed.
+
+With ``asr.warm_spares`` (on by default) the spares are not left to the
+first streams: once a model is loaded (after the probe), new recognisers
+are made and given ``WARM_SECONDS`` of speech-like sound
+(``siprecd.asr.probe``) one after the other until there are
+``asr.spare_recognizers``, and each spare a stream takes is replaced the
+same way (at the sample rate it was taken at). A recogniser warmed so
+costs 0.26 during the first five seconds of speech instead of 0.62, and
+the first utterance of a call is not late. Warming is background work
+for the pool (``ScheduledPool.background``: it takes a thread only when
+no stream's call waits and another thread stays free) and is not counted
+in the recognition cost.
 
 Every call's processor time (of the thread that ran it) is added to
 ``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
@@ -53,6 +67,7 @@ recognisers are measured alike: the figure is what the node's streams
 cost as they come, some on new recognisers, some on spares.
 """
 
+import functools
 import threading
 from pathlib import Path
 
@@ -84,9 +99,12 @@ PROGRESS_EVERY = 15.0
 RETIRE_AFTER = 3600.0
 # The probe: seconds of speech-like sound given to a new recogniser.
 PROBE_SECONDS = 10.0
-# Its calls are due this long after they are handed over: after any
-# stream's (see VoskBackend._measure).
-PROBE_PATIENCE = 60.0
+# Speech-like sound given to each spare made ahead of the streams
+# (asr.warm_spares), in calls of WARM_STEP seconds.
+WARM_SECONDS = 10.0
+WARM_STEP = 0.4
+# Spares are made at this rate at start; later, at the rates streams take.
+WARM_RATE = 8000
 
 
 class ModelNotFound(ConfigError):
@@ -115,7 +133,7 @@ class VoskBackend:
 
     def __init__(self, reactor, models, models_dir, threads=2, download=False,
                  download_url=None, spare_recognizers=4, cost=None, probe=False,
-                 partial_word_times=False):
+                 partial_word_times=False, warm_spares=False):
         self._reactor = reactor
         # Word times in interim results (asr.partial_word_times).
         self.partial_word_times = partial_word_times
@@ -124,6 +142,11 @@ class VoskBackend:
         self.download = download
         self.download_url = download_url
         self.spare_recognizers = spare_recognizers
+        # Make and warm spares ahead of the streams (asr.warm_spares).
+        self.warm_spares = warm_spares
+        self._warming = set()        # (tag, rate) with a spare being warmed
+        self._warm_logged = set()    # (tag, rate) whose spares were all warm once
+        self.warmed = 0              # spares made ahead so far
         # What a second of audio costs, per language; *cost* seeds every one.
         self.costs = CostMeter(default=cost)
         self.probe = probe and cost is None
@@ -151,7 +174,7 @@ class VoskBackend:
         return cls(reactor, asr.models, config.in_state_dir(asr.models_dir), asr.threads,
                    asr.download, asr.download_url, spare_recognizers=asr.spare_recognizers,
                    cost=capacity.cost, probe=capacity.enabled and capacity.probe,
-                   partial_word_times=asr.partial_word_times)
+                   partial_word_times=asr.partial_word_times, warm_spares=asr.warm_spares)
 
     # Where models are -------------------------------------------------------
 
@@ -245,16 +268,17 @@ class VoskBackend:
             self._settle()
             if self.probe and not self.costs.seeded(tag):
                 await self._measure(tag, model)
+            self._refill(tag, WARM_RATE)
             return
         self._settle()
 
     async def _measure(self, tag, model):
         """Seed what *tag* costs with the probe (the node is ready meanwhile).
 
-        The probe goes through the same scheduler as the streams, one
-        chunk per call, each due ``PROBE_PATIENCE`` seconds from when it is
-        handed over: a stream's call always goes first, so a call that
-        arrives while the probe runs waits for one probe chunk at most."""
+        The probe is background work for the pool, one chunk per call:
+        a stream's call always goes first, so a call that arrives while
+        the probe runs waits for one probe chunk at most, and only when
+        every other thread is busy."""
         rate = 8000
         try:
             kaldi = await self._probe_step(_Kaldi, model, rate)
@@ -280,10 +304,54 @@ class VoskBackend:
             "(probe: {seconds:g} s of speech-like sound on a new recogniser); learnt from "
             "every call from now on", language=tag, cost=cost, seconds=PROBE_SECONDS)
 
-    def _probe_step(self, function, *args):
+    def _refill(self, tag, rate):
+        """Warm one more spare of *tag* at *rate* when there are fewer than
+        ``spare_recognizers`` (asr.warm_spares); one at a time per
+        language and rate, until there are enough."""
+        if (not self.warm_spares or self._stopping or (tag, rate) in self._warming
+                or tag not in self._models):
+            return
+        with self._spares_lock:
+            have = len(self._spares.get((tag, rate), ()))
+        if have >= self.spare_recognizers:
+            return
+        self._warming.add((tag, rate))
+        d = defer.ensureDeferred(self._warm(tag, rate))
+        d.addErrback(lambda f: None if self._stopping else self.log.failure(
+            "asr: warming a spare {language} recogniser failed", f, language=tag))
+
+    async def _warm(self, tag, rate):
+        """Make a recogniser, give it WARM_SECONDS of speech-like sound in
+        calls behind every stream's, keep it as a spare, and go on."""
+        try:
+            kaldi = await self._probe_step(_Kaldi, self._models[tag], rate)
+            audio = await self._probe_step(_warm_audio, rate)
+            step = 2 * int(rate * WARM_STEP)
+            for i in range(0, len(audio), step):
+                await self._probe_step(kaldi.accept, audio[i:i + step])
+            await self._probe_step(kaldi.final)
+        except _ProbeStopped:
+            return
+        finally:
+            self._warming.discard((tag, rate))
         if self._stopping:
+            return
+        self.warmed += 1
+        self._keep(tag, kaldi)
+        with self._spares_lock:
+            have = len(self._spares.get((tag, rate), ()))
+        if have >= self.spare_recognizers and (tag, rate) not in self._warm_logged:
+            self._warm_logged.add((tag, rate))
+            self.log.info("asr: {count} warm {language} recognisers at {rate} Hz ready for new "
+                          "streams (asr.warm_spares)", count=have, language=tag, rate=rate)
+        self._refill(tag, rate)
+
+    def _probe_step(self, function, *args):
+        """One call of the probe or of warming a spare: background work,
+        run when the streams leave a thread free."""
+        if self._stopping or self._scheduled is None:
             return defer.fail(_ProbeStopped())
-        return self._submit(self._reactor.seconds() + PROBE_PATIENCE, function, *args)
+        return self._in_flight.track(self._scheduled.background(function, *args))
 
     def _open(self, path, key):
         """On a pool thread: the vosk.Model in *path*."""
@@ -457,7 +525,10 @@ class VoskBackend:
         """On a pool thread: a warm recogniser for *tag* at *rate*, or None."""
         with self._spares_lock:
             spares = self._spares.get((tag, rate))
-            return spares.pop() if spares else None
+            kaldi = spares.pop() if spares else None
+        if self.warm_spares:
+            self._reactor.callFromThread(self._refill, tag, rate)
+        return kaldi
 
     def _keep(self, tag, kaldi):
         """On a pool thread: *kaldi* (reset) as a spare, or freed when there
@@ -517,6 +588,12 @@ class VoskBackend:
 
 class _ProbeStopped(Exception):
     """The backend is stopping: the probe ends where it is."""
+
+
+@functools.lru_cache(maxsize=4)
+def _warm_audio(rate):
+    """What a spare is warmed with at *rate*, as PCM (made once)."""
+    return speechlike(WARM_SECONDS, rate, seed=2).astype("<i2").tobytes()
 
 
 def _timed(step, *args):
