@@ -246,7 +246,7 @@ def _sip_and_media(config, reactor, transcription, readiness, storage):
         restart_quarantine=config.media.restart_quarantine,
     ))
     calls = CallRegistry()
-    media_transport = MediaTransport(reactor, config.media)
+    media_transport = MediaTransport(reactor, config.media, tick=config.media.tick)
 
     def hang_up(session, reason):
         # The media manager hangs up a call whose streams all went silent,

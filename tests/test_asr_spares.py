@@ -90,3 +90,18 @@ async def test_without_warm_spares_nothing_is_made_ahead():
         assert backend.spares("ko") == 0 and backend.warmed == 0 and not backend._warming
     finally:
         await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_probe_seeds_the_cost_on_a_warmed_recogniser_which_becomes_a_spare():
+    backend = VoskBackend(reactor, {"ko": str(ko_model_dir())}, "/", threads=1,
+                          spare_recognizers=2, probe=True)
+    await backend.start()
+    try:
+        await until(lambda: backend.costs.seeded("ko"), what="the probe's figure")
+        # Processor seconds per audio second: below real time on one
+        # processor, above nothing (the Korean model: about 0.23).
+        assert 0.02 < backend.cost("ko") < 1.0
+        assert backend.spares("ko") == 1 and backend.costs.measured("ko") == 0.0
+    finally:
+        await backend.stop()

@@ -26,6 +26,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from siprecd import config as configmod
 from siprecd.asr.vosk import VoskBackend
 from siprecd.testing.asr import KO_LANGUAGE, ko_model_dir, korean_speech
 from siprecd.transcribe.segment import Feed, Finish, Segmenter
@@ -212,7 +213,7 @@ async def utterances_at(backend, audio, endpoint):
 @pytest_twisted.ensureDeferred
 async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
     # The sentences 0.35-1.2 s apart (espeak-ng adds some silence of its
-    # own around each). Ended after 0.3 s of silence (the default) rather
+    # own around each). Ended after 0.25 s of silence (the default) rather
     # than 0.5 s (the former default), every utterance still ends in a
     # pause between sentences, never inside one: the same utterances,
     # each on one sentence. (Its words may differ: this model's words for
@@ -220,7 +221,8 @@ async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
     # docstring, and the earlier end shifts the chunks after it.)
     gaps = [0.6, 0.8, 1.2, 0.6, 0.35]
     audio = conversation(speech, gaps)
-    assert Segmenter().endpoint == int(0.3 * RATE)
+    assert Segmenter().endpoint == int(0.25 * RATE) == int(configmod.Asr().endpoint_silence * RATE)
+    new = 0.25
     sentences, position = [], 0
     for sentence, gap in zip(speech, gaps):
         position += int(gap * RATE)
@@ -235,26 +237,57 @@ async def test_the_shorter_endpoint_cuts_no_utterance_mid_word(backend, speech):
         return inside[0] if inside else None
 
     # Where the segmenter ends utterances: only in the pauses.
-    segmenter = Segmenter(endpoint=0.3, skip_silence=False)
+    segmenter = Segmenter(endpoint=new, skip_silence=False)
     ends = [a.position for i in range(0, len(audio), 160)
             for a in segmenter.push(i, audio[i:i + 160]) if isinstance(a, Finish)]
     assert ends and all(sentence_of(end) is None for end in ends)
-    # What the recogniser makes of it, at 0.5 s and at 0.3 s.
+    # What the recogniser makes of it, at 0.5 s and at 0.25 s.
     found = {}
-    for endpoint in (0.5, 0.3):
+    for endpoint in (0.5, new):
         utterances, spans = await utterances_at(backend, audio, endpoint)
         found[endpoint] = [
             ([i for i, (a, b) in enumerate(sentences) if first < b and last > a], words)
             for (first, last), words in zip(spans, utterances)]
     matcher = difflib.SequenceMatcher(a=[w for _, u in found[0.5] for w in u],
-                                      b=[w for _, u in found[0.3] for w in u], autojunk=False)
-    print(f"endpoint 0.5 s: {len(found[0.5])} utterances; 0.3 s: {len(found[0.3])}; "
+                                      b=[w for _, u in found[new] for w in u], autojunk=False)
+    print(f"endpoint 0.5 s: {len(found[0.5])} utterances; {new} s: {len(found[new])}; "
           f"{100 * matcher.ratio():.0f}% of their words the same; sentence of each: "
-          f"{[o for o, _ in found[0.3]]}")
-    assert [o for o, _ in found[0.3]] == [o for o, _ in found[0.5]]
+          f"{[o for o, _ in found[new]]}")
+    assert [o for o, _ in found[new]] == [o for o, _ in found[0.5]]
     # No utterance spans two sentences, and every sentence gave one. (The
     # model hears a short word in the silence before the first sentence,
     # with either endpoint.)
-    overlapping = [o for o, _ in found[0.3]]
+    overlapping = [o for o, _ in found[new]]
     assert all(len(o) <= 1 for o in overlapping)
     assert sorted(o[0] for o in overlapping if o) == list(range(len(SENTENCES)))
+
+
+# Sentences of the project's speech (tests and benches), with and without
+# card numbers read out in groups.
+PROJECT_SENTENCES = [
+    "안녕하세요 고객님 무엇을 도와드릴까요", "제 카드 번호를 확인하고 싶습니다",
+    "오늘 날씨가 정말 좋네요", "전화해 주셔서 감사합니다", "제 계좌 잔액을 확인하고 싶어요",
+    "카드 번호 뒷자리를 말씀해 주시겠어요", "네 잠시만 기다려 주세요 확인해 드리겠습니다",
+    "다른 문의 사항이 있으시면 언제든지 연락 주세요", "카드 결제가 두 번 청구된 것 같아서 전화했습니다",
+    "지난주 금요일에 온라인으로 주문했어요", "제 카드 번호는 사 오 삼 이 일 일 일 일 입니다",
+]
+
+
+def test_no_pause_inside_a_sentence_of_the_project_speech_is_as_long_as_the_endpoint(tmp_path):
+    # The pauses an utterance may be cut at: runs of 20 ms frames below the
+    # speech threshold between a sentence's first and last loud frame.
+    endpoint = configmod.Asr().endpoint_silence
+    longest = {}
+    for n, sentence in enumerate(PROJECT_SENTENCES):
+        audio = korean_speech(sentence, tmp_path / f"{n}.wav")
+        frames = audio[:len(audio) // 160 * 160].reshape(-1, 160).astype(float)
+        loud = np.sqrt((frames ** 2).mean(axis=1)) >= 32768 * 10 ** (-45 / 20)
+        inside = loud[np.flatnonzero(loud)[0]:np.flatnonzero(loud)[-1] + 1]
+        run = best = 0
+        for speech in inside:
+            run = 0 if speech else run + 1
+            best = max(best, run)
+        longest[sentence] = best * 0.02
+    print("longest pause inside a sentence: "
+          f"{max(longest.values()):.2f} s; endpoint {endpoint:g} s")
+    assert max(longest.values()) < endpoint - 0.05, longest

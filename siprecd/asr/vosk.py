@@ -60,11 +60,14 @@ Every call's processor time (of the thread that ran it) is added to
 ``costs`` (``siprecd.asr.cost.CostMeter``): what a second of audio costs
 per language, which admission turns into how many streams are kept in
 real time. It is seeded by ``asr.capacity.cost`` when given, else by a
-probe when a model has loaded: a new recogniser given ten seconds of
-speech-like sound (``siprecd.asr.probe``; with the Korean test model it
-costs more than speech does), which then becomes a spare. New and warm
-recognisers are measured alike: the figure is what the node's streams
-cost as they come, some on new recognisers, some on spares.
+probe when a model has loaded: a new recogniser is warmed as a spare is
+(ten seconds of speech-like sound, ``siprecd.asr.probe``), then given ten
+seconds of other speech-like sound, whose processor time is the seed (on
+the Korean test model 0.23, where speech it has not heard costs 0.26 on
+a warm spare during a stream's first five seconds and 0.15-0.19 later;
+on a new recogniser the probe would say 0.5); it then becomes a spare.
+New and warm recognisers are measured alike: the figure is what the
+node's streams cost as they come, some on new recognisers, most on spares.
 """
 
 import functools
@@ -97,12 +100,13 @@ MODEL_LIST = modelfiles.MODEL_LIST_PAGE
 PROGRESS_EVERY = 15.0
 # A recogniser given this much audio is freed rather than kept as a spare.
 RETIRE_AFTER = 3600.0
-# The probe: seconds of speech-like sound given to a new recogniser.
+# The probe: seconds of speech-like sound given to a warmed recogniser.
 PROBE_SECONDS = 10.0
 # Speech-like sound given to each spare made ahead of the streams
-# (asr.warm_spares), in calls of WARM_STEP seconds.
+# (asr.warm_spares), in calls of WARM_STEP seconds: short, as a stream's
+# call may have to wait for the one under way (15-30 ms of processor).
 WARM_SECONDS = 10.0
-WARM_STEP = 0.4
+WARM_STEP = 0.1
 # Spares are made at this rate at start; later, at the rates streams take.
 WARM_RATE = 8000
 
@@ -279,15 +283,15 @@ class VoskBackend:
         a stream's call always goes first, so a call that arrives while
         the probe runs waits for one probe chunk at most, and only when
         every other thread is busy."""
-        rate = 8000
+        rate = WARM_RATE
         try:
+            # Measured as streams run: on a recogniser warmed as a spare is
+            # (a new one costs twice as much, and streams seldom get one),
+            # with sound it has not heard.
             kaldi = await self._probe_step(_Kaldi, model, rate)
-            audio = speechlike(PROBE_SECONDS, rate).astype("<i2").tobytes()
-            step = 2 * rate // 5
-            spent = 0.0
-            for i in range(0, len(audio), step):
-                spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
-            spent += await self._probe_step(_timed, kaldi.final)
+            await self._feed_in_background(kaldi, await self._probe_step(_warm_audio, rate))
+            audio = speechlike(PROBE_SECONDS, rate, seed=1).astype("<i2").tobytes()
+            spent = await self._feed_in_background(kaldi, audio, timed=True)
         except _ProbeStopped:
             return
         except Exception:
@@ -301,8 +305,24 @@ class VoskBackend:
         self.costs.seed(tag, cost)
         self.log.info(
             "asr: {language} costs about {cost:.3f} processor seconds per second of audio "
-            "(probe: {seconds:g} s of speech-like sound on a new recogniser); learnt from "
+            "(probe: {seconds:g} s of speech-like sound on a warmed recogniser); learnt from "
             "every call from now on", language=tag, cost=cost, seconds=PROBE_SECONDS)
+
+    async def _feed_in_background(self, kaldi, audio, timed=False):
+        """Give *audio* (PCM) to *kaldi* in WARM_STEP calls of background
+        work, then finish it; with *timed*, the processor seconds spent."""
+        step = 2 * int(kaldi.rate * WARM_STEP)
+        spent = 0.0
+        for i in range(0, len(audio), step):
+            if timed:
+                spent += await self._probe_step(_timed, kaldi.accept, audio[i:i + step])
+            else:
+                await self._probe_step(kaldi.accept, audio[i:i + step])
+        if timed:
+            spent += await self._probe_step(_timed, kaldi.final)
+        else:
+            await self._probe_step(kaldi.final)
+        return spent
 
     def _refill(self, tag, rate):
         """Warm one more spare of *tag* at *rate* when there are fewer than
@@ -325,11 +345,7 @@ class VoskBackend:
         calls behind every stream's, keep it as a spare, and go on."""
         try:
             kaldi = await self._probe_step(_Kaldi, self._models[tag], rate)
-            audio = await self._probe_step(_warm_audio, rate)
-            step = 2 * int(rate * WARM_STEP)
-            for i in range(0, len(audio), step):
-                await self._probe_step(kaldi.accept, audio[i:i + step])
-            await self._probe_step(kaldi.final)
+            await self._feed_in_background(kaldi, await self._probe_step(_warm_audio, rate))
         except _ProbeStopped:
             return
         finally:

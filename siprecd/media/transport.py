@@ -58,7 +58,7 @@ __all__ = ["MediaTransport", "MediaStream", "RtpProtocol", "RtcpProtocol", "set_
 
 # Linux: set the buffer beyond net.core.rmem_max (needs CAP_NET_ADMIN).
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-DEFAULT_TICK = 0.1
+DEFAULT_TICK = 0.02  # media.tick
 BIND_ATTEMPTS = 8
 
 log = Logger()

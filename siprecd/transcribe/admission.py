@@ -20,7 +20,20 @@ The figures (:class:`Admission`):
   the bursts of recognition (a decoder works in steps; the end of an
   utterance costs more than its middle);
 - what is used: every open window's stream, plus the streams of starts in
-  progress (reserved from the check until their windows are open).
+  progress (reserved from the check until their windows are open);
+- a stream's first ``STARTUP_SECONDS`` count ``STARTUP_FACTOR`` times its
+  cost: its recogniser meets new speech and builds its part of the graph
+  (``siprecd.asr.vosk``; Korean model, speech it has not heard: 0.26 of a
+  processor during the first five seconds on a warm spare, 0.62 on a new
+  recogniser, 0.15-0.19 afterwards), and a burst of calls starting
+  together would otherwise take the recognisers past real time for those
+  seconds, when it is their first utterances that are late. So a start
+  is weighed at that factor, and a node that admitted streams a moment
+  ago has less room until they have settled.
+
+A node with no stream open admits a start whatever the figures say
+(refusing would make nothing faster, and what streams cost is learnt from
+streams), with a warning when they say it may not keep up.
 
 A start is also refused while any stream is behind real time by more than
 ``max_lag`` (the figures are off, or other work took the processors):
@@ -37,7 +50,12 @@ from twisted.logger import Logger
 from siprecd.interfaces import IRecognitionCosts
 from siprecd.transcribe.errors import AsrUnavailable
 
-__all__ = ["Admission", "AtCapacity", "available_processors"]
+__all__ = ["Admission", "AtCapacity", "available_processors", "STARTUP_SECONDS",
+           "STARTUP_FACTOR"]
+
+# A stream's first seconds, and what they count for (see the module doc).
+STARTUP_SECONDS = 10.0
+STARTUP_FACTOR = 2.0
 
 
 class AtCapacity(AsrUnavailable):
@@ -79,7 +97,7 @@ class Admission:
     log = Logger()
 
     def __init__(self, backend, windows, *, processors=None, target_load=0.85, max_lag=1.0,
-                 enabled=True):
+                 enabled=True, clock=None):
         self.costs = backend if IRecognitionCosts.providedBy(backend) else None
         self.windows = windows
         threads = math.inf if self.costs is None else self.costs.threads
@@ -89,6 +107,8 @@ class Admission:
         self.enabled = enabled and self.costs is not None
         self.refused = {"capacity": 0, "behind": 0}
         self._reserved = set()
+        # When windows opened is on this clock (None: no start-up weight).
+        self.clock = clock
 
     @property
     def budget(self):
@@ -103,11 +123,26 @@ class Admission:
         """Processor seconds per second the open windows and the starts in
         progress may use, when every stream speaks."""
         total = 0.0
+        now = None if self.clock is None else self.clock.seconds()
         for window in self.windows.open_windows():
-            total += self.cost(window.params.language) or 0.0
+            total += (self.cost(window.params.language) or 0.0) * self._weight(window, now)
         for reservation in self._reserved:
-            total += reservation.streams * (self.cost(reservation.language) or 0.0)
+            total += reservation.streams * (self.cost(reservation.language) or 0.0) * (
+                self._startup)
         return total
+
+    @property
+    def _startup(self):
+        """What a stream's first seconds count for (1 without a clock)."""
+        return 1.0 if self.clock is None else STARTUP_FACTOR
+
+    def _weight(self, window, now):
+        if now is None:
+            return 1.0
+        opened = getattr(window.leg_stream, "opened_at", None)
+        if opened is not None and now - opened < STARTUP_SECONDS:
+            return STARTUP_FACTOR
+        return 1.0
 
     def capacity(self, language):
         """Streams of *language* kept in real time in all (None: no limit)."""
@@ -121,7 +156,7 @@ class Admission:
         cost = self.cost(language)
         if not self.enabled or not cost:
             return None
-        return max(0, int((self.budget - self.demand()) / cost + 1e-9))
+        return max(0, int((self.budget - self.demand()) / (cost * self._startup) + 1e-9))
 
     def behind(self, now=None):
         """The open windows whose recognition is behind by more than max_lag."""
@@ -144,19 +179,35 @@ class Admission:
                        "up: try another node or later")
             self._refuse(message, guid)
         if cost:
-            used, wanted = self.demand(), streams * cost
-            if used + wanted > self.budget + 1e-9:
+            used, wanted = self.demand(), streams * cost * self._startup
+            idle = not self._reserved and not self.windows.open_windows()
+            if used + wanted > self.budget + 1e-9 and idle:
+                # Nothing else runs here: refusing would not make anything
+                # faster, and the figure is learnt only from streams.
+                self.log.warn(
+                    "start-streaming for guid {guid} admitted on an idle node although "
+                    "{streams} stream(s) in {language} at about {cost:.2f} of a processor "
+                    "each may not be transcribed in real time ({budget:.2f} processors "
+                    "usable)", guid=guid, streams=streams, language=language, cost=cost,
+                    budget=self.budget)
+            elif used + wanted > self.budget + 1e-9:
                 self.refused["capacity"] += 1
-                room = max(0, int((self.budget - used) / cost + 1e-9))
+                room = max(0, int((self.budget - used) / (cost * self._startup) + 1e-9))
                 message = (
                     f"speech recognition on this node is at capacity: {streams} more "
                     f"stream(s) in {language} would not be transcribed in real time (room for "
                     f"{room}; {len(self.windows.open_windows())} streams open, each costing "
-                    f"about {cost:.2f} of a processor, {self.budget:.2f} of "
-                    f"{self.processors:g} processors usable); try another node or later")
+                    f"about {cost:.2f} of a processor{self._startup_note()}, "
+                    f"{self.budget:.2f} of {self.processors:g} processors usable); try another "
+                    "node or later")
                 self._refuse(message, guid)
         self._reserved.add(reservation)
         return reservation
+
+    def _startup_note(self):
+        if self.clock is None:
+            return ""
+        return f" and {STARTUP_FACTOR:g} times that during its first {STARTUP_SECONDS:g} s"
 
     def _refuse(self, message, guid):
         self.log.info("start-streaming for guid {guid} refused: {reason}", guid=guid,

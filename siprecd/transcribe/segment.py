@@ -86,7 +86,7 @@ class Segmenter:
     sample rate. ``stats`` counts samples seen, fed and skipped.
     """
 
-    def __init__(self, *, endpoint=0.3, max_utterance=30.0, threshold=-45.0, chunk=0.2,
+    def __init__(self, *, endpoint=0.25, max_utterance=30.0, threshold=-45.0, chunk=0.2,
                  skip_after=1.0, preroll=0.5, skip_silence=True, rate=SAMPLE_RATE):
         self.rate = rate
         self.frame = rate // 50   # 20 ms

@@ -57,7 +57,7 @@ class TranscriptionService(service.Service):
 
     name = "transcription"
 
-    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.3,
+    def __init__(self, storage, backend, clock, *, node="siprecd", endpoint_silence=0.25,
                  max_utterance=30.0, format_numbers=True, mixed_role=CUSTOMER,
                  extra_role=AGENT, max_rate=16000, redact=None,
                  redaction=None, recordings=None, on_utterance=(), on_stored=(),
@@ -96,7 +96,8 @@ class TranscriptionService(service.Service):
             mixed_role=mixed_role, extra_role=extra_role, max_rate=max_rate,
             on_asr_call=on_asr_call, partials=self.partials)
         self.admission = Admission(backend, self.windows, processors=processors,
-                                   target_load=target_load, max_lag=max_lag, enabled=admission)
+                                   target_load=target_load, max_lag=max_lag, enabled=admission,
+                                   clock=clock)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
             recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
