@@ -151,6 +151,18 @@ class _Root(resource.Resource):
         return self.receiver._render(request)
 
 
+class _CountingFactory(WrappingFactory):
+    def __init__(self, site, receiver):
+        super().__init__(site)
+        self.receiver = receiver
+
+    def buildProtocol(self, addr):
+        self.receiver.connections_made += 1
+        protocol = super().buildProtocol(addr)
+        self.receiver._check_waiters()
+        return protocol
+
+
 class WebhookReceiver:
     """See the module docstring. ``behaviour(received) -> Reply`` decides
     every answer the script queue does not."""
@@ -175,6 +187,8 @@ class WebhookReceiver:
         self.max_tls = max_tls
         self.script = []
         self.received = []
+        # TLS connections accepted (each counted when its TCP connection is).
+        self.connections_made = 0
         self.port = None
         self.port_number = None
         self._factory = None
@@ -219,7 +233,7 @@ class WebhookReceiver:
         # No access log: it would print the query (a secret token, in the
         # tests that check that siprecd never logs it).
         site.log = lambda request: None
-        self._factory = WrappingFactory(site)
+        self._factory = _CountingFactory(site, self)
         self._factory.noisy = False
         # A deep accept queue: with Twisted's default of 50, a burst of
         # new connections loses SYNs, and a retransmitted SYN costs a
@@ -254,7 +268,7 @@ class WebhookReceiver:
 
     def wait_for(self, predicate, timeout=15.0, what="the expected requests"):
         """A Deferred firing with this receiver once ``predicate(self)`` is
-        true (checked after every request and answer); fails with
+        true (checked after every connection, request and answer); fails with
         TimeoutError naming *what* after *timeout* seconds."""
         if predicate(self):
             return defer.succeed(self)

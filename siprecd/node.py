@@ -180,7 +180,8 @@ def build_node(config, reactor):
         on_stored=listener(lambda m: m.utterance_stored),
         on_asr_call=listener(lambda m: m.asr_call),
         on_partial=(webhook_partials.partial, *(h.partial for h in live_listeners)),
-        on_call_event=(webhook_partials.call_event, *(h.call_event for h in live_listeners)),
+        on_call_event=(webhooks.call_event, webhook_partials.call_event,
+                       *(h.call_event for h in live_listeners)),
         partials_wanted=partials_wanted)
 
     calls, media, media_transport, sip_server, sip_ports, orphans = _sip_and_media(

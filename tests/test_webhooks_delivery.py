@@ -26,6 +26,7 @@ from siprecd.interfaces import IDrainable
 from siprecd.storage.postgresql import PostgresStorage
 from siprecd.storage.records import DELIVERED, PENDING
 from siprecd.storage.sqlite import SqliteStorage
+from siprecd.transcribe.events import CallEvent
 from siprecd.webhooks import WebhookService, encode_payload
 from siprecd.webhooks.state import TargetStates
 
@@ -357,6 +358,39 @@ async def test_410_disables_the_target_until_re_enabled_and_loses_nothing(
     for stream in streams:
         assert [b["sequence"] for b in hook if b["streamId"] == stream.id] == [1, 2]
     assert "crm" not in service.disabled_targets
+
+
+@pytest_twisted.ensureDeferred
+async def test_streaming_started_opens_the_targets_connection_ahead_of_its_first_utterance(
+        tmp_path, storage, receiver, authority, running):
+    config = webhook_config(tmp_path / "state", {"crm": target(receiver, authority)},
+                            poll_interval="1h")
+    (stream,) = await seed_streams(storage, 1)
+    service, started = running.start(config, storage)
+    await started
+
+    def event(kind, webhook_target="crm"):
+        return CallEvent(kind, stream.guid, None, 0, app_id="app", webhook_target=webhook_target)
+
+    # Only streaming-started to a configured target opens one.
+    for other in (event("call-started"), event("streaming-stopped"),
+                  event("streaming-started", webhook_target=None),
+                  event("streaming-started", webhook_target="gone")):
+        service.call_event(other)
+    assert service.stats["opened_ahead"] == 0
+    service.call_event(event("streaming-started"))
+    await receiver.wait_for(lambda r: r.connections_made == 1, timeout=5,
+                            what="the connection opened ahead")
+    assert receiver.received == [] and service.stats["opened_ahead"] == 1
+    # The first utterance goes over it.
+    await add_utterances(storage, [stream], 1, ["crm"])
+    service.notify()
+    await receiver.wait_for_accepted(1, timeout=5)
+    assert receiver.connections_made == 1
+    # A node that is stopping opens nothing.
+    service.stop_accepting()
+    service.call_event(event("streaming-started"))
+    assert service.stats["opened_ahead"] == 1
 
 
 # Restart and shutdown ---------------------------------------------------------------------

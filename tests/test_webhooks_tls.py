@@ -194,3 +194,69 @@ def test_tls_files_that_do_not_load_are_config_errors_naming_the_key(tmp_path, a
         "url": "https://x.example", "ca_bundle": str(client.key_path)}}}})
     with pytest.raises(ConfigError, match=r"^webhooks.targets.crm.ca_bundle: no PEM certificate"):
         TargetSender.from_config("crm", config.webhooks.targets["crm"], reactor, reactor, 1)
+
+
+# Opening the connection ahead of the first utterance -------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_opened_ahead_carries_the_first_request_and_sends_nothing(
+        receiver, authority):
+    sender = sender_for(receiver.url(), ca_bundle=str(authority.certificate_path))
+    try:
+        await sender.open_ahead()
+        await receiver.wait_for(lambda r: r.connections_made == 1, timeout=5,
+                                what="the connection opened ahead")
+        # Nothing is sent on it until there is something to deliver, and
+        # one idle connection is enough.
+        assert receiver.received == []
+        assert await sender.http.open_ahead(sender.url) is False
+        outcome = await sender.send(BODY, "m-1")
+        assert (outcome.kind, outcome.status) == (DELIVERED, 200)
+        assert receiver.connections_made == 1
+    finally:
+        await sender.close()
+    assert receiver.accepted[0].body == BODY
+
+
+@pytest_twisted.ensureDeferred
+async def test_opening_ahead_fails_quietly_and_the_delivery_says_why(receiver, tmp_path):
+    other = Authority("someone else's CA", tmp_path / "other")
+    sender = sender_for(receiver.url(), ca_bundle=str(other.certificate_path))
+    refused = sender_for("https://127.0.0.1:9/hook", ca_bundle=str(other.certificate_path))
+    try:
+        assert await refused.http.open_ahead(refused.url) is False
+        await sender.open_ahead()
+        outcome = await sender.send(BODY, "m-1")
+    finally:
+        await sender.close()
+        await refused.close()
+    assert outcome.kind == RETRY and outcome.error == "TLS: certificate verify failed"
+    assert receiver.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_cancels_a_connection_still_being_opened(authority):
+    # A listener that never accepts, its queue filled: a new connection
+    # attempt hangs (the kernel drops its SYNs).
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    address = sock.getsockname()
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(address)
+        fillers.append(filler)
+    sender = sender_for(f"https://127.0.0.1:{address[1]}/hook",
+                        ca_bundle=str(authority.certificate_path))
+    try:
+        opening = sender.http.open_ahead(sender.url)
+        assert not opening.called and sender.http.pool._opening
+        await sender.close()
+        assert await opening is False
+        assert sender.http.pool._opening == {} and sender.http.pool._connections == {}
+    finally:
+        for s in fillers + [sock]:
+            s.close()

@@ -45,6 +45,7 @@ class CallEvent:
     language: str | None = None
     streams: tuple = ()            # StreamInfo of the leg's streams
     reason: str | None = None      # why the call ended
+    webhook_target: str | None = None  # where the leg's utterances go (not shown to clients)
 
 
 def call_event(kind, conversation, at_ms, reason=None, call_id=None):
@@ -61,4 +62,5 @@ def call_event(kind, conversation, at_ms, reason=None, call_id=None):
                      app_id=params.app_id if params is not None else None,
                      leg_id=leg.id if leg is not None else None,
                      language=params.language if params is not None else None,
-                     streams=streams, reason=reason)
+                     streams=streams, reason=reason,
+                     webhook_target=params.webhook_target if params is not None else None)

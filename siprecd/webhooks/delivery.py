@@ -210,6 +210,17 @@ class WebhookService(service.Service):
         self._loop.start(self.poll_interval, now=True).addErrback(
             lambda f: self.log.failure("webhooks: the outbox poll stopped", f))
 
+    def call_event(self, event):
+        """A CallEvent (``on_call_event``): when streaming starts, the
+        connection to the leg's target is opened ahead of its first
+        utterance (see :meth:`TargetSender.open_ahead`)."""
+        if event.kind != "streaming-started" or not self._accepting:
+            return
+        sender = self.senders.get(event.webhook_target)
+        if sender is not None and event.webhook_target not in self._disabled:
+            self.stats["opened_ahead"] += 1
+            sender.open_ahead()
+
     def notify(self, message=None):
         """A message was stored: look at the outbox now instead of at the
         next poll. Cheap and safe to call for every utterance (looks

@@ -12,6 +12,11 @@ it into a GET), cookies are never kept, and at most :data:`KEEP_BYTES` of
 a response body is kept (for the error line); the rest is read and dropped
 so that the connection can go back to the pool.
 
+:meth:`HttpClient.open_ahead` opens a connection (TCP and, for https, the
+TLS handshake with its certificate checks) and leaves it idle in the pool,
+so that the first request of a call does not wait for it. No request is
+sent on it until there is something to deliver.
+
 :func:`describe_failure` turns what Twisted and OpenSSL raise into one
 short line for logs and the outbox's ``last_error``; it never includes
 request headers, so no secret can leak through it.
@@ -24,10 +29,13 @@ import treq.client
 from OpenSSL import SSL
 from treq.cookies import IndexableCookieJar
 from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.python import failure as failuremod
 from twisted.web import client as webclient
 from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 __all__ = ["HttpClient", "HttpResponse", "AttemptTimedOut", "describe_failure",
            "is_stale_connection", "KEEP_BYTES"]
@@ -95,16 +103,71 @@ def _read_some(response, limit):
     return finished
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Where the Agent connects for a URI, as Twisted's own Agent would
+    (``HostnameEndpoint``, TLS for https with the target's policy); kept
+    here so that :meth:`HttpClient.open_ahead` connects exactly the same
+    way."""
+
+    def __init__(self, reactor, tls_policy, connect_timeout):
+        self.reactor = reactor
+        self.tls_policy = tls_policy
+        self.connect_timeout = connect_timeout
+
+    def endpointForURI(self, uri):
+        kwargs = {} if self.connect_timeout is None else {"timeout": self.connect_timeout}
+        endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port, **kwargs)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            return wrapClientTLS(self.tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        raise webclient.SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+
+
+class _Pool(webclient.HTTPConnectionPool):
+    """Twisted's pool, plus connections opened before a request needs one."""
+
+    def __init__(self, reactor):
+        super().__init__(reactor, persistent=True)
+        self._opening = {}          # key -> Deferred of the connection being opened
+
+    def has_idle(self, key):
+        return bool(self._connections.get(key)) or key in self._opening
+
+    def open_ahead(self, key, endpoint):
+        """Open a connection for *key* and keep it idle in the pool (its
+        usual idle timeout applies); a Deferred firing with True once it is
+        in, or False when one was idle already. Fails as connecting failed."""
+        if self.has_idle(key):
+            return defer.succeed(False)
+        d = self._opening[key] = self._newConnection(key, endpoint)
+
+        def done(result):
+            self._opening.pop(key, None)
+            if isinstance(result, failuremod.Failure):
+                return result
+            self._putConnection(key, result)
+            return True
+
+        return d.addBoth(done)
+
+    def closeCachedConnections(self):
+        for opening in list(self._opening.values()):
+            opening.cancel()
+        return super().closeCachedConnections()
+
+
 class HttpClient:
     """POSTs for one target through its own connection pool."""
 
     def __init__(self, reactor, tls_policy, max_connections, connect_timeout):
         self.reactor = reactor
-        self.pool = webclient.HTTPConnectionPool(reactor, persistent=True)
+        self.pool = _Pool(reactor)
         self.pool.maxPersistentPerHost = max_connections
         self.pool.cachedConnectionTimeout = _IDLE_CONNECTION_TIMEOUT
-        agent = webclient.Agent(reactor, contextFactory=tls_policy, pool=self.pool,
-                                connectTimeout=connect_timeout)
+        self.endpoints = _Endpoints(reactor, tls_policy, connect_timeout)
+        agent = webclient.Agent.usingEndpointFactory(reactor, self.endpoints, pool=self.pool)
         cookies = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
         self.client = treq.client.HTTPClient(agent, cookiejar=cookies)
 
@@ -134,6 +197,21 @@ class HttpClient:
         kept = await _read_some(response, KEEP_BYTES)
         return HttpResponse(response.code, (response.phrase or b"").decode("latin-1"),
                             response.headers, kept)
+
+    def open_ahead(self, url):
+        """Open a connection to *url*'s server ahead of a request, unless the
+        pool has an idle one (or one is being opened). A Deferred firing with
+        True when one was opened; it never fails (the first request will
+        say what is wrong)."""
+        try:
+            uri = webclient.URI.fromBytes(url.encode("ascii") if isinstance(url, str) else url)
+            key = (uri.scheme, uri.host, uri.port)
+            endpoint = self.endpoints.endpointForURI(uri)
+        except Exception:
+            return defer.succeed(False)
+        d = self.pool.open_ahead(key, endpoint)
+        d.addErrback(lambda _: False)
+        return d
 
     def close(self):
         """Close idle pooled connections (fires when they are closed)."""

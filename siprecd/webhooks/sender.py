@@ -254,5 +254,16 @@ class TargetSender:
             return classify(response, self.reactor.seconds()), response
         raise AssertionError("not reached")
 
+    def open_ahead(self):
+        """A stream that delivers here has started: open a connection (and
+        get an OAuth2 token, when the target uses them) now, so that its
+        first utterance does not wait for them. Best effort: nothing is
+        sent to the webhook, and a failure here is the first delivery's to
+        report."""
+        waits = [self.http.open_ahead(self.url)]
+        if self.oauth is not None:
+            waits.append(self.oauth.token().addErrback(lambda _: None))
+        return defer.gatherResults(waits, consumeErrors=True).addErrback(lambda _: None)
+
     def close(self):
         return self.http.close()
