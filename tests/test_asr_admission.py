@@ -75,11 +75,35 @@ def test_streams_are_admitted_up_to_the_budget_and_refused_beyond_it():
     assert admission.refused == {"capacity": 1, "behind": 0}
 
 
-def test_a_streams_first_seconds_count_double():
+def test_a_streams_first_seconds_count_more_three_times_by_default():
     clock = task.Clock()
     windows = WindowsDouble()
     admission = Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2,
                           target_load=0.8, clock=clock)
+    # 1.6 to use; a new stream counts 0.6 during its first ten seconds:
+    # one call of two streams, not a second one started with it.
+    assert admission.startup_factor == 3.0
+    assert admission.capacity("ko") == 8 and admission.headroom("ko") == 2
+    with admission.reserve("ko", 2, "g1"):
+        with pytest.raises(AtCapacity) as refused:
+            admission.reserve("ko", 2, "g2")
+    assert "3 times that during its first 10 s" in str(refused.value)
+    for _ in range(2):
+        windows.add("ko", opened_at=clock.seconds())
+    clock.advance(10)
+    # Settled (0.4 in all): room for two new streams (1.2) now.
+    assert admission.demand() == pytest.approx(0.4) and admission.headroom("ko") == 2
+    # Counted plainly when asked to.
+    plain = Admission(CostsDouble(costs={"ko": 0.2}), WindowsDouble(), processors=2,
+                      target_load=0.8, clock=clock, startup_factor=1)
+    assert plain.headroom("ko") == 8
+
+
+def test_a_streams_first_seconds_count_double():
+    clock = task.Clock()
+    windows = WindowsDouble()
+    admission = Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2,
+                          target_load=0.8, clock=clock, startup_factor=2)
     # 1.6 to use; a new stream counts 0.4 during its first ten seconds.
     assert admission.capacity("ko") == 8 and admission.headroom("ko") == 4
     for _ in range(2):
@@ -146,13 +170,14 @@ def call(client, method, *args, **kwargs):
 async def test_a_start_beyond_capacity_is_refused_over_https_and_the_call_still_recorded(
         tmp_path):
     # Two processors, all of them for streams, 0.45 of a processor per
-    # stream and twice that during a stream's first ten seconds: room for
+    # stream and (asr.capacity.startup_factor) twice that during a
+    # stream's first ten seconds: room for
     # two new streams, one call. The cost is learnt as the first call is
     # recognised; the figures hold for any learnt cost in (0.25, 0.5] (a
     # loaded machine measured 0.44). max_lag is wide so that the refusal
     # seen is the one for capacity, which this test is about.
     capacity = {"enabled": True, "cpus": 2, "target_load": 1.0, "cost": 0.45,
-                "max_lag": "60s"}
+                "max_lag": "60s", "startup_factor": 2}
     root, written = await start_service_tree(tmp_path, reactor,
                                              asr={"capacity": capacity})
     cert = tmp_path / "state" / "tls" / "api-selfsigned.crt"

@@ -21,15 +21,21 @@ The figures (:class:`Admission`):
   utterance costs more than its middle);
 - what is used: every open window's stream, plus the streams of starts in
   progress (reserved from the check until their windows are open);
-- a stream's first ``STARTUP_SECONDS`` count ``STARTUP_FACTOR`` times its
-  cost: its recogniser meets new speech and builds its part of the graph
-  (``siprecd.asr.vosk``; Korean model, speech it has not heard: 0.26 of a
-  processor during the first five seconds on a warm spare, 0.62 on a new
-  recogniser, 0.15-0.19 afterwards), and a burst of calls starting
-  together would otherwise take the recognisers past real time for those
-  seconds, when it is their first utterances that are late. So a start
-  is weighed at that factor, and a node that admitted streams a moment
-  ago has less room until they have settled.
+- a stream's first ``STARTUP_SECONDS`` count ``startup_factor`` times its
+  cost (``asr.capacity.startup_factor``, 3 by default): its recogniser
+  meets new speech and builds its part of the graph (``siprecd.asr.vosk``;
+  Korean model, speech it has not heard: 0.26 of a processor during the
+  first five seconds on a warm spare, 0.62 on a new recogniser, 0.15-0.19
+  afterwards), and the first utterances of calls that start together end
+  together, so their final decodes queue behind each other. So a start is
+  weighed at that factor, and a node that admitted streams a moment ago
+  has less room until they have settled. Measured through the whole
+  daemon on two cores (``bench/latency_bench``, a call placed every 2 s):
+  at a factor of 2 a second call was admitted 2 s after the first
+  whenever the learnt cost was 0.21 or less, and the first utterances of
+  the two then came 0.6-0.9 s after their speech (p95 0.65-0.77 s); at 3
+  it waits until the first call has settled, whatever the learnt cost.
+  The steady-state capacity does not change.
 
 A node with no stream open admits a start whatever the figures say
 (refusing would make nothing faster, and what streams cost is learnt from
@@ -53,9 +59,10 @@ from siprecd.transcribe.errors import AsrUnavailable
 __all__ = ["Admission", "AtCapacity", "available_processors", "STARTUP_SECONDS",
            "STARTUP_FACTOR"]
 
-# A stream's first seconds, and what they count for (see the module doc).
+# A stream's first seconds, and what they count for by default
+# (asr.capacity.startup_factor; see the module doc).
 STARTUP_SECONDS = 10.0
-STARTUP_FACTOR = 2.0
+STARTUP_FACTOR = 3.0
 
 
 class AtCapacity(AsrUnavailable):
@@ -97,7 +104,7 @@ class Admission:
     log = Logger()
 
     def __init__(self, backend, windows, *, processors=None, target_load=0.85, max_lag=1.0,
-                 enabled=True, clock=None):
+                 enabled=True, clock=None, startup_factor=STARTUP_FACTOR):
         self.costs = backend if IRecognitionCosts.providedBy(backend) else None
         self.windows = windows
         threads = math.inf if self.costs is None else self.costs.threads
@@ -109,6 +116,7 @@ class Admission:
         self._reserved = set()
         # When windows opened is on this clock (None: no start-up weight).
         self.clock = clock
+        self.startup_factor = float(startup_factor)
 
     @property
     def budget(self):
@@ -134,14 +142,14 @@ class Admission:
     @property
     def _startup(self):
         """What a stream's first seconds count for (1 without a clock)."""
-        return 1.0 if self.clock is None else STARTUP_FACTOR
+        return 1.0 if self.clock is None else self.startup_factor
 
     def _weight(self, window, now):
         if now is None:
             return 1.0
         opened = getattr(window.leg_stream, "opened_at", None)
         if opened is not None and now - opened < STARTUP_SECONDS:
-            return STARTUP_FACTOR
+            return self.startup_factor
         return 1.0
 
     def capacity(self, language):
@@ -207,7 +215,9 @@ class Admission:
     def _startup_note(self):
         if self.clock is None:
             return ""
-        return f" and {STARTUP_FACTOR:g} times that during its first {STARTUP_SECONDS:g} s"
+        if self.startup_factor == 1.0:
+            return ""
+        return f" and {self.startup_factor:g} times that during its first {STARTUP_SECONDS:g} s"
 
     def _refuse(self, message, guid):
         self.log.info("start-streaming for guid {guid} refused: {reason}", guid=guid,
