@@ -220,6 +220,18 @@ async def test_a_connection_opened_ahead_carries_the_first_request_and_sends_not
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_connection_opened_ahead_is_found_whatever_the_case_of_the_host(
+        receiver, authority):
+    sender = sender_for(receiver.url(host="LocalHost"), ca_bundle=str(authority.certificate_path))
+    try:
+        assert await sender.http.open_ahead(sender.url) is True
+        outcome = await sender.send(BODY, "m-1")
+    finally:
+        await sender.close()
+    assert outcome.kind == DELIVERED and receiver.connections_made == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_opening_ahead_fails_quietly_and_the_delivery_says_why(receiver, tmp_path):
     other = Authority("someone else's CA", tmp_path / "other")
     sender = sender_for(receiver.url(), ca_bundle=str(other.certificate_path))

@@ -26,6 +26,7 @@ from http.cookiejar import DefaultCookiePolicy
 
 import attrs
 import treq.client
+from hyperlink import EncodedURL
 from OpenSSL import SSL
 from treq.cookies import IndexableCookieJar
 from twisted.internet import defer, error
@@ -204,7 +205,11 @@ class HttpClient:
         True when one was opened; it never fails (the first request will
         say what is wrong)."""
         try:
-            uri = webclient.URI.fromBytes(url.encode("ascii") if isinstance(url, str) else url)
+            # The URL as treq hands it to the Agent, so that the key is the
+            # one the first request looks its connection up by.
+            text = url.decode("ascii") if isinstance(url, bytes) else url
+            sent = EncodedURL.from_text(text).to_uri().to_text().encode("ascii")
+            uri = webclient.URI.fromBytes(sent)
             key = (uri.scheme, uri.host, uri.port)
             endpoint = self.endpoints.endpointForURI(uri)
         except Exception:
