@@ -244,9 +244,10 @@ class AsrCapacity:
     probe: bool = True
     # Behind real time by more than this: logged, and no new streams.
     max_lag: Annotated[Duration, Range(0.1, 60)] = 1.0
-    # What a stream counts for during its first ten seconds, in times its
-    # cost: room for the first utterances of calls that start together.
-    startup_factor: Annotated[float, Range(1.0, 10.0)] = 3.0
+    # What a start counts for, in times its cost, while another stream is
+    # in its first ten seconds (a new stream counts 2 anyway): room for the
+    # first utterances of calls that start together.
+    burst_factor: Annotated[float, Range(2.0, 10.0)] = 3.0
 
 
 @attrs.frozen

@@ -75,35 +75,49 @@ def test_streams_are_admitted_up_to_the_budget_and_refused_beyond_it():
     assert admission.refused == {"capacity": 1, "behind": 0}
 
 
-def test_a_streams_first_seconds_count_more_three_times_by_default():
+def test_a_start_while_other_streams_are_new_counts_three_times_by_default():
     clock = task.Clock()
     windows = WindowsDouble()
     admission = Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2,
                           target_load=0.8, clock=clock)
-    # 1.6 to use; a new stream counts 0.6 during its first ten seconds:
-    # one call of two streams, not a second one started with it.
-    assert admission.startup_factor == 3.0
-    assert admission.capacity("ko") == 8 and admission.headroom("ko") == 2
+    assert admission.burst_factor == 3.0
+    # 1.6 to use; nothing new here, so a start counts double: 0.4 a stream.
+    assert admission.capacity("ko") == 8 and admission.headroom("ko") == 4
     with admission.reserve("ko", 2, "g1"):
+        # A start in progress: another counts three times (0.6 a stream).
+        assert admission.headroom("ko") == 1
         with pytest.raises(AtCapacity) as refused:
             admission.reserve("ko", 2, "g2")
-    assert "3 times that during its first 10 s" in str(refused.value)
+        message = str(refused.value)
+        assert "2 times that during its first 10 s" in message
+        assert "a start 3 times while another stream is in its first seconds" in message
     for _ in range(2):
         windows.add("ko", opened_at=clock.seconds())
+    # Its streams are open and new (0.8 in all): still three times.
+    assert admission.demand() == pytest.approx(0.8) and admission.headroom("ko") == 1
+    with pytest.raises(AtCapacity):
+        admission.reserve("ko", 2, "g2")
     clock.advance(10)
-    # Settled (0.4 in all): room for two new streams (1.2) now.
-    assert admission.demand() == pytest.approx(0.4) and admission.headroom("ko") == 2
-    # Counted plainly when asked to.
-    plain = Admission(CostsDouble(costs={"ko": 0.2}), WindowsDouble(), processors=2,
-                      target_load=0.8, clock=clock, startup_factor=1)
-    assert plain.headroom("ko") == 8
+    # Settled (0.4 in all): a start counts double again, as many calls as
+    # without the burst weight can be reached.
+    assert admission.demand() == pytest.approx(0.4) and admission.headroom("ko") == 3
+    admission.reserve("ko", 2, "g2").release()
+    for _ in range(4):
+        windows.add("ko", opened_at=clock.seconds() - 60)
+    assert admission.headroom("ko") == 1
+    steady = Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2,
+                       target_load=0.8, clock=clock, burst_factor=2)
+    assert steady.headroom("ko") == 1
+    # Less than a new stream counts anyway is not taken.
+    assert Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2, clock=clock,
+                     burst_factor=1).burst_factor == 2.0
 
 
 def test_a_streams_first_seconds_count_double():
     clock = task.Clock()
     windows = WindowsDouble()
     admission = Admission(CostsDouble(costs={"ko": 0.2}), windows, processors=2,
-                          target_load=0.8, clock=clock, startup_factor=2)
+                          target_load=0.8, clock=clock, burst_factor=2)
     # 1.6 to use; a new stream counts 0.4 during its first ten seconds.
     assert admission.capacity("ko") == 8 and admission.headroom("ko") == 4
     for _ in range(2):
@@ -170,14 +184,14 @@ def call(client, method, *args, **kwargs):
 async def test_a_start_beyond_capacity_is_refused_over_https_and_the_call_still_recorded(
         tmp_path):
     # Two processors, all of them for streams, 0.45 of a processor per
-    # stream and (asr.capacity.startup_factor) twice that during a
-    # stream's first ten seconds: room for
+    # stream and twice that during a stream's first ten seconds (also for
+    # a start while others are in theirs: asr.capacity.burst_factor): room for
     # two new streams, one call. The cost is learnt as the first call is
     # recognised; the figures hold for any learnt cost in (0.25, 0.5] (a
     # loaded machine measured 0.44). max_lag is wide so that the refusal
     # seen is the one for capacity, which this test is about.
     capacity = {"enabled": True, "cpus": 2, "target_load": 1.0, "cost": 0.45,
-                "max_lag": "60s", "startup_factor": 2}
+                "max_lag": "60s", "burst_factor": 2}
     root, written = await start_service_tree(tmp_path, reactor,
                                              asr={"capacity": capacity})
     cert = tmp_path / "state" / "tls" / "api-selfsigned.crt"

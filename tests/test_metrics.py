@@ -116,9 +116,9 @@ async def test_a_call_shows_in_the_metrics(tmp_path):
         assert value(idle, "siprecd_active_calls") == 0
         assert value(idle, "siprecd_active_streams") == 0
         assert value(idle, "siprecd_asr_capacity_streams", language="ko") == 8
-        # Room now: new streams, which count three times their cost during
-        # their first ten seconds (siprecd.transcribe.admission).
-        assert value(idle, "siprecd_asr_headroom_streams", language="ko") == 2
+        # Room now: new streams, which count double during their first
+        # ten seconds (siprecd.transcribe.admission).
+        assert value(idle, "siprecd_asr_headroom_streams", language="ko") == 4
         assert value(idle, "siprecd_asr_cost", language="ko") == pytest.approx(0.1)
         assert value(idle, "siprecd_asr_lag_seconds") == 0
 

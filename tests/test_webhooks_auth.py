@@ -282,6 +282,29 @@ async def test_token_endpoint_failures_are_retryable_and_say_why_without_secrets
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_fetched_ahead_is_used_and_a_refusing_endpoint_is_not_asked_per_start(
+        issuer_and_receiver, authority):
+    issuer, receiver = issuer_and_receiver
+    sender = oauth_sender(receiver, authority)
+    try:
+        issuer.status = 503
+        for _ in range(5):
+            await sender.open_ahead()
+        # One request, then nothing ahead for a minute (deliveries still ask).
+        assert sender.oauth.fetches == 1
+        assert sender._no_token_ahead_until > reactor.seconds() + 50
+        issuer.status = None
+        sender._no_token_ahead_until = 0.0      # the minute is over
+        await sender.open_ahead()
+        assert sender.oauth.fetches == 2
+        outcome = await sender.send(b"{}", "m1")
+    finally:
+        await sender.close()
+    assert outcome.kind == DELIVERED and sender.oauth.fetches == 2
+    assert receiver.accepted[0].headers["authorization"].startswith("Bearer tok-")
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_service_refetches_a_token_that_expired_mid_run(
         tmp_path, issuer_and_receiver, authority):
     from siprecd.storage.sqlite import SqliteStorage

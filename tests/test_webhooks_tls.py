@@ -8,10 +8,10 @@ import time
 import pytest
 import pytest_twisted
 from OpenSSL import SSL
-from twisted.internet import reactor, ssl, threads
+from twisted.internet import reactor, ssl, task, threads
 
 from harness.pki import Authority, write_pem
-from harness.receiver import WebhookReceiver
+from harness.receiver import Reply, WebhookReceiver
 from siprecd import config as configmod
 from siprecd.structure import ConfigError
 from siprecd.webhooks.sender import DELIVERED, RETRY, TargetSender
@@ -272,3 +272,47 @@ async def test_closing_cancels_a_connection_still_being_opened(authority):
     finally:
         for s in fillers + [sock]:
             s.close()
+
+
+async def _until(predicate, what, timeout=5.0):
+    """Poll *predicate* on the reactor, bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_the_server_closed_does_not_count_as_one_opened_ahead(
+        receiver, authority):
+    sender = sender_for(receiver.url(), ca_bundle=str(authority.certificate_path))
+    pool = sender.http.pool
+    try:
+        assert await sender.http.open_ahead(sender.url) is True
+        await receiver.wait_for(lambda r: r.connections_made == 1, timeout=5)
+        # The server closes it (a keep-alive timeout shorter than ours).
+        for protocol in list(receiver._factory.protocols):
+            protocol.transport.loseConnection()
+        await _until(lambda: all(c.state != "QUIESCENT" for cs in pool._connections.values()
+                                 for c in cs), "the client to see the close")
+        assert await sender.http.open_ahead(sender.url) is True
+        await receiver.wait_for(lambda r: r.connections_made == 2, timeout=5)
+        outcome = await sender.send(BODY, "m-1")
+    finally:
+        await sender.close()
+    assert outcome.kind == DELIVERED and receiver.connections_made == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_given_back_after_close_is_closed_not_kept(receiver, authority):
+    receiver.script.append(Reply(200, delay=0.2))
+    sender = sender_for(receiver.url(), ca_bundle=str(authority.certificate_path))
+    pool = sender.http.pool
+    sending = sender.send(BODY, "m-1")
+    await receiver.wait_for(lambda r: len(r.received) == 1, timeout=5)
+    await sender.close()                     # while the answer is on its way
+    outcome = await sending
+    assert outcome.kind == DELIVERED
+    assert not any(c.state == "QUIESCENT" for cs in pool._connections.values() for c in cs)
+    await _until(lambda: not receiver._factory.protocols, "the connection to be closed")

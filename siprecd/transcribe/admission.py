@@ -21,21 +21,25 @@ The figures (:class:`Admission`):
   utterance costs more than its middle);
 - what is used: every open window's stream, plus the streams of starts in
   progress (reserved from the check until their windows are open);
-- a stream's first ``STARTUP_SECONDS`` count ``startup_factor`` times its
-  cost (``asr.capacity.startup_factor``, 3 by default): its recogniser
-  meets new speech and builds its part of the graph (``siprecd.asr.vosk``;
-  Korean model, speech it has not heard: 0.26 of a processor during the
-  first five seconds on a warm spare, 0.62 on a new recogniser, 0.15-0.19
-  afterwards), and the first utterances of calls that start together end
-  together, so their final decodes queue behind each other. So a start is
-  weighed at that factor, and a node that admitted streams a moment ago
-  has less room until they have settled. Measured through the whole
-  daemon on two cores (``bench/latency_bench``, a call placed every 2 s):
-  at a factor of 2 a second call was admitted 2 s after the first
-  whenever the learnt cost was 0.21 or less, and the first utterances of
-  the two then came 0.6-0.9 s after their speech (p95 0.65-0.77 s); at 3
-  it waits until the first call has settled, whatever the learnt cost.
-  The steady-state capacity does not change.
+- a stream's first ``STARTUP_SECONDS`` count ``STARTUP_FACTOR`` (2) times
+  its cost: its recogniser meets new speech and builds its part of the
+  graph (``siprecd.asr.vosk``; Korean model, speech it has not heard: 0.26
+  of a processor during the first five seconds on a warm spare, 0.62 on a
+  new recogniser, 0.15-0.19 afterwards). So a start is weighed at that
+  factor, and a node that admitted streams a moment ago has less room
+  until they have settled;
+- a start while another stream is in its first seconds (or another start
+  is in progress) counts ``burst_factor`` times its cost
+  (``asr.capacity.burst_factor``, 3 by default): the first utterances of
+  calls that start together end together, and their last decodes queue
+  behind each other. Measured through the whole daemon on two cores
+  (``bench/latency_bench``, a call placed every 2 s): weighed at 2, a
+  second call was admitted 2 s after the first whenever the learnt cost
+  was 0.21 or less, and the first utterances of the two then came
+  0.6-0.9 s after their speech (p95 0.65-0.77 s); at 3 it waits until the
+  first call has settled unless the cost is 0.14 or less. A start on a
+  node whose streams have all settled is weighed at 2, as before: the
+  bursts weight does not lower how many streams a node reaches.
 
 A node with no stream open admits a start whatever the figures say
 (refusing would make nothing faster, and what streams cost is learnt from
@@ -57,12 +61,14 @@ from siprecd.interfaces import IRecognitionCosts
 from siprecd.transcribe.errors import AsrUnavailable
 
 __all__ = ["Admission", "AtCapacity", "available_processors", "STARTUP_SECONDS",
-           "STARTUP_FACTOR"]
+           "STARTUP_FACTOR", "BURST_FACTOR"]
 
-# A stream's first seconds, and what they count for by default
-# (asr.capacity.startup_factor; see the module doc).
+# A stream's first seconds, what they count for, and what a start counts
+# for while another stream is in them, by default (asr.capacity.burst_factor;
+# see the module doc).
 STARTUP_SECONDS = 10.0
-STARTUP_FACTOR = 3.0
+STARTUP_FACTOR = 2.0
+BURST_FACTOR = 3.0
 
 
 class AtCapacity(AsrUnavailable):
@@ -104,7 +110,7 @@ class Admission:
     log = Logger()
 
     def __init__(self, backend, windows, *, processors=None, target_load=0.85, max_lag=1.0,
-                 enabled=True, clock=None, startup_factor=STARTUP_FACTOR):
+                 enabled=True, clock=None, burst_factor=BURST_FACTOR):
         self.costs = backend if IRecognitionCosts.providedBy(backend) else None
         self.windows = windows
         threads = math.inf if self.costs is None else self.costs.threads
@@ -116,7 +122,7 @@ class Admission:
         self._reserved = set()
         # When windows opened is on this clock (None: no start-up weight).
         self.clock = clock
-        self.startup_factor = float(startup_factor)
+        self.burst_factor = max(float(burst_factor), STARTUP_FACTOR)
 
     @property
     def budget(self):
@@ -136,20 +142,27 @@ class Admission:
             total += (self.cost(window.params.language) or 0.0) * self._weight(window, now)
         for reservation in self._reserved:
             total += reservation.streams * (self.cost(reservation.language) or 0.0) * (
-                self._startup)
+                1.0 if now is None else STARTUP_FACTOR)
         return total
 
     @property
     def _startup(self):
-        """What a stream's first seconds count for (1 without a clock)."""
-        return 1.0 if self.clock is None else self.startup_factor
+        """What the streams of a new start count for (1 without a clock):
+        ``burst_factor`` while another stream is in its first seconds or
+        another start is in progress, else ``STARTUP_FACTOR``."""
+        if self.clock is None:
+            return 1.0
+        now = self.clock.seconds()
+        if self._reserved or any(self._weight(w, now) > 1.0 for w in self.windows.open_windows()):
+            return self.burst_factor
+        return STARTUP_FACTOR
 
     def _weight(self, window, now):
         if now is None:
             return 1.0
         opened = getattr(window.leg_stream, "opened_at", None)
         if opened is not None and now - opened < STARTUP_SECONDS:
-            return self.startup_factor
+            return STARTUP_FACTOR
         return 1.0
 
     def capacity(self, language):
@@ -187,7 +200,8 @@ class Admission:
                        "up: try another node or later")
             self._refuse(message, guid)
         if cost:
-            used, wanted = self.demand(), streams * cost * self._startup
+            weight = self._startup
+            used, wanted = self.demand(), streams * cost * weight
             idle = not self._reserved and not self.windows.open_windows()
             if used + wanted > self.budget + 1e-9 and idle:
                 # Nothing else runs here: refusing would not make anything
@@ -200,24 +214,26 @@ class Admission:
                     budget=self.budget)
             elif used + wanted > self.budget + 1e-9:
                 self.refused["capacity"] += 1
-                room = max(0, int((self.budget - used) / (cost * self._startup) + 1e-9))
+                room = max(0, int((self.budget - used) / (cost * weight) + 1e-9))
                 message = (
                     f"speech recognition on this node is at capacity: {streams} more "
                     f"stream(s) in {language} would not be transcribed in real time (room for "
                     f"{room}; {len(self.windows.open_windows())} streams open, each costing "
-                    f"about {cost:.2f} of a processor{self._startup_note()}, "
+                    f"about {cost:.2f} of a processor{self._startup_note(weight)}, "
                     f"{self.budget:.2f} of {self.processors:g} processors usable); try another "
                     "node or later")
                 self._refuse(message, guid)
         self._reserved.add(reservation)
         return reservation
 
-    def _startup_note(self):
+    def _startup_note(self, weight):
         if self.clock is None:
             return ""
-        if self.startup_factor == 1.0:
-            return ""
-        return f" and {self.startup_factor:g} times that during its first {STARTUP_SECONDS:g} s"
+        note = f" and {STARTUP_FACTOR:g} times that during its first {STARTUP_SECONDS:g} s"
+        if weight > STARTUP_FACTOR:
+            note += (f", a start {weight:g} times while another stream is in its first "
+                     "seconds")
+        return note
 
     def _refuse(self, message, guid):
         self.log.info("start-streaming for guid {guid} refused: {reason}", guid=guid,

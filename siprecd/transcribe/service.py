@@ -25,7 +25,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from siprecd.interfaces import ICallListener, IDrainable, IStreamConsumer
-from siprecd.transcribe.admission import STARTUP_FACTOR, Admission
+from siprecd.transcribe.admission import BURST_FACTOR, Admission
 from siprecd.transcribe.autostart import AutoStart
 from siprecd.transcribe.calls import CallControl, CallTable
 from siprecd.transcribe.partials import PartialWriter
@@ -65,7 +65,7 @@ class TranscriptionService(service.Service):
                  skip_after=1.0, preroll=0.5, warn_backlog=10.0, max_backlog=120.0,
                  on_partial=(), on_call_event=(), partial_interval=0.2, partials_wanted=None,
                  auto_start=None, stop_wait=5.0, max_lag=1.0, admission=True, processors=None,
-                 target_load=0.85, startup_factor=STARTUP_FACTOR):
+                 target_load=0.85, burst_factor=BURST_FACTOR):
         if mixed_role not in ROLES:
             raise ValueError(f"mixed_role must be one of {', '.join(ROLES)}")
         if extra_role not in ROLES:
@@ -97,7 +97,7 @@ class TranscriptionService(service.Service):
             on_asr_call=on_asr_call, partials=self.partials)
         self.admission = Admission(backend, self.windows, processors=processors,
                                    target_load=target_load, max_lag=max_lag, enabled=admission,
-                                   clock=clock, startup_factor=startup_factor)
+                                   clock=clock, burst_factor=burst_factor)
         self.control = CallControl(
             self.calls, storage, backend, clock, self.windows, self.utterances, node=node,
             recordings=recordings, accepting=lambda: self.accepting, auto_start=auto_start,
@@ -123,7 +123,7 @@ class TranscriptionService(service.Service):
                    max_rate=config.asr.sample_rate, max_lag=capacity.max_lag,
                    admission=capacity.enabled, processors=capacity.cpus,
                    target_load=capacity.target_load,
-                   startup_factor=capacity.startup_factor, **options)
+                   burst_factor=capacity.burst_factor, **options)
 
     # -- listeners (for tests and tools that observe a running node) ------------------
 

@@ -213,7 +213,8 @@ class WebhookService(service.Service):
     def call_event(self, event):
         """A CallEvent (``on_call_event``): when streaming starts, the
         connection to the leg's target is opened ahead of its first
-        utterance (see :meth:`TargetSender.open_ahead`)."""
+        utterance (see :meth:`TargetSender.open_ahead`); ``stats["opened_ahead"]``
+        counts the starts that asked (an idle connection may have been there)."""
         if event.kind != "streaming-started" or not self._accepting:
             return
         sender = self.senders.get(event.webhook_target)

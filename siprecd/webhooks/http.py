@@ -132,9 +132,22 @@ class _Pool(webclient.HTTPConnectionPool):
     def __init__(self, reactor):
         super().__init__(reactor, persistent=True)
         self._opening = {}          # key -> Deferred of the connection being opened
+        # Set by HttpClient.close(): a connection that comes back after it
+        # (a request that was in flight) is closed, not kept.
+        self.closed = False
 
     def has_idle(self, key):
-        return bool(self._connections.get(key)) or key in self._opening
+        """Whether a usable idle connection for *key* is in the pool (or
+        one is being opened). One the server has closed stays listed until
+        its idle timeout but does not count."""
+        return key in self._opening or any(
+            c.state == "QUIESCENT" for c in self._connections.get(key, ()))
+
+    def _putConnection(self, key, connection):
+        if self.closed:
+            connection.transport.loseConnection()
+            return
+        super()._putConnection(key, connection)
 
     def open_ahead(self, key, endpoint):
         """Open a connection for *key* and keep it idle in the pool (its
@@ -185,6 +198,7 @@ class HttpClient:
         return d
 
     async def _post(self, url, body, headers):
+        self.pool.closed = False
         try:
             response = await self.client.post(url, data=body, headers=headers,
                                               allow_redirects=False, unbuffered=True)
@@ -214,12 +228,16 @@ class HttpClient:
             endpoint = self.endpoints.endpointForURI(uri)
         except Exception:
             return defer.succeed(False)
+        self.pool.closed = False
         d = self.pool.open_ahead(key, endpoint)
         d.addErrback(lambda _: False)
         return d
 
     def close(self):
-        """Close idle pooled connections (fires when they are closed)."""
+        """Close idle pooled connections (fires when they are closed); one
+        that a request in flight gives back later is closed too. A later
+        request opens new ones."""
+        self.pool.closed = True
         return self.pool.closeCachedConnections()
 
 

@@ -59,6 +59,9 @@ DELIVERED, RETRY, PERMANENT, GONE = "delivered", "retry", "permanent", "gone"
 RETRY_AFTER_MAX = 86400.0
 _TEMPORARY = {401, 408, 409, 425, 429}
 _USER_AGENT = f"siprecd/{siprecd.__version__}"
+# After a failed token request, no token is fetched ahead of a call's
+# first utterance for this many seconds (open_ahead).
+TOKEN_AHEAD_HOLD = 60.0
 
 
 @attrs.frozen
@@ -142,6 +145,7 @@ class TargetSender:
         self.signer = Webhook(signing_secret) if signing_secret else None
         self.url = secret.url(url) if secret is not None else url
         self.log_url = scrub_url(self.url, [secret.query_parameter] if secret else [])
+        self._no_token_ahead_until = 0.0
 
     def __repr__(self):
         return f"<TargetSender {self.name} {self.log_url}>"
@@ -261,8 +265,14 @@ class TargetSender:
         sent to the webhook, and a failure here is the first delivery's to
         report."""
         waits = [self.http.open_ahead(self.url)]
-        if self.oauth is not None:
-            waits.append(self.oauth.token().addErrback(lambda _: None))
+        now = self.reactor.seconds()
+        if self.oauth is not None and now >= self._no_token_ahead_until:
+            # A token endpoint that refuses is not asked again for every
+            # start: deliveries ask, with their backoff.
+            def failed(_):
+                self._no_token_ahead_until = self.reactor.seconds() + TOKEN_AHEAD_HOLD
+
+            waits.append(self.oauth.token().addErrback(failed))
         return defer.gatherResults(waits, consumeErrors=True).addErrback(lambda _: None)
 
     def close(self):
