@@ -23,6 +23,7 @@ import it.
 - :mod:`harness.receiver` -- a real HTTPS webhook receiver and OAuth2
   token endpoint.
 - :mod:`harness.pki` -- throwaway certificate authorities and certificates.
+- :mod:`harness.waiting` -- waiting, bounded, for state no event reports.
 - :mod:`harness.model_server` -- a Vosk-style model host (model list and
   zips) over HTTP or HTTPS on loopback, for model fetching.
 - :mod:`harness.without` -- a siprecd command run as if some packages were

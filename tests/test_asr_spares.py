@@ -4,14 +4,13 @@ recogniser becomes a spare too), replaced when a stream takes one, not
 counted as recognition cost, and giving the very words and times a new
 recogniser gives."""
 
-import time
-
 import numpy as np
 import pytest
 import pytest_twisted
 import vosk
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
+from harness.waiting import until
 from siprecd import config as configmod
 from siprecd.asr.results import from_vosk_json
 from siprecd.asr.vosk import VoskBackend
@@ -25,15 +24,6 @@ def speech(tmp_path_factory):
     folder = tmp_path_factory.mktemp("speech")
     said = korean_speech("안녕하세요 저는 학생입니다. 오늘 날씨가 좋네요", folder / "1.wav")
     return np.concatenate([SILENCE, said, SILENCE])
-
-
-async def until(condition, timeout=120.0, what="the condition"):
-    """Wait for *condition()* to hold, looking every 50 ms, at most *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout:g} s")
-        await task.deferLater(reactor, 0.05, lambda: None)
 
 
 def test_spares_are_warmed_by_default_in_the_configuration():
@@ -64,7 +54,7 @@ async def test_spares_are_made_ahead_replaced_when_taken_and_give_a_new_ones_wor
                           spare_recognizers=2, warm_spares=True, probe=True)
     await backend.start()
     try:
-        await until(lambda: backend.spares("ko") == 2, what="two warm spares")
+        await until(lambda: backend.spares("ko") == 2, 120, what="two warm spares")
         # The probe ran first, on a warmed recogniser that became a spare;
         # one more was warmed. Its figure: processor seconds per audio
         # second, below real time on one processor (Korean model: ~0.23).
@@ -77,7 +67,7 @@ async def test_spares_are_made_ahead_replaced_when_taken_and_give_a_new_ones_wor
         # A warmed recogniser hears what a new one hears, at the same times.
         assert expected and words_of(got) == expected
         # The stream took a spare; another was warmed in its place.
-        await until(lambda: backend.warmed == 2 and backend.spares("ko") == 2,
+        await until(lambda: backend.warmed == 2 and backend.spares("ko") == 2, 120,
                     what="the taken spare replaced")
         recognizer.close()
         assert backend.costs.measured("ko") == pytest.approx(len(speech) / 8000, abs=0.3)

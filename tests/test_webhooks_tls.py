@@ -8,10 +8,11 @@ import time
 import pytest
 import pytest_twisted
 from OpenSSL import SSL
-from twisted.internet import reactor, ssl, task, threads
+from twisted.internet import reactor, ssl, threads
 
 from harness.pki import Authority, write_pem
 from harness.receiver import Reply, WebhookReceiver
+from harness.waiting import until
 from siprecd import config as configmod
 from siprecd.structure import ConfigError
 from siprecd.webhooks.sender import DELIVERED, RETRY, TargetSender
@@ -274,15 +275,6 @@ async def test_closing_cancels_a_connection_still_being_opened(authority):
             s.close()
 
 
-async def _until(predicate, what, timeout=5.0):
-    """Poll *predicate* on the reactor, bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_connection_the_server_closed_does_not_count_as_one_opened_ahead(
         receiver, authority):
@@ -294,8 +286,8 @@ async def test_a_connection_the_server_closed_does_not_count_as_one_opened_ahead
         # The server closes it (a keep-alive timeout shorter than ours).
         for protocol in list(receiver._factory.protocols):
             protocol.transport.loseConnection()
-        await _until(lambda: all(c.state != "QUIESCENT" for cs in pool._connections.values()
-                                 for c in cs), "the client to see the close")
+        await until(lambda: all(c.state != "QUIESCENT" for cs in pool._connections.values()
+                                for c in cs), 5, "the client to see the close", step=0.01)
         assert await sender.http.open_ahead(sender.url) is True
         await receiver.wait_for(lambda r: r.connections_made == 2, timeout=5)
         outcome = await sender.send(BODY, "m-1")
@@ -315,4 +307,5 @@ async def test_a_connection_given_back_after_close_is_closed_not_kept(receiver, 
     outcome = await sending
     assert outcome.kind == DELIVERED
     assert not any(c.state == "QUIESCENT" for cs in pool._connections.values() for c in cs)
-    await _until(lambda: not receiver._factory.protocols, "the connection to be closed")
+    await until(lambda: not receiver._factory.protocols, 5, "the connection to be closed",
+                step=0.01)
