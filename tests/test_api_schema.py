@@ -108,9 +108,7 @@ class Live:
 
     def __init__(self, port, cafile, api_id, secret, source=None):
         self.base_url = f"https://127.0.0.1:{port}"
-        # Requests come from *source* (another loopback address): the API
-        # counts refused credentials per address, and the generated cases
-        # spend that budget while the test's own requests go on.
+        # From *source*, another loopback address, when given.
         self.session = requests.Session()
         if source is not None:
             adapter = _SourceAddress(source)
@@ -255,10 +253,10 @@ async def test_the_live_api_matches_its_openapi_document(tmp_path):
         cafile = tmp_path / "state" / "tls" / "api-selfsigned.crt"
         live = Live(written["api"]["port"], cafile, *create_app(config, label="schema"))
         other = Live(written["api"]["port"], cafile, *create_app(config, label="other"))
-        # The generated cases come from an address of their own: some of them
-        # are refused credentials (download links, the cluster secret), and
-        # the budget the API keeps per address would otherwise run out for
-        # the test's own requests made meanwhile.
+        # The generated cases come from an address of their own: their
+        # download links carry made-up signatures, which are refused
+        # credentials, and the budget of those the API keeps per address
+        # would otherwise run out for the test's own requests made meanwhile.
         fuzzer = Live(written["api"]["port"], cafile, *live.credentials,
                       source="127.0.0.2")
         schema = await in_thread(live.load_schema)
